@@ -1,0 +1,239 @@
+//! The single-node broker machine: topics, partitions and the Kafka APIs
+//! that read and write them, as a sans-IO state machine.
+//!
+//! The adapter feeds [`Input`]s to [`Broker::step`] and executes the
+//! [`Effect`]s it returns. Storage calls go through the [`Storage`] the
+//! broker owns; everything else that leaves the machine is an effect.
+
+pub mod api;
+pub mod config;
+mod admin;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+mod producer_ids;
+pub mod producer_state;
+pub mod topic;
+
+use std::collections::BTreeMap;
+
+pub use api::*;
+pub use config::{BrokerConfig, FlushPolicy, TopicConfig};
+use fetch::ParkedFetch;
+use producer_ids::ProducerIdAllocator;
+use topic::{Partition, Topic, TopicMeta};
+
+use crate::Millis;
+use crate::log::{PartitionLog, Recovery};
+use crate::rng::Rng;
+use crate::storage::{Storage, StorageError};
+
+/// What opening the broker found on disk.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub topics: usize,
+    /// Per partition directory, what log recovery found.
+    pub recoveries: Vec<(String, Recovery)>,
+    /// Files that belong to no known topic (left in place for an operator;
+    /// creating a topic of that name clears them).
+    pub orphan_files: Vec<String>,
+    /// Topic descriptions that could not be read.
+    pub unreadable_topics: Vec<(String, String)>,
+}
+
+pub struct Broker<S: Storage> {
+    config: BrokerConfig,
+    storage: S,
+    topics: BTreeMap<String, Topic>,
+    rng: Rng,
+    producer_ids: ProducerIdAllocator,
+    /// Produce responses that wait for the next sync.
+    pending_acks: Vec<(RequestId, ProduceResponse)>,
+    sync_requested: bool,
+    /// Fetches waiting for data (long polling), by request.
+    parked: BTreeMap<RequestId, ParkedFetch>,
+    /// Next interval flush, under `FlushPolicy::IntervalMs`.
+    next_flush_at: Option<Millis>,
+    /// Set once a fatal storage failure happened; the machine then ignores
+    /// every input.
+    failed: Option<String>,
+}
+
+impl<S: Storage> Broker<S> {
+    /// Opens the broker's state from `storage`, recovering every log.
+    /// `seed` drives the machine's random choices (topic ids).
+    pub fn open(config: BrokerConfig, mut storage: S, seed: u64) -> Result<(Self, OpenReport), StorageError> {
+        let mut report = OpenReport::default();
+        let mut topics = BTreeMap::new();
+        let mut max_producer_id = -1i64;
+        for file in storage.list("topics/")? {
+            let meta: TopicMeta = match storage.read_all(&file)?.map(|b| serde_json::from_slice(&b)) {
+                Some(Ok(meta)) => meta,
+                Some(Err(e)) => {
+                    report.unreadable_topics.push((file, e.to_string()));
+                    continue;
+                }
+                None => continue,
+            };
+            let mut partitions = Vec::new();
+            for p in 0..meta.partitions {
+                let dir = topic::partition_dir(&meta.name, p);
+                let mut producers = producer_state::ProducerStates::default();
+                let (log, recovery) = PartitionLog::open(&mut storage, &dir, meta.config.log_config(&config), &mut |h| {
+                    producers.record(h);
+                    max_producer_id = max_producer_id.max(h.producer_id);
+                })?;
+                report.recoveries.push((dir, recovery));
+                let durable_end = log.log_end_offset();
+                partitions.push(Partition { log, producers, durable_end, unflushed_records: 0 });
+            }
+            topics.insert(meta.name.clone(), Topic { meta, partitions });
+        }
+        report.topics = topics.len();
+        for file in storage.list("")? {
+            let known = file.starts_with("topics/")
+                || file.starts_with("meta/")
+                || topics.values().any(|t| {
+                    (0..t.meta.partitions).any(|p| file.starts_with(&format!("{}/", topic::partition_dir(&t.meta.name, p))))
+                });
+            if !known {
+                report.orphan_files.push(file);
+            }
+        }
+        let producer_ids = ProducerIdAllocator::open(&mut storage, max_producer_id + 1)?;
+        let broker = Self {
+            config,
+            storage,
+            topics,
+            rng: Rng::new(seed),
+            producer_ids,
+            pending_acks: Vec::new(),
+            sync_requested: false,
+            parked: BTreeMap::new(),
+            next_flush_at: None,
+            failed: None,
+        };
+        Ok((broker, report))
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// The reason the machine stopped, if a fatal failure happened.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    pub fn topic_names(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+
+    /// Offsets below this are visible to consumers: the durable end under
+    /// `EveryBatch`, else the log end.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let p = self.partition(topic, partition)?;
+        Some(self.hw_of(p))
+    }
+
+    fn hw_of(&self, p: &Partition) -> i64 {
+        if self.config.flush.acks_wait_for_sync() { p.durable_end } else { p.log.log_end_offset() }
+    }
+
+    fn partition(&self, topic: &str, partition: i32) -> Option<&Partition> {
+        self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)
+    }
+
+    /// Advances the machine by one input.
+    pub fn step(&mut self, now: Millis, input: Input, out: &mut Vec<Effect>) {
+        if self.failed.is_some() {
+            return;
+        }
+        match input {
+            Input::Request { id, request } => self.handle_request(now, id, request, out),
+            Input::Tick => {
+                self.expire_parked(now, out);
+                if self.next_flush_at.is_some_and(|at| at <= now) {
+                    self.next_flush_at = None;
+                    self.sync_all(now, out);
+                }
+            }
+            Input::Sync => {
+                self.sync_requested = false;
+                self.sync_all(now, out);
+            }
+            Input::Disconnected { conn } => {
+                self.parked.retain(|id, _| id.conn != conn);
+                self.pending_acks.retain(|(id, _)| id.conn != conn);
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Millis, id: RequestId, request: Request, out: &mut Vec<Effect>) {
+        let response = match request {
+            Request::Metadata(r) => Response::Metadata(self.metadata(r)),
+            Request::Produce(r) => {
+                self.produce(now, id, r, out);
+                return;
+            }
+            Request::Fetch(r) => {
+                self.fetch(now, id, r, out);
+                return;
+            }
+            Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
+            Request::CreateTopics(r) => Response::CreateTopics(self.create_topics(r)),
+            Request::DeleteTopics(r) => Response::DeleteTopics(self.delete_topics(now, r, out)),
+            Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r, out)),
+            Request::DescribeConfigs(r) => Response::DescribeConfigs(self.describe_configs(r)),
+        };
+        out.push(Effect::Reply { id, response });
+    }
+
+    fn request_sync(&mut self, out: &mut Vec<Effect>) {
+        if !self.sync_requested {
+            self.sync_requested = true;
+            out.push(Effect::SyncNeeded);
+        }
+    }
+
+    /// Makes every partition durable, then sends the acknowledgements that
+    /// waited for it and wakes fetches that can now see more data.
+    fn sync_all(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let mut advanced = Vec::new();
+        for (name, topic) in self.topics.iter_mut() {
+            for (i, p) in topic.partitions.iter_mut().enumerate() {
+                if !p.log.needs_sync() {
+                    continue;
+                }
+                if let Err(e) = p.log.sync(&mut self.storage) {
+                    let reason = format!("fsync of {name}-{i} failed: {e}");
+                    self.fail(reason, out);
+                    return;
+                }
+                p.unflushed_records = 0;
+                if p.durable_end != p.log.log_end_offset() {
+                    p.durable_end = p.log.log_end_offset();
+                    advanced.push((name.clone(), i as i32));
+                }
+            }
+        }
+        for (id, response) in std::mem::take(&mut self.pending_acks) {
+            out.push(Effect::Reply { id, response: Response::Produce(response) });
+        }
+        if self.config.flush.acks_wait_for_sync() && !advanced.is_empty() {
+            self.wake_parked(now, &advanced, out);
+        }
+    }
+
+    fn fail(&mut self, reason: String, out: &mut Vec<Effect>) {
+        self.failed = Some(reason.clone());
+        self.pending_acks.clear();
+        self.parked.clear();
+        out.push(Effect::Fatal { reason });
+    }
+}

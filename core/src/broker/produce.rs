@@ -1,0 +1,189 @@
+//! Produce: validate each partition's batch, deduplicate idempotent retries,
+//! append, and acknowledge once the flush policy allows.
+
+use super::producer_state::SequenceCheck;
+use super::{Broker, Effect, FlushPolicy, ProducePartitionResponse, ProduceRequest, ProduceResponse, RequestId, Response};
+use crate::records::{self, RecordError};
+use crate::storage::Storage;
+use crate::{ErrorCode, Millis};
+
+/// The outcome of appending one partition's data.
+struct Appended {
+    error: ErrorCode,
+    base_offset: i64,
+    message: Option<String>,
+    /// The acknowledgement must wait for a sync to be true.
+    needs_sync: bool,
+}
+
+impl Appended {
+    fn error(error: ErrorCode, message: impl Into<String>) -> Self {
+        Self { error, base_offset: -1, message: Some(message.into()), needs_sync: false }
+    }
+}
+
+fn record_error_code(e: &RecordError) -> ErrorCode {
+    match e {
+        RecordError::CrcMismatch { .. } | RecordError::Truncated | RecordError::BadLength(_) => ErrorCode::CorruptMessage,
+        RecordError::UnsupportedMagic(_) => ErrorCode::UnsupportedForMessageFormat,
+        RecordError::UnknownCodec(_) => ErrorCode::UnsupportedCompressionType,
+        _ => ErrorCode::InvalidRecord,
+    }
+}
+
+impl<S: Storage> Broker<S> {
+    pub(super) fn produce(&mut self, now: Millis, id: RequestId, req: ProduceRequest, out: &mut Vec<Effect>) {
+        if !matches!(req.acks, -1..=1) {
+            let topics = req
+                .topics
+                .iter()
+                .map(|(t, parts)| {
+                    let parts = parts
+                        .iter()
+                        .map(|(p, _)| ProducePartitionResponse {
+                            partition: *p,
+                            error: ErrorCode::InvalidRequiredAcks,
+                            base_offset: -1,
+                            log_start_offset: -1,
+                            error_message: Some(format!("acks must be -1, 0 or 1, not {}", req.acks)),
+                        })
+                        .collect();
+                    (t.clone(), parts)
+                })
+                .collect();
+            out.push(Effect::Reply { id, response: Response::Produce(ProduceResponse { topics }) });
+            return;
+        }
+        let mut wait_for_sync = false;
+        let mut appended_any = false;
+        let mut topics = Vec::with_capacity(req.topics.len());
+        for (topic, parts) in &req.topics {
+            let mut results = Vec::with_capacity(parts.len());
+            for (partition, data) in parts {
+                let a = match req.transactional_id {
+                    Some(_) => Appended::error(ErrorCode::InvalidRequest, "transactions are not supported"),
+                    None => self.append_partition(topic, *partition, data.as_deref()),
+                };
+                wait_for_sync |= a.needs_sync;
+                appended_any |= a.error.is_ok();
+                let log_start_offset =
+                    self.partition(topic, *partition).map_or(-1, |p| p.log.log_start_offset());
+                results.push(ProducePartitionResponse {
+                    partition: *partition,
+                    error: a.error,
+                    base_offset: a.base_offset,
+                    log_start_offset,
+                    error_message: a.message,
+                });
+            }
+            topics.push((topic.clone(), results));
+        }
+        let response = ProduceResponse { topics };
+        self.after_append(now, appended_any, out);
+        if wait_for_sync && req.acks != 0 {
+            self.pending_acks.push((id, response));
+        } else {
+            out.push(Effect::Reply { id, response: Response::Produce(response) });
+        }
+    }
+
+    /// Triggers what the flush policy asks for after appends, and wakes
+    /// fetches when acknowledgements do not wait for a sync.
+    fn after_append(&mut self, now: Millis, appended: bool, out: &mut Vec<Effect>) {
+        if !appended {
+            return;
+        }
+        match self.config.flush {
+            FlushPolicy::EveryBatch => self.request_sync(out),
+            FlushPolicy::Messages(n) => {
+                let due = self.topics.values().flat_map(|t| &t.partitions).any(|p| p.unflushed_records >= n);
+                if due {
+                    self.request_sync(out);
+                }
+            }
+            FlushPolicy::IntervalMs(ms) => {
+                if self.next_flush_at.is_none() {
+                    let at = now.saturating_add(ms as i64);
+                    self.next_flush_at = Some(at);
+                    out.push(Effect::Timer { at });
+                }
+            }
+        }
+        if !self.config.flush.acks_wait_for_sync() {
+            let touched: Vec<(String, i32)> = self
+                .topics
+                .iter()
+                .flat_map(|(name, t)| {
+                    t.partitions.iter().enumerate().filter(|(_, p)| p.log.needs_sync()).map(move |(i, _)| (name.clone(), i as i32))
+                })
+                .collect();
+            self.wake_parked(now, &touched, out);
+        }
+    }
+
+    fn append_partition(&mut self, topic: &str, partition: i32, data: Option<&[u8]>) -> Appended {
+        let max_bytes = match self.topics.get(topic) {
+            Some(t) => t.meta.config.max_message_bytes(&self.config),
+            None => return Appended::error(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {topic}")),
+        };
+        let acks_wait = self.config.flush.acks_wait_for_sync();
+        let validate_records = self.config.validate_records;
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(usize::try_from(partition).ok()?))
+        else {
+            return Appended::error(ErrorCode::UnknownTopicOrPartition, format!("{topic} has no partition {partition}"));
+        };
+        let data = match data {
+            Some(d) if !d.is_empty() => d,
+            _ => return Appended::error(ErrorCode::InvalidRecord, "produce request without a record batch"),
+        };
+        if data.len() > max_bytes as usize {
+            return Appended::error(
+                ErrorCode::MessageTooLarge,
+                format!("batch of {} bytes exceeds max.message.bytes {max_bytes}", data.len()),
+            );
+        }
+        let h = match records::validate_batch(data) {
+            Ok(h) => h,
+            Err(e) => return Appended::error(record_error_code(&e), e.to_string()),
+        };
+        if h.total_len() != data.len() {
+            return Appended::error(ErrorCode::InvalidRecord, "a produce request must carry exactly one record batch");
+        }
+        if h.is_transactional() || h.is_control() {
+            return Appended::error(ErrorCode::InvalidRecord, "transactional and control batches are not supported");
+        }
+        if h.record_count == 0 {
+            return Appended::error(ErrorCode::InvalidRecord, "empty record batch");
+        }
+        if validate_records && let Err(e) = records::decode_records(data) {
+            return Appended::error(record_error_code(&e), e.to_string());
+        }
+        match p.producers.check(&h) {
+            SequenceCheck::Reject(code) => {
+                return Appended::error(
+                    code,
+                    format!("producer {} epoch {} sequence {}", h.producer_id, h.producer_epoch, h.base_sequence),
+                );
+            }
+            SequenceCheck::Duplicate { base_offset } => {
+                return Appended {
+                    error: ErrorCode::None,
+                    base_offset,
+                    message: None,
+                    needs_sync: acks_wait && base_offset >= p.durable_end,
+                };
+            }
+            SequenceCheck::Append => {}
+        }
+        let mut batch = data.to_vec();
+        records::set_partition_leader_epoch(&mut batch, 0);
+        match p.log.append(&mut self.storage, &mut batch) {
+            Ok(stored) => {
+                p.producers.record(&stored);
+                p.unflushed_records += stored.record_count as u64;
+                Appended { error: ErrorCode::None, base_offset: stored.base_offset, message: None, needs_sync: acks_wait }
+            }
+            Err(e) => Appended::error(ErrorCode::KafkaStorageError, e.to_string()),
+        }
+    }
+}

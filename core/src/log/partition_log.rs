@@ -1,0 +1,348 @@
+//! The log of one partition: an ordered run of segments holding v2 batches
+//! with dense, increasing offsets.
+//!
+//! Recovery on open validates every batch (length, CRC-32C, dense offsets)
+//! and cuts the log at the first invalid byte: everything before it is kept,
+//! everything after it (the rest of that file and all later segments) is
+//! removed. Recovery never panics; it reports what it cut.
+
+use std::collections::BTreeMap;
+
+use super::reader::ChunkReader;
+use super::segment::{Segment, parse_segment_file};
+use crate::records::{self, BatchHeader, HEADER_LEN, RecordError};
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Roll to a new segment when the active one would pass this size.
+    pub segment_bytes: u64,
+    /// Add a sparse index entry after this many bytes of batches.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        // Kafka's defaults: log.segment.bytes and log.index.interval.bytes.
+        Self { segment_bytes: 1 << 30, index_interval_bytes: 4096 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("offset {offset} is out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("invalid batch: {0}")]
+    Record(#[from] RecordError),
+}
+
+/// What recovery found while opening a log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub batches: u64,
+    pub segments: usize,
+    /// Bytes cut from the end (torn or corrupt data and everything after it).
+    pub truncated_bytes: u64,
+    pub removed_segments: usize,
+    /// Why the log was cut, if it was.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionLog {
+    dir: String,
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    /// Segments written since their last sync, by base offset.
+    unsynced: BTreeMap<i64, ()>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, validating all stored batches.
+    /// `on_batch` sees every valid batch header in offset order, so callers
+    /// can rebuild state derived from the log (e.g. producer sequences).
+    pub fn open<S: Storage + ?Sized>(
+        storage: &mut S,
+        dir: &str,
+        config: LogConfig,
+        on_batch: &mut dyn FnMut(&BatchHeader),
+    ) -> Result<(Self, Recovery), StorageError> {
+        let mut files: Vec<(i64, String)> = storage
+            .list(&format!("{dir}/"))?
+            .into_iter()
+            .filter_map(|f| parse_segment_file(&f).map(|base| (base, f)))
+            .collect();
+        files.sort();
+        let mut log = Self {
+            dir: dir.to_string(),
+            config,
+            segments: BTreeMap::new(),
+            log_start_offset: files.first().map_or(0, |(base, _)| *base),
+            unsynced: BTreeMap::new(),
+        };
+        let mut report = Recovery::default();
+        let mut expected = log.log_start_offset;
+        let mut cut = false;
+        for (base, file) in files {
+            if cut {
+                report.truncated_bytes += storage.len(&file)?;
+                storage.remove(&file)?;
+                report.removed_segments += 1;
+                continue;
+            }
+            if base != expected {
+                report.reason = Some(format!("{file}: segment starts at {base}, expected {expected}"));
+                report.truncated_bytes += storage.len(&file)?;
+                storage.remove(&file)?;
+                report.removed_segments += 1;
+                cut = true;
+                continue;
+            }
+            let mut seg = Segment::new(dir, base);
+            let file_len = storage.len(&file)?;
+            let stop = scan_segment(storage, &mut seg, file_len, log.config.index_interval_bytes, on_batch, &mut report)?;
+            if let Some(reason) = stop {
+                report.reason = Some(format!("{file} at byte {}: {reason}", seg.size));
+                report.truncated_bytes += file_len - seg.size;
+                storage.truncate(&file, seg.size)?;
+                cut = true;
+            }
+            expected = seg.next_offset;
+            report.segments += 1;
+            log.segments.insert(base, seg);
+        }
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next appended record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.segments.values().next_back().map_or(self.log_start_offset, |s| s.next_offset)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.values()
+    }
+
+    /// Appends one validated batch, assigning its base offset in place.
+    /// Returns the batch header with the assigned offsets.
+    pub fn append<S: Storage + ?Sized>(&mut self, storage: &mut S, batch: &mut [u8]) -> Result<BatchHeader, LogError> {
+        let leo = self.log_end_offset();
+        records::set_base_offset(batch, leo);
+        let h = BatchHeader::parse(batch)?;
+        debug_assert_eq!(h.total_len(), batch.len(), "caller passes exactly one validated batch");
+        let needs_roll = match self.segments.values().next_back() {
+            None => true,
+            Some(active) => active.size > 0 && active.size + batch.len() as u64 > self.config.segment_bytes,
+        };
+        if needs_roll {
+            self.roll(storage, leo)?;
+        }
+        let active = self.segments.values_mut().next_back().expect("a segment after roll");
+        let pos = storage.append(&active.file, batch)?;
+        if pos != active.size {
+            // The file holds bytes we do not account for: never interleave.
+            storage.truncate(&active.file, active.size)?;
+            return Err(LogError::Storage(StorageError::io(&active.file, "append", "unexpected file length")));
+        }
+        active.track(&h, pos, self.config.index_interval_bytes);
+        self.unsynced.insert(active.base_offset, ());
+        Ok(h)
+    }
+
+    /// Starts a new active segment at `base`, syncing the old one first so
+    /// only the active segment can ever hold unsynced bytes.
+    fn roll<S: Storage + ?Sized>(&mut self, storage: &mut S, base: i64) -> Result<(), LogError> {
+        self.sync(storage)?;
+        let seg = Segment::new(&self.dir, base);
+        storage.append(&seg.file, &[])?;
+        self.unsynced.insert(base, ());
+        self.segments.insert(base, seg);
+        Ok(())
+    }
+
+    /// Whether any appended data is not yet durable.
+    pub fn needs_sync(&self) -> bool {
+        !self.unsynced.is_empty()
+    }
+
+    pub fn sync<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), StorageError> {
+        while let Some((&base, ())) = self.unsynced.first_key_value() {
+            if let Some(seg) = self.segments.get(&base) {
+                storage.sync(&seg.file)?;
+            }
+            self.unsynced.remove(&base);
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// `max_bytes` — but always at least one whole batch, so a consumer can
+    /// make progress past a batch larger than its limit (Kafka's KIP-74).
+    /// An offset equal to the log end offset yields no bytes.
+    pub fn read<S: Storage + ?Sized>(&self, storage: &mut S, offset: i64, max_bytes: usize) -> Result<Vec<u8>, LogError> {
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange { offset, start, end });
+        }
+        let Some((_, seg)) = self.segments.range(..=offset).next_back() else {
+            return Ok(Vec::new());
+        };
+        if offset >= seg.next_offset {
+            return Ok(Vec::new());
+        }
+        let mut reader = ChunkReader::new(storage, &seg.file, seg.size);
+        // Find the first batch whose last offset reaches `offset`.
+        let mut pos = seg.scan_start(offset);
+        let first = loop {
+            let Some(bytes) = reader.bytes_at(pos, HEADER_LEN)? else {
+                return Ok(Vec::new());
+            };
+            let h = BatchHeader::parse(bytes)?;
+            if h.last_offset() >= offset {
+                break h;
+            }
+            pos += h.total_len() as u64;
+        };
+        // Take whole batches while they fit in `max_bytes`.
+        let begin = pos;
+        let mut end_pos = pos + first.total_len() as u64;
+        while end_pos < seg.size {
+            let Some(bytes) = reader.bytes_at(end_pos, HEADER_LEN)? else { break };
+            let next = end_pos + BatchHeader::parse(bytes)?.total_len() as u64;
+            if next - begin > max_bytes as u64 {
+                break;
+            }
+            end_pos = next;
+        }
+        let len = (end_pos.min(seg.size) - begin) as usize;
+        Ok(storage.read(&seg.file, begin, len)?)
+    }
+
+    /// The earliest offset whose record timestamp is at or after `timestamp`,
+    /// with that record's timestamp; `None` if no record is that late.
+    pub fn offset_for_timestamp<S: Storage + ?Sized>(
+        &self,
+        storage: &mut S,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        for seg in self.segments.values().filter(|s| s.max_timestamp >= timestamp) {
+            let mut pos = 0;
+            while pos < seg.size {
+                let h = {
+                    let mut reader = ChunkReader::new(storage, &seg.file, seg.size);
+                    let Some(bytes) = reader.bytes_at(pos, HEADER_LEN)? else { break };
+                    BatchHeader::parse(bytes)?
+                };
+                if h.max_timestamp >= timestamp {
+                    let batch = storage.read(&seg.file, pos, h.total_len())?;
+                    let (_, recs) = records::decode_records(&batch)?;
+                    if let Some(r) = recs.iter().find(|r| r.timestamp >= timestamp) {
+                        return Ok(Some((r.offset, r.timestamp)));
+                    }
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes everything at or after `offset` (used when a follower's log
+    /// diverged; see the replication chapter).
+    pub fn truncate_to<S: Storage + ?Sized>(&mut self, storage: &mut S, offset: i64) -> Result<(), LogError> {
+        let later: Vec<i64> = self.segments.range(offset + 1..).map(|(b, _)| *b).collect();
+        for base in later {
+            if let Some(seg) = self.segments.remove(&base) {
+                storage.remove(&seg.file)?;
+                self.unsynced.remove(&base);
+            }
+        }
+        let Some((_, seg)) = self.segments.range_mut(..=offset).next_back() else {
+            return Ok(());
+        };
+        if seg.next_offset <= offset {
+            return Ok(());
+        }
+        // Find the first batch ending at or past `offset` and cut before it.
+        let mut pos = 0;
+        {
+            let mut reader = ChunkReader::new(storage, &seg.file, seg.size);
+            while let Some(bytes) = reader.bytes_at(pos, HEADER_LEN)? {
+                let h = BatchHeader::parse(bytes)?;
+                if h.last_offset() >= offset {
+                    break;
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        storage.truncate(&seg.file, pos)?;
+        // Rebuild the segment's bookkeeping from what is left.
+        let mut fresh = Segment::new(&self.dir, seg.base_offset);
+        let mut report = Recovery::default();
+        scan_segment(storage, &mut fresh, pos, self.config.index_interval_bytes, &mut |_| {}, &mut report)?;
+        *seg = fresh;
+        Ok(())
+    }
+
+    /// Removes every file of this log.
+    pub fn delete<S: Storage + ?Sized>(self, storage: &mut S) -> Result<(), StorageError> {
+        for seg in self.segments.values() {
+            storage.remove(&seg.file)?;
+        }
+        Ok(())
+    }
+}
+
+/// Validates the batches of one segment file up to `file_len`, tracking each
+/// in `seg`. Returns why it stopped early, if it did.
+fn scan_segment<S: Storage + ?Sized>(
+    storage: &mut S,
+    seg: &mut Segment,
+    file_len: u64,
+    index_interval: u64,
+    on_batch: &mut dyn FnMut(&BatchHeader),
+    report: &mut Recovery,
+) -> Result<Option<String>, StorageError> {
+    let file = seg.file.clone();
+    let mut reader = ChunkReader::new(storage, &file, file_len);
+    let mut pos = 0u64;
+    while pos < file_len {
+        let header = match reader.bytes_at(pos, HEADER_LEN)? {
+            None => return Ok(Some("torn batch header".into())),
+            Some(bytes) => match BatchHeader::parse(bytes) {
+                Ok(h) => h,
+                Err(e) => return Ok(Some(e.to_string())),
+            },
+        };
+        let h = match reader.bytes_at(pos, header.total_len())? {
+            None => return Ok(Some("torn batch".into())),
+            Some(bytes) => match records::validate_batch(bytes) {
+                Ok(h) => h,
+                Err(e) => return Ok(Some(e.to_string())),
+            },
+        };
+        if h.base_offset != seg.next_offset {
+            return Ok(Some(format!("batch at offset {} where {} was expected", h.base_offset, seg.next_offset)));
+        }
+        on_batch(&h);
+        seg.track(&h, pos, index_interval);
+        report.batches += 1;
+        pos += h.total_len() as u64;
+    }
+    Ok(None)
+}

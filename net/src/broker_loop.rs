@@ -1,0 +1,115 @@
+//! The task that owns the broker machine: it turns commands from
+//! connections and timer expiries into inputs, and executes the effects.
+//!
+//! Group commit falls out of the loop's shape: it takes every command
+//! already queued before answering `SyncNeeded`, so one fsync covers all
+//! the produce requests that arrived while the previous one ran.
+
+use std::collections::{BTreeSet, HashMap};
+
+use millrace_core::broker::{Broker, Effect, Input, Request, RequestId, Response};
+use millrace_core::storage::Storage;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+
+/// Upper bound of commands taken per loop turn (bounded work per turn).
+const MAX_BURST: usize = 4096;
+
+pub enum Command {
+    Request { id: RequestId, request: Request, reply: oneshot::Sender<Response> },
+    Disconnected { conn: u64 },
+    /// Make everything durable, then stop; answered when done.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver<Command>, clock: Clock) {
+    let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
+    let mut timers: BTreeSet<i64> = BTreeSet::new();
+    let mut out = Vec::new();
+    loop {
+        let first = match timers.first().copied() {
+            Some(at) => tokio::select! {
+                c = commands.recv() => c,
+                _ = tokio::time::sleep_until(clock.instant_at(at)) => {
+                    let now = clock.now();
+                    while timers.first().is_some_and(|t| *t <= now) {
+                        timers.pop_first();
+                    }
+                    broker.step(now, Input::Tick, &mut out);
+                    if execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers).is_some() {
+                        broker.step(clock.now(), Input::Sync, &mut out);
+                        execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+                    }
+                    continue;
+                }
+            },
+            None => commands.recv().await,
+        };
+        let Some(first) = first else { break };
+        let mut next = Some(first);
+        let mut taken = 0;
+        let mut shutdown = None;
+        while let Some(cmd) = next.take() {
+            let now = clock.now();
+            match cmd {
+                Command::Request { id, request, reply } => {
+                    waiting.insert(id, reply);
+                    broker.step(now, Input::Request { id, request }, &mut out);
+                }
+                Command::Disconnected { conn } => {
+                    waiting.retain(|id, _| id.conn != conn);
+                    broker.step(now, Input::Disconnected { conn }, &mut out);
+                }
+                Command::Shutdown { done } => shutdown = Some(done),
+            }
+            taken += 1;
+            if taken < MAX_BURST && shutdown.is_none() {
+                next = commands.try_recv().ok();
+            }
+        }
+        let needs_sync = execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers).is_some();
+        if needs_sync || shutdown.is_some() {
+            broker.step(clock.now(), Input::Sync, &mut out);
+            execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+        }
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+            return;
+        }
+    }
+    broker.step(clock.now(), Input::Sync, &mut out);
+    execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+}
+
+/// Carries out effects. Returns `Some(())` if a sync was asked for.
+fn execute<S: Storage>(
+    broker: &mut Broker<S>,
+    _clock: &Clock,
+    out: &mut Vec<Effect>,
+    waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
+    timers: &mut BTreeSet<i64>,
+) -> Option<()> {
+    let mut sync = None;
+    for effect in out.drain(..) {
+        match effect {
+            Effect::Reply { id, response } => {
+                if let Some(reply) = waiting.remove(&id) {
+                    let _ = reply.send(response);
+                }
+            }
+            Effect::Timer { at } => {
+                timers.insert(at);
+            }
+            Effect::SyncNeeded => sync = Some(()),
+            Effect::Fatal { reason } => {
+                tracing::error!(%reason, "fatal storage failure; stopping so no unsynced write is acknowledged");
+                // Exiting is the safe answer: the OS may have dropped dirty
+                // pages, so nothing may be acknowledged from here on.
+                std::process::exit(70);
+            }
+        }
+    }
+    let _ = broker;
+    sync
+}

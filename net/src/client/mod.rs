@@ -1,0 +1,259 @@
+//! Millrace's own Kafka client: the CLI helpers use it today, and the
+//! simulator's workload clients will use it too. It speaks only what the
+//! broker serves, at fixed protocol versions.
+
+mod connection;
+pub mod consumer;
+pub mod partitioner;
+pub mod producer;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use millrace_core::ErrorCode;
+
+pub use connection::Connection;
+
+const METADATA_V: i16 = 12;
+const PRODUCE_V: i16 = 9;
+const FETCH_V: i16 = 12;
+const LIST_OFFSETS_V: i16 = 7;
+const CREATE_TOPICS_V: i16 = 7;
+const DELETE_TOPICS_V: i16 = 5;
+const INIT_PRODUCER_ID_V: i16 = 4;
+const DESCRIBE_CONFIGS_V: i16 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Io(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{context}: {name} ({code}){}", message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Kafka { context: String, code: i16, name: String, message: Option<String> },
+}
+
+impl ClientError {
+    fn kafka(context: impl Into<String>, code: i16, message: Option<String>) -> Self {
+        ClientError::Kafka { context: context.into(), code, name: error_name(code), message: message.filter(|m| !m.is_empty()) }
+    }
+
+    /// Kafka error code, if the broker returned one.
+    pub fn code(&self) -> Option<i16> {
+        match self {
+            ClientError::Kafka { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+fn error_name(code: i16) -> String {
+    kafka_protocol::ResponseError::try_from_code(code).map(|e| format!("{e:?}")).unwrap_or_else(|| format!("error {code}"))
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// What Metadata says about one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: Vec<i32>,
+    pub topic_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedPartition {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+pub struct Client {
+    conn: Connection,
+}
+
+impl Client {
+    pub async fn connect(bootstrap: &str) -> Result<Self, ClientError> {
+        Ok(Self { conn: Connection::connect(bootstrap).await? })
+    }
+
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Topics and their partitions; `None` lists every topic.
+    pub async fn metadata(&mut self, topics: Option<&[&str]>, auto_create: bool) -> Result<Vec<TopicInfo>, ClientError> {
+        let req = MetadataRequest::default()
+            .with_topics(topics.map(|ts| ts.iter().map(|t| MetadataRequestTopic::default().with_name(Some(topic_name(t)))).collect()))
+            .with_allow_auto_topic_creation(auto_create);
+        let resp = self.conn.call(&req, METADATA_V).await?;
+        let mut out = Vec::new();
+        for t in resp.topics {
+            let name = t.name.map(|n| n.0.to_string()).unwrap_or_default();
+            if t.error_code != 0 {
+                return Err(ClientError::kafka(format!("metadata for {name}"), t.error_code, None));
+            }
+            let mut partitions: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
+            partitions.sort_unstable();
+            out.push(TopicInfo { name, partitions, topic_id: t.topic_id.to_string() });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<(), ClientError> {
+        let topic = CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string(k.clone()))
+                            .with_value(Some(StrBytes::from_string(v.clone())))
+                    })
+                    .collect(),
+            );
+        let req = CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000);
+        let resp = self.conn.call(&req, CREATE_TOPICS_V).await?;
+        for t in resp.topics {
+            if t.error_code != 0 {
+                return Err(ClientError::kafka(
+                    format!("creating topic {name}"),
+                    t.error_code,
+                    t.error_message.map(|m| m.to_string()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn delete_topic(&mut self, name: &str) -> Result<(), ClientError> {
+        let req = DeleteTopicsRequest::default().with_topic_names(vec![topic_name(name)]).with_timeout_ms(30_000);
+        let resp = self.conn.call(&req, DELETE_TOPICS_V).await?;
+        for t in resp.responses {
+            if t.error_code != 0 {
+                return Err(ClientError::kafka(format!("deleting topic {name}"), t.error_code, t.error_message.map(|m| m.to_string())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Effective topic configs as (name, value, is-default).
+    pub async fn describe_topic_configs(&mut self, name: &str) -> Result<Vec<(String, String, bool)>, ClientError> {
+        let req = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(name.to_string()))
+            .with_configuration_keys(None)]);
+        let resp = self.conn.call(&req, DESCRIBE_CONFIGS_V).await?;
+        let mut out = Vec::new();
+        for r in resp.results {
+            if r.error_code != 0 {
+                return Err(ClientError::kafka(format!("describing {name}"), r.error_code, r.error_message.map(|m| m.to_string())));
+            }
+            for c in r.configs {
+                out.push((c.name.to_string(), c.value.map(|v| v.to_string()).unwrap_or_default(), c.config_source == 5));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fresh idempotent producer identity: (producer id, epoch).
+    pub async fn init_producer_id(&mut self) -> Result<(i64, i16), ClientError> {
+        let req = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+        let resp = self.conn.call(&req, INIT_PRODUCER_ID_V).await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::kafka("InitProducerId", resp.error_code, None));
+        }
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    /// Produces one encoded batch; returns its base offset (-1 for acks=0).
+    pub async fn produce(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64, ClientError> {
+        let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
+        ]);
+        if acks == 0 {
+            self.conn.send(&req, PRODUCE_V).await?;
+            return Ok(-1);
+        }
+        let resp = self.conn.call(&req, PRODUCE_V).await?;
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or_else(|| ClientError::Protocol("empty produce response".into()))?;
+        if p.error_code != 0 {
+            return Err(ClientError::kafka(
+                format!("producing to {topic}-{partition}"),
+                p.error_code,
+                p.error_message.as_ref().map(|m| m.to_string()),
+            ));
+        }
+        Ok(p.base_offset)
+    }
+
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+    ) -> Result<FetchedPartition, ClientError> {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
+                FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(max_bytes),
+            ])]);
+        let resp = self.conn.call(&req, FETCH_V).await?;
+        let p = resp
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|t| t.partitions.into_iter().next())
+            .ok_or_else(|| ClientError::Protocol("empty fetch response".into()))?;
+        if p.error_code != ErrorCode::None.code() {
+            return Err(ClientError::kafka(format!("fetching {topic}-{partition} at {offset}"), p.error_code, None));
+        }
+        Ok(FetchedPartition {
+            high_watermark: p.high_watermark,
+            log_start_offset: p.log_start_offset,
+            records: p.records.unwrap_or_default(),
+        })
+    }
+
+    /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
+    pub async fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64, ClientError> {
+        let req = ListOffsetsRequest::default().with_replica_id((-1).into()).with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp)])]);
+        let resp = self.conn.call(&req, LIST_OFFSETS_V).await?;
+        let p = resp
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| ClientError::Protocol("empty list-offsets response".into()))?;
+        if p.error_code != 0 {
+            return Err(ClientError::kafka(format!("listing offsets of {topic}-{partition}"), p.error_code, None));
+        }
+        Ok(p.offset)
+    }
+}

@@ -1,0 +1,97 @@
+//! One client connection: a reader that decodes frames and hands requests
+//! to the broker loop, and a writer that sends responses in request order.
+//!
+//! Bad input is this connection's problem only: an oversized length, a
+//! truncated or undecodable frame, an unknown API key or an unsupported
+//! version closes this connection (after the responses already owed) and
+//! nothing else.
+
+use bytes::Bytes;
+use millrace_core::broker::{RequestId, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broker_loop::Command;
+use crate::kafka::{self, Decoded, MAX_FRAME_BYTES, RequestMeta};
+
+/// Responses a connection may owe at once; a client pipelining more waits.
+const MAX_IN_FLIGHT: usize = 256;
+
+enum Slot {
+    Ready(Bytes),
+    Pending(RequestMeta, oneshot::Receiver<Response>),
+}
+
+pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let (slots, slot_rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_responses(wr, slot_rx));
+    let mut seq = 0u64;
+    let reason = loop {
+        let mut len = [0u8; 4];
+        if rd.read_exact(&mut len).await.is_err() {
+            break None; // closed by the client
+        }
+        let len = i32::from_be_bytes(len);
+        if len < 0 || len as usize > MAX_FRAME_BYTES {
+            break Some(format!("frame length {len} outside 0..={MAX_FRAME_BYTES}"));
+        }
+        let mut frame = vec![0; len as usize];
+        if rd.read_exact(&mut frame).await.is_err() {
+            break Some(format!("connection closed inside a {len}-byte frame"));
+        }
+        let slot = match kafka::decode(Bytes::from(frame)) {
+            Err(e) => break Some(e.to_string()),
+            Ok(Decoded::ApiVersions { meta, supported }) => match kafka::response::api_versions(&meta, supported) {
+                Ok(bytes) => Slot::Ready(bytes),
+                Err(e) => break Some(format!("encoding ApiVersions: {e}")),
+            },
+            Ok(Decoded::Broker { meta, request, expects_reply }) => {
+                seq += 1;
+                let (reply, rx) = oneshot::channel();
+                let id = RequestId { conn, seq };
+                if broker.send(Command::Request { id, request, reply }).await.is_err() {
+                    break Some("broker stopped".into());
+                }
+                if !expects_reply {
+                    continue; // acks=0: Kafka sends no response at all
+                }
+                Slot::Pending(meta, rx)
+            }
+        };
+        if slots.send(slot).await.is_err() {
+            break None; // the writer stopped: the socket is gone
+        }
+    };
+    if let Some(reason) = reason {
+        tracing::warn!(conn, %peer, %reason, "closing connection");
+    }
+    drop(slots);
+    let _ = broker.send(Command::Disconnected { conn }).await;
+    let _ = writer.await;
+}
+
+async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
+    while let Some(slot) = slots.recv().await {
+        let bytes = match slot {
+            Slot::Ready(b) => b,
+            Slot::Pending(meta, rx) => match rx.await {
+                Ok(response) => match kafka::response::encode(&meta, response) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(?meta, %e, "cannot encode response; closing connection");
+                        break;
+                    }
+                },
+                Err(_) => break, // the broker dropped the request (shutdown)
+            },
+        };
+        if wr.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,221 @@
+//! [`Storage`] over real files under a data directory.
+//!
+//! Durability follows the usual POSIX rules: `sync` is `fdatasync` on the
+//! file plus an fsync of its directory the first time (so a new file's name
+//! survives a crash), and `replace` writes a temporary file, syncs it,
+//! renames it over the target and syncs the directory.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use millrace_core::storage::{Storage, StorageError, StorageResult};
+
+struct OpenFile {
+    file: File,
+    len: u64,
+    /// The directory entry is not yet known to be durable.
+    new: bool,
+}
+
+pub struct FileStorage {
+    root: PathBuf,
+    files: HashMap<String, OpenFile>,
+}
+
+fn err(file: &str, op: &'static str, e: std::io::Error) -> StorageError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return StorageError::NoSpace { file: file.to_string() };
+    }
+    if e.kind() == std::io::ErrorKind::NotFound {
+        return StorageError::NotFound { file: file.to_string() };
+    }
+    StorageError::io(file, op, e)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FileStorage {
+    /// Uses (and creates) `root` as the data directory.
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)?;
+        Ok(Self { root, files: HashMap::new() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.root.join(file)
+    }
+
+    fn handle(&mut self, file: &str, create: bool) -> StorageResult<&mut OpenFile> {
+        if !self.files.contains_key(file) {
+            let path = self.path(file);
+            let existed = path.exists();
+            if !existed && !create {
+                return Err(StorageError::NotFound { file: file.to_string() });
+            }
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| err(file, "mkdir", e))?;
+            }
+            let f = OpenOptions::new().read(true).append(true).create(create).open(&path).map_err(|e| err(file, "open", e))?;
+            let len = f.metadata().map_err(|e| err(file, "stat", e))?.len();
+            self.files.insert(file.to_string(), OpenFile { file: f, len, new: !existed });
+        }
+        Ok(self.files.get_mut(file).expect("inserted above"))
+    }
+}
+
+impl Storage for FileStorage {
+    fn append(&mut self, file: &str, data: &[u8]) -> StorageResult<u64> {
+        let h = self.handle(file, true)?;
+        let pos = h.len;
+        if let Err(e) = h.file.write_all(data) {
+            // A partial write leaves the length unknown: re-read it.
+            h.len = h.file.metadata().map(|m| m.len()).unwrap_or(pos);
+            return Err(err(file, "write", e));
+        }
+        h.len += data.len() as u64;
+        Ok(pos)
+    }
+
+    fn read(&mut self, file: &str, pos: u64, len: usize) -> StorageResult<Vec<u8>> {
+        let h = self.handle(file, false)?;
+        let len = len.min(h.len.saturating_sub(pos) as usize);
+        let mut buf = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match h.file.read_at(&mut buf[done..], pos + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(file, "read", e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn len(&mut self, file: &str) -> StorageResult<u64> {
+        Ok(self.handle(file, false)?.len)
+    }
+
+    fn sync(&mut self, file: &str) -> StorageResult<()> {
+        let path = self.path(file);
+        let h = self.handle(file, false)?;
+        h.file.sync_data().map_err(|e| err(file, "fsync", e))?;
+        if h.new {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+            }
+            h.new = false;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, file: &str, len: u64) -> StorageResult<()> {
+        let h = self.handle(file, false)?;
+        h.file.set_len(len).map_err(|e| err(file, "truncate", e))?;
+        h.file.sync_all().map_err(|e| err(file, "fsync", e))?;
+        h.len = len;
+        Ok(())
+    }
+
+    fn list(&mut self, prefix: &str) -> StorageResult<Vec<String>> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(&dir.to_string_lossy(), "list", e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| err(&dir.to_string_lossy(), "list", e))?;
+                let path = entry.path();
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(path);
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let name = rel.to_string_lossy().replace('\\', "/");
+                if name.starts_with(prefix) && !name.ends_with(".tmp") {
+                    out.push(name);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&mut self, file: &str) -> StorageResult<()> {
+        self.files.remove(file);
+        let path = self.path(file);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err(file, "remove", e)),
+        }
+        if let Some(parent) = path.parent() {
+            sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+            // Drop a partition directory once it is empty.
+            if parent != self.root && fs::read_dir(parent).map(|mut d| d.next().is_none()).unwrap_or(false) {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        Ok(())
+    }
+
+    fn replace(&mut self, file: &str, data: &[u8]) -> StorageResult<()> {
+        self.files.remove(file);
+        let path = self.path(file);
+        let tmp = self.path(&format!("{file}.tmp"));
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| err(file, "mkdir", e))?;
+        }
+        let mut f = File::create(&tmp).map_err(|e| err(file, "create", e))?;
+        f.write_all(data).map_err(|e| err(file, "write", e))?;
+        f.sync_all().map_err(|e| err(file, "fsync", e))?;
+        fs::rename(&tmp, &path).map_err(|e| err(file, "rename", e))?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_read_truncate_replace_list() {
+        let dir = std::env::temp_dir().join(format!("millrace-fs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = FileStorage::open(&dir).unwrap();
+        assert_eq!(s.append("t-0/a.log", b"hello").unwrap(), 0);
+        assert_eq!(s.append("t-0/a.log", b" world").unwrap(), 5);
+        s.sync("t-0/a.log").unwrap();
+        assert_eq!(s.read("t-0/a.log", 6, 100).unwrap(), b"world");
+        s.truncate("t-0/a.log", 5).unwrap();
+        assert_eq!(s.len("t-0/a.log").unwrap(), 5);
+        s.replace("meta/x", b"1").unwrap();
+        s.replace("meta/x", b"2").unwrap();
+        assert_eq!(s.read_all("meta/x").unwrap().unwrap(), b"2");
+        assert_eq!(s.list("").unwrap(), vec!["meta/x".to_string(), "t-0/a.log".to_string()]);
+        assert!(matches!(s.read("missing", 0, 1), Err(StorageError::NotFound { .. })));
+        // A fresh handle sees what the first one wrote.
+        let mut again = FileStorage::open(&dir).unwrap();
+        assert_eq!(again.read_all("t-0/a.log").unwrap().unwrap(), b"hello");
+        s.remove("t-0/a.log").unwrap();
+        assert_eq!(s.list("t-0/").unwrap(), Vec::<String>::new());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

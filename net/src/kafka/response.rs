@@ -1,0 +1,293 @@
+//! Broker responses out, Kafka response frames in the request's version.
+//!
+//! Fields that do not exist in the requested version are left at their
+//! defaults: `kafka-protocol` refuses to encode a non-default value a
+//! version lacks. The unit tests encode every response at every served
+//! version to keep that true.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
+    FetchResponse, InitProducerIdResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, ProducerId,
+    ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+use millrace_core::ErrorCode;
+use millrace_core::broker::{self as core, Response};
+
+use super::request::RequestMeta;
+use super::versions::SUPPORTED;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Frames `body` with the length prefix and the response header.
+fn frame<R: Encodable>(meta: &RequestMeta, header_version: i16, body_version: i16, body: &R) -> anyhow::Result<Bytes> {
+    let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
+    let size = header.compute_size(header_version)? + body.compute_size(body_version)?;
+    let mut out = BytesMut::with_capacity(4 + size);
+    out.put_i32(i32::try_from(size)?);
+    header.encode(&mut out, header_version)?;
+    body.encode(&mut out, body_version)?;
+    Ok(out.freeze())
+}
+
+/// The ApiVersions answer. An unsupported version is answered in v0 with
+/// UNSUPPORTED_VERSION and the full list, so the client can retry lower.
+pub fn api_versions(meta: &RequestMeta, supported: bool) -> anyhow::Result<Bytes> {
+    let keys = SUPPORTED
+        .iter()
+        .map(|&(k, min, max, _)| ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max))
+        .collect();
+    let mut body = ApiVersionsResponse::default().with_api_keys(keys);
+    let version = if supported { meta.version } else { 0 };
+    if !supported {
+        body = body.with_error_code(ErrorCode::UnsupportedVersion.code());
+    }
+    // ApiVersions responses always use header v0 (KIP-511).
+    frame(meta, 0, version, &body)
+}
+
+pub fn encode(meta: &RequestMeta, response: Response) -> anyhow::Result<Bytes> {
+    let v = meta.version;
+    let hv = meta.api_key.response_header_version(v);
+    match response {
+        Response::Metadata(r) => frame(meta, hv, v, &metadata(r, v)),
+        Response::Produce(r) => frame(meta, hv, v, &produce(r, v)),
+        Response::Fetch(r) => frame(meta, hv, v, &fetch(r, v)),
+        Response::ListOffsets(r) => frame(meta, hv, v, &list_offsets(r, v)),
+        Response::CreateTopics(r) => frame(meta, hv, v, &create_topics(r, v)),
+        Response::DeleteTopics(r) => frame(meta, hv, v, &delete_topics(r, v)),
+        Response::InitProducerId(r) => frame(meta, hv, v, &init_producer_id(r)),
+        Response::DescribeConfigs(r) => frame(meta, hv, v, &describe_configs(r)),
+    }
+}
+
+fn metadata(r: core::MetadataResponse, v: i16) -> MetadataResponse {
+    let brokers = r
+        .brokers
+        .iter()
+        .map(|b| MetadataResponseBroker::default().with_node_id(BrokerId(b.node_id)).with_host(sb(&b.host)).with_port(b.port))
+        .collect();
+    let topics = r
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut mp = MetadataResponsePartition::default()
+                        .with_error_code(p.error.code())
+                        .with_partition_index(p.partition)
+                        .with_leader_id(BrokerId(p.leader))
+                        .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
+                        .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect());
+                    if v >= 7 {
+                        mp = mp.with_leader_epoch(p.leader_epoch);
+                    }
+                    mp
+                })
+                .collect();
+            let mut mt = MetadataResponseTopic::default()
+                .with_error_code(t.error.code())
+                .with_name(Some(name(&t.name)))
+                .with_is_internal(false)
+                .with_partitions(partitions);
+            if v >= 10 {
+                mt = mt.with_topic_id(uuid::Uuid::from_bytes(t.topic_id));
+            }
+            mt
+        })
+        .collect();
+    let mut m = MetadataResponse::default().with_brokers(brokers).with_topics(topics);
+    if v >= 1 {
+        m = m.with_controller_id(BrokerId(r.controller_id));
+    }
+    if v >= 2 {
+        m = m.with_cluster_id(Some(sb(&r.cluster_id)));
+    }
+    m
+}
+
+fn produce(r: core::ProduceResponse, v: i16) -> ProduceResponse {
+    let responses = r
+        .topics
+        .into_iter()
+        .map(|(topic, parts)| {
+            let parts = parts
+                .into_iter()
+                .map(|p| {
+                    let mut pr = PartitionProduceResponse::default()
+                        .with_index(p.partition)
+                        .with_error_code(p.error.code())
+                        .with_base_offset(p.base_offset);
+                    if v >= 5 {
+                        pr = pr.with_log_start_offset(p.log_start_offset);
+                    }
+                    if v >= 8 {
+                        pr = pr.with_error_message(p.error_message.map(|m| sb(&m)));
+                    }
+                    pr
+                })
+                .collect();
+            TopicProduceResponse::default().with_name(name(&topic)).with_partition_responses(parts)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}
+
+fn fetch(r: core::FetchResponse, v: i16) -> FetchResponse {
+    // Group partitions by topic, keeping the request's order.
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for p in r.partitions {
+        let mut pd = PartitionData::default()
+            .with_partition_index(p.partition)
+            .with_error_code(p.error.code())
+            .with_high_watermark(p.high_watermark)
+            .with_last_stable_offset(p.last_stable_offset)
+            .with_aborted_transactions(Some(Vec::new()))
+            // Never null: librdkafka hangs or crashes on null records.
+            .with_records(Some(p.records));
+        if v >= 5 {
+            pd = pd.with_log_start_offset(p.log_start_offset);
+        }
+        match responses.last_mut() {
+            Some(t) if t.topic.0.as_str() == p.topic => t.partitions.push(pd),
+            _ => responses.push(FetchableTopicResponse::default().with_topic(name(&p.topic)).with_partitions(vec![pd])),
+        }
+    }
+    FetchResponse::default().with_responses(responses)
+}
+
+fn list_offsets(r: core::ListOffsetsResponse, v: i16) -> ListOffsetsResponse {
+    let mut topics: Vec<ListOffsetsTopicResponse> = Vec::new();
+    for p in r.partitions {
+        let mut lp = ListOffsetsPartitionResponse::default()
+            .with_partition_index(p.partition)
+            .with_error_code(p.error.code())
+            .with_timestamp(p.timestamp)
+            .with_offset(p.offset);
+        if v >= 4 {
+            lp = lp.with_leader_epoch(p.leader_epoch);
+        }
+        match topics.last_mut() {
+            Some(t) if t.name.0.as_str() == p.topic => t.partitions.push(lp),
+            _ => topics.push(ListOffsetsTopicResponse::default().with_name(name(&p.topic)).with_partitions(vec![lp])),
+        }
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+fn create_topics(r: core::CreateTopicsResponse, v: i16) -> CreateTopicsResponse {
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            let mut ct = CreatableTopicResult::default()
+                .with_name(name(&t.name))
+                .with_error_code(t.error.code())
+                .with_error_message(t.error_message.map(|m| sb(&m)));
+            if v >= 5 {
+                let configs = t
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        CreatableTopicConfigs::default()
+                            .with_name(sb(&c.name))
+                            .with_value(c.value.as_deref().map(sb))
+                            .with_read_only(c.read_only)
+                            .with_config_source(if c.is_default { 5 } else { 1 })
+                    })
+                    .collect();
+                ct = ct
+                    .with_num_partitions(t.num_partitions)
+                    .with_replication_factor(t.replication_factor)
+                    .with_configs(Some(configs));
+            }
+            if v >= 7 {
+                ct = ct.with_topic_id(uuid::Uuid::from_bytes(t.topic_id));
+            }
+            ct
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+fn delete_topics(r: core::DeleteTopicsResponse, v: i16) -> DeleteTopicsResponse {
+    let responses = r
+        .topics
+        .into_iter()
+        .map(|(topic, error, message)| {
+            let mut d = DeletableTopicResult::default().with_name(Some(name(&topic))).with_error_code(error.code());
+            if v >= 5 {
+                d = d.with_error_message(message.map(|m| sb(&m)));
+            }
+            d
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+fn init_producer_id(r: core::InitProducerIdResponse) -> InitProducerIdResponse {
+    InitProducerIdResponse::default()
+        .with_error_code(r.error.code())
+        .with_producer_id(ProducerId(r.producer_id))
+        .with_producer_epoch(r.producer_epoch)
+}
+
+fn describe_configs(r: core::DescribeConfigsResponse) -> DescribeConfigsResponse {
+    let results = r
+        .results
+        .into_iter()
+        .map(|res| {
+            let configs = res
+                .configs
+                .iter()
+                .map(|c| {
+                    // Config sources: 1 dynamic topic, 4 static broker, 5 default.
+                    let source = if c.is_default { 5 } else if c.read_only { 4 } else { 1 };
+                    DescribeConfigsResourceResult::default()
+                        .with_name(sb(&c.name))
+                        .with_value(c.value.as_deref().map(sb))
+                        .with_read_only(c.read_only)
+                        .with_config_source(source)
+                })
+                .collect();
+            DescribeConfigsResult::default()
+                .with_error_code(res.error.code())
+                .with_error_message(res.error_message.map(|m| sb(&m)))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(sb(&res.resource_name))
+                .with_configs(configs)
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The API key a broker response belongs to (for sanity checks).
+pub fn api_key_of(response: &Response) -> ApiKey {
+    match response {
+        Response::Metadata(_) => ApiKey::Metadata,
+        Response::Produce(_) => ApiKey::Produce,
+        Response::Fetch(_) => ApiKey::Fetch,
+        Response::ListOffsets(_) => ApiKey::ListOffsets,
+        Response::CreateTopics(_) => ApiKey::CreateTopics,
+        Response::DeleteTopics(_) => ApiKey::DeleteTopics,
+        Response::InitProducerId(_) => ApiKey::InitProducerId,
+        Response::DescribeConfigs(_) => ApiKey::DescribeConfigs,
+    }
+}

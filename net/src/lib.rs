@@ -1,0 +1,16 @@
+//! # millrace-net
+//!
+//! The thin real-IO adapter around `millrace-core` (DESIGN.md §2): TCP and
+//! the Kafka wire protocol, file-backed storage, timers, the broker loop
+//! that executes the core's effects, and the Kafka client that the CLI (and
+//! later the simulator's workloads) use.
+
+pub mod alloc_guard;
+pub mod broker_loop;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod connection;
+pub mod file_storage;
+pub mod kafka;
+pub mod server;

@@ -1,0 +1,316 @@
+//! The `millrace` command: the server and the client helpers.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use millrace_core::records::{Compression, Header, Record};
+use millrace_net::client::consumer::{PartitionReader, StartAt};
+use millrace_net::client::producer::{Producer, ProducerConfig};
+use millrace_net::client::Client;
+use millrace_net::config::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServeConfig};
+use millrace_net::server::Server;
+
+#[global_allocator]
+static ALLOC: millrace_net::alloc_guard::GuardedAlloc = millrace_net::alloc_guard::GuardedAlloc;
+
+#[derive(Parser)]
+#[command(name = "millrace", version, about = "A Kafka-compatible streaming log (and, later, a batch and stream engine).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker. Without options: listens on 127.0.0.1:9092 and keeps
+    /// data under ./millrace-data.
+    Serve(ServeArgs),
+    /// Create, list, describe or delete topics on a running server.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce lines from standard input, one record per line.
+    Produce(ProduceArgs),
+    /// Print records of a topic to standard output, one per line.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on for Kafka clients [default: 127.0.0.1:9092].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory for the log and metadata [default: ./millrace-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file; flags given here override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// host:port given to clients in metadata [default: the listen address].
+    #[arg(long)]
+    advertised: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Server to talk to.
+    #[arg(long, short = 'b', default_value = DEFAULT_LISTEN, env = "MILLRACE_BOOTSTRAP")]
+    bootstrap: String,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions [default: the server's num_partitions].
+        #[arg(long, short = 'p', default_value_t = -1)]
+        partitions: i32,
+        /// Topic config as key=value (repeatable), e.g. segment.bytes=1048576.
+        #[arg(long = "config", short = 'c')]
+        configs: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List topics.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a topic's partitions, offsets and configs.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    topic: String,
+    /// Send every record to this partition (default: by key, else round-robin).
+    #[arg(long, short = 'p')]
+    partition: Option<i32>,
+    /// Split each line at the first occurrence of this into key and value.
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// none, gzip, snappy, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// Records per batch.
+    #[arg(long, default_value_t = 500)]
+    batch_records: usize,
+    /// Disable the idempotent producer.
+    #[arg(long)]
+    no_idempotence: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    topic: String,
+    /// Read only this partition (default: all, one after another at the end
+    /// of each fetch round).
+    #[arg(long, short = 'p')]
+    partition: Option<i32>,
+    /// Start offset: earliest, latest, or a number.
+    #[arg(long, default_value = "earliest")]
+    offset: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Stop once every partition is read up to its high watermark.
+    #[arg(long)]
+    exit_at_end: bool,
+    /// Print key<TAB>value.
+    #[arg(long)]
+    print_key: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Topic(cmd) => topic(cmd).await,
+            Command::Produce(args) => produce(args).await,
+            Command::Consume(args) => consume(args).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => ServeConfig::from_toml_file(path)?,
+        None => ServeConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if args.advertised.is_some() {
+        config.advertised = args.advertised;
+    }
+    let _ = DEFAULT_DATA_DIR;
+    let server = Server::bind(config).await?;
+    server.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicCommand::Create { name, partitions, configs, conn } => {
+            let pairs = configs
+                .iter()
+                .map(|c| {
+                    c.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("config {c:?} is not key=value"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            client.create_topic(&name, partitions, &pairs).await?;
+            println!("created topic {name}");
+        }
+        TopicCommand::List { conn } => {
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            for t in client.metadata(None, false).await? {
+                println!("{}", t.name);
+            }
+        }
+        TopicCommand::Describe { name, conn } => {
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            let meta = client.metadata(Some(&[&name]), false).await?;
+            let t = meta.first().context("no metadata returned")?;
+            println!("topic {}  id {}  partitions {}", t.name, t.topic_id, t.partitions.len());
+            println!("{:>9}  {:>14}  {:>14}", "partition", "start offset", "end offset");
+            for &p in &t.partitions {
+                let start = client.list_offset(&name, p, -2).await?;
+                let end = client.list_offset(&name, p, -1).await?;
+                println!("{p:>9}  {start:>14}  {end:>14}");
+            }
+            for (k, v, is_default) in client.describe_topic_configs(&name).await? {
+                println!("config {k}={v}{}", if is_default { " (default)" } else { "" });
+            }
+        }
+        TopicCommand::Delete { name, conn } => {
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            client.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let compression = Compression::from_name(&args.compression)
+        .with_context(|| format!("unknown compression {:?}; use none, gzip, snappy, lz4 or zstd", args.compression))?;
+    let acks = match args.acks.as_str() {
+        "all" | "-1" => -1,
+        "1" => 1,
+        "0" => 0,
+        other => bail!("acks must be 0, 1 or all, not {other:?}"),
+    };
+    let config = ProducerConfig {
+        acks,
+        compression,
+        idempotent: !args.no_idempotence && acks == -1,
+        batch_records: args.batch_records.max(1),
+        retries: 5,
+    };
+    let mut producer = Producer::new(&args.conn.bootstrap, &args.topic, config).await?;
+    let stdin = std::io::stdin();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
+                None => (None, line.into_bytes()),
+            },
+            None => (None, line.into_bytes()),
+        };
+        let record = Record { offset: 0, timestamp: now, key, value: Some(value), headers: Vec::<Header>::new() };
+        producer.send(args.partition, record).await?;
+    }
+    producer.flush().await?;
+    eprintln!("produced {} records to {}", producer.acked, args.topic);
+    Ok(())
+}
+
+async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let start = match args.offset.as_str() {
+        "earliest" | "beginning" => StartAt::Earliest,
+        "latest" | "end" => StartAt::Latest,
+        n => StartAt::Offset(n.parse().with_context(|| format!("offset must be earliest, latest or a number, not {n:?}"))?),
+    };
+    let mut client = Client::connect(&args.conn.bootstrap).await?;
+    let partitions = match args.partition {
+        Some(p) => vec![p],
+        None => client.metadata(Some(&[&args.topic]), false).await?.first().map(|t| t.partitions.clone()).unwrap_or_default(),
+    };
+    let mut readers = Vec::new();
+    for p in partitions {
+        readers.push(PartitionReader::open(&mut client, &args.topic, p, start).await?);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut count = 0u64;
+    let wait = if readers.len() > 1 { 100 } else { 1000 };
+    loop {
+        let mut idle = true;
+        for r in readers.iter_mut() {
+            while let Some(rec) = r.next(&mut client, wait).await? {
+                idle = false;
+                if args.print_key {
+                    out.write_all(rec.key.as_deref().unwrap_or_default())?;
+                    out.write_all(b"\t")?;
+                }
+                out.write_all(rec.value.as_deref().unwrap_or_default())?;
+                out.write_all(b"\n")?;
+                count += 1;
+                if args.max_messages.is_some_and(|m| count >= m) {
+                    out.flush()?;
+                    return Ok(());
+                }
+                if r.at_end() {
+                    break;
+                }
+            }
+        }
+        out.flush()?;
+        if idle && args.exit_at_end && readers.iter().all(|r| r.at_end()) {
+            return Ok(());
+        }
+    }
+}

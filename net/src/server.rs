@@ -1,0 +1,115 @@
+//! `millrace serve`: binds the listener, opens the broker over the data
+//! directory, and runs the broker loop and one task per connection until
+//! shutdown is asked for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use millrace_core::broker::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broker_loop::{self, Command};
+use crate::clock::Clock;
+use crate::config::ServeConfig;
+use crate::connection;
+use crate::file_storage::FileStorage;
+
+/// Bounded queue between connections and the broker loop (back-pressure).
+const COMMAND_QUEUE: usize = 8192;
+
+/// A bound, opened server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    commands: mpsc::Sender<Command>,
+    broker_task: tokio::task::JoinHandle<()>,
+    local_addr: SocketAddr,
+}
+
+impl Server {
+    pub async fn bind(mut config: ServeConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        match &config.advertised {
+            Some(adv) => {
+                let (host, port) = adv
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<i32>().ok()?)))
+                    .ok_or_else(|| anyhow::anyhow!("advertised address {adv:?} is not host:port"))?;
+                config.broker.advertised_host = host;
+                config.broker.advertised_port = port;
+            }
+            None => {
+                config.broker.advertised_host = local_addr.ip().to_string();
+                config.broker.advertised_port = i32::from(local_addr.port());
+            }
+        }
+        let storage = FileStorage::open(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot use data directory {}: {e}", config.data_dir.display()))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id());
+        let (broker, report) = Broker::open(config.broker.clone(), storage, seed)
+            .map_err(|e| anyhow::anyhow!("cannot open the log in {}: {e}", config.data_dir.display()))?;
+        for (dir, r) in &report.recoveries {
+            if let Some(reason) = &r.reason {
+                tracing::warn!(%dir, %reason, truncated_bytes = r.truncated_bytes, removed_segments = r.removed_segments, "log recovery cut a damaged tail");
+            }
+        }
+        for file in &report.orphan_files {
+            tracing::warn!(%file, "file belongs to no topic (left in place)");
+        }
+        for (file, e) in &report.unreadable_topics {
+            tracing::error!(%file, %e, "topic description unreadable; topic not loaded");
+        }
+        tracing::info!(
+            topics = report.topics,
+            partitions = report.recoveries.len(),
+            data_dir = %config.data_dir.display(),
+            listen = %local_addr,
+            flush = ?config.broker.flush,
+            "millrace serving"
+        );
+        let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+        let broker_task = tokio::spawn(broker_loop::run(broker, rx, Clock::new()));
+        Ok(Self { listener, commands, broker_task, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then makes everything durable.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server { listener, commands, broker_task, .. } = self;
+        tokio::pin!(shutdown);
+        let mut next_conn = 0u64;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        next_conn += 1;
+                        tokio::spawn(connection::serve(stream, next_conn, commands.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!("shutting down: syncing the log");
+        let (done, wait) = oneshot::channel();
+        if commands.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        broker_task.abort();
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
