@@ -236,18 +236,29 @@ def raw_fetch_batches(addr, topic, partition, timeout=30.0):
             assert progressed, f"raw fetch {topic}-{partition}@{offset} (hwm {hwm}) returned no whole batch"
 
 
-def assert_batches_use_codec(addr, topic, partitions, codec_of_offset):
-    """Every stored batch must carry the codec its records were produced with.
-    codec_of_offset: {(partition, offset): codec name} for every acked record."""
-    seen = defaultdict(int)
+def stored_codecs(addr, topic, partitions, codec_of_offset):
+    """Compare each stored batch's codec with the codec its records were
+    produced with. codec_of_offset: {(partition, offset): codec name} for every
+    acked record. Returns {produced codec: {stored codec id: record count}}."""
+    stored = defaultdict(lambda: defaultdict(int))
     for p in partitions:
         for base, count, codec in raw_fetch_batches(addr, topic, p):
             want = codec_of_offset.get((p, base))
             assert want is not None, f"{topic}-{p}: batch at {base} does not start at an acknowledged record"
-            assert codec == CODEC_ID[want], \
-                f"{topic}-{p}: batch at {base} ({count} records) has codec {codec}, produced as {want}"
-            seen[want] += count
-    return dict(seen)
+            stored[want][codec] += count
+    return {k: dict(v) for k, v in stored.items()}
+
+
+def assert_codecs_stored(label, stored, per_codec, known_gaps=()):
+    """Every codec's records are stored in batches of that codec. Codecs in
+    known_gaps are checked last, so the other checks run first."""
+    assert set(stored) == set(CODECS), stored
+    for codec in [c for c in CODECS if c not in known_gaps] + list(known_gaps):
+        assert stored[codec] == {CODEC_ID[codec]: per_codec}, (
+            f"{label}: records produced with compression {codec} are stored as "
+            f"{{codec id: records}} = {stored[codec]}, expected {{{CODEC_ID[codec]}: {per_codec}}}"
+            + (" -- see /tmp/e2e-findings.md: librdkafka disables LZ4 unless the broker advertises "
+               "FindCoordinator, so it silently sends lz4 batches uncompressed" if codec in known_gaps else ""))
 
 
 # ---------------------------------------------------------------------------
@@ -455,10 +466,12 @@ def test_confluent_every_codec(broker):
     assert total >= 10000
     # Empty values and 10 KB values really went through.
     assert any(a["value"] == b"" for a in acked_all) and any(len(a["value"]) > 10000 for a in acked_all)
-    seen = assert_batches_use_codec(broker.addr, topic, range(parts),
-                                    {(a["partition"], a["offset"]): a["codec"] for a in acked_all})
-    assert seen == {c: per_codec for c in CODECS}, seen
     log(f"confluent: {total} records verified across {parts} partitions in {time.monotonic() - t0:.1f}s")
+    # The codecs really were used: each batch as served carries its producer's codec.
+    stored = stored_codecs(broker.addr, topic, range(parts),
+                           {(a["partition"], a["offset"]): a["codec"] for a in acked_all})
+    log(f"confluent: stored batches by codec {stored}")
+    assert_codecs_stored("confluent", stored, per_codec, known_gaps=("lz4",))
 
 
 # ---------------------------------------------------------------------------
@@ -540,10 +553,10 @@ def test_kafka_python_every_codec(broker):
         consumer.close()
     total = check_readback("kafka-python", acked_all, consumed, parts)
     assert total >= 5000
-    seen = assert_batches_use_codec(broker.addr, topic, range(parts),
-                                    {(a["partition"], a["offset"]): a["codec"] for a in acked_all})
-    assert seen == {c: per_codec for c in CODECS}, seen
     log(f"kafka-python: {total} records verified in {time.monotonic() - t0:.1f}s")
+    stored = stored_codecs(broker.addr, topic, range(parts),
+                           {(a["partition"], a["offset"]): a["codec"] for a in acked_all})
+    assert_codecs_stored("kafka-python", stored, per_codec)
 
 
 # ---------------------------------------------------------------------------
@@ -759,15 +772,28 @@ def test_millrace_cli(broker):
     assert r.returncode != 0, f"creating {topic} twice succeeded: {r.stdout!r}"
     assert topic in cli("topic", "list", *b).stdout.decode().split()
 
+    # `millrace produce` with its defaults (acks=all, idempotent). If that
+    # fails, the rest of the CLI is still checked with --no-idempotence and the
+    # failure is asserted at the end of the test (see /tmp/e2e-findings.md).
+    default_produce_failures = []
+
+    def produce(*args, lines):
+        data = ("\n".join(lines) + "\n").encode()
+        r = cli("produce", topic, *args, *b, input=data, check=False)
+        if r.returncode != 0:
+            default_produce_failures.append(
+                f"millrace produce {' '.join(args)} exited {r.returncode}: "
+                f"{r.stderr.decode(errors='replace').splitlines()[:1]}")
+            log(f"cli: {default_produce_failures[-1]}; retrying with --no-idempotence")
+            r = cli("produce", topic, *args, "--no-idempotence", *b, input=data)
+        assert f"produced {len(lines)} records to {topic}" in r.stderr.decode(), r.stderr[-500:]
+
     # Partition 0: keyed lines, in order.
     lines0 = [f"key{i}:value {i}" for i in range(300)] + ["nokeyline", "a:b:c", ":emptykey"]
-    r = cli("produce", topic, "-p", "0", "--key-separator", ":", *b, input=("\n".join(lines0) + "\n").encode())
-    assert f"produced {len(lines0)} records" in r.stderr.decode(), r.stderr
+    produce("-p", "0", "--key-separator", ":", lines=lines0)
     # Partition by key: unordered across partitions, but all must arrive.
     lines_any = [f"k{i}=v{i}" for i in range(200)]
-    r = cli("produce", topic, "--key-separator", "=", "--compression", "zstd", *b,
-            input=("\n".join(lines_any) + "\n").encode())
-    assert f"produced {len(lines_any)} records" in r.stderr.decode(), r.stderr
+    produce("--key-separator", "=", "--compression", "zstd", lines=lines_any)
 
     out = cli("consume", topic, "-p", "0", "--exit-at-end", "--print-key", *b).stdout.decode().splitlines()
     want0 = [f"key{i}\tvalue {i}" for i in range(300)] + ["\tnokeyline", "a\tb:c", "\temptykey"]
@@ -799,5 +825,10 @@ def test_millrace_cli(broker):
     r = cli("topic", "delete", topic, *b)
     assert r.stdout.decode().strip() == f"deleted topic {topic}"
     assert topic not in cli("topic", "list", *b).stdout.decode().split()
+    r = cli("topic", "describe", topic, *b, check=False)
+    assert r.returncode != 0 and b"UnknownTopicOrPartition" in r.stderr, r.stderr[-500:]
     broker.assert_alive()
     log("cli: create/list/describe/produce/consume/delete verified")
+    assert not default_produce_failures, (
+        "`millrace produce` fails with its default (idempotent) settings -- see /tmp/e2e-findings.md: "
+        + "; ".join(default_produce_failures))
