@@ -26,7 +26,7 @@ enum Slot {
 pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = tokio::io::split(stream);
     let (slots, slot_rx) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_responses(wr, slot_rx));
     let mut seq = 0u64;
@@ -74,7 +74,7 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
     let _ = writer.await;
 }
 
-async fn write_responses(mut wr: tokio::net::tcp::OwnedWriteHalf, mut slots: mpsc::Receiver<Slot>) {
+async fn write_responses(mut wr: tokio::io::WriteHalf<TcpStream>, mut slots: mpsc::Receiver<Slot>) {
     while let Some(slot) = slots.recv().await {
         let bytes = match slot {
             Slot::Ready(b) => b,

@@ -97,6 +97,16 @@ fn sample(key: ApiKey) -> Response {
                 configs: vec![ConfigEntry { name: "max.message.bytes".into(), value: Some("1048588".into()), read_only: false, is_default: true }],
             }],
         }),
+        ApiKey::FindCoordinator => Response::FindCoordinator(FindCoordinatorResponse {
+            coordinators: vec![Coordinator {
+                key: "group".into(),
+                error: ErrorCode::CoordinatorNotAvailable,
+                error_message: Some("not yet".into()),
+                node_id: -1,
+                host: String::new(),
+                port: -1,
+            }],
+        }),
         other => panic!("no sample for {other:?}"),
     }
 }
@@ -138,6 +148,7 @@ fn golden_responses() {
         (ApiKey::DeleteTopics, [1, 6]),
         (ApiKey::InitProducerId, [0, 4]),
         (ApiKey::DescribeConfigs, [1, 4]),
+        (ApiKey::FindCoordinator, [0, 4]),
     ] {
         for v in versions {
             let bytes = response::encode(&meta(key, v), sample(key)).unwrap();

@@ -10,6 +10,7 @@ The binary defaults to target/release/millrace; override with MILLRACE_BIN.
 
 import functools
 import json
+import logging
 import os
 import random
 import shutil
@@ -26,8 +27,15 @@ from collections import defaultdict
 
 import pytest
 
+# kafka-python 3.x emits importlib DeprecationWarnings by the hundred.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MILLRACE_BIN = os.environ.get("MILLRACE_BIN", os.path.join(REPO_ROOT, "target", "release", "millrace"))
+
+# librdkafka's own log lines go through Python logging, so pytest shows them
+# with a failing test instead of printing them to the terminal.
+RDKAFKA_LOG = logging.getLogger("rdkafka")
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 CODEC_ID = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
@@ -133,17 +141,14 @@ class Broker:
 def broker():
     workdir = tempfile.mkdtemp(prefix="millrace-e2e-")
     b = Broker(workdir)
-    b.start()
-    log(f"server up on {b.addr}, data dir {b.data_dir}")
-    failed = True
     try:
+        b.start()
+        log(f"server up on {b.addr}, data dir {b.data_dir}")
         yield b
-        failed = False
     finally:
         rc = b.stop()
-        if rc not in (0, None, -signal.SIGKILL):
+        if rc not in (0, None):
             log(f"server exited with {rc} on SIGTERM")
-        if failed:
             print(b.tail(), file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -323,7 +328,7 @@ def check_readback(label, acked, consumed, num_partitions):
 def ck_create_topic(addr, name, partitions):
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": addr})
+    admin = AdminClient({"bootstrap.servers": addr, "logger": RDKAFKA_LOG})
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
                                   operation_timeout=10, request_timeout=15)
     futures[name].result(timeout=20)
@@ -343,6 +348,7 @@ def ck_producer(addr, **extra):
         "linger.ms": 5,
         "message.timeout.ms": 30000,
         "socket.timeout.ms": 10000,
+        "logger": RDKAFKA_LOG,
     }
     conf.update(extra)
     return Producer(conf)
@@ -396,6 +402,7 @@ def ck_consume_all(addr, topic, partitions, expect_counts, timeout=60.0):
         "auto.offset.reset": "error",
         "socket.timeout.ms": 10000,
         "error_cb": lambda e: errors.append(str(e)),
+        "logger": RDKAFKA_LOG,
     })
     try:
         c.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -669,7 +676,7 @@ def test_kill_and_restart_keeps_acknowledged(broker):
     p = ck_producer(broker.addr)
     acked, errors = ck_produce_all(p, topic, records)
     assert not errors and len(acked) == 10000, f"{len(errors)} errors, first {errors[:3]}"
-    log(f"crash: 10000 acknowledged before the kill")
+    log("crash: 10000 acknowledged before the kill")
 
     bg = BackgroundProducer(broker.addr, topic)
     bg.start()
@@ -698,7 +705,7 @@ def test_kill_and_restart_keeps_acknowledged(broker):
         f"left {bg.flush_left}; client errors {bg.client_errors[:3]}")
 
     # Topics survive the crash.
-    admin = AdminClient({"bootstrap.servers": broker.addr})
+    admin = AdminClient({"bootstrap.servers": broker.addr, "logger": RDKAFKA_LOG})
     md = admin.list_topics(timeout=10)
     assert topic in md.topics and md.topics[topic].error is None, f"{topic} missing after restart: {list(md.topics)}"
     assert sorted(md.topics[topic].partitions) == list(range(parts))
@@ -714,7 +721,7 @@ def test_kill_and_restart_keeps_acknowledged(broker):
 
     # Read up to the high watermark of each partition (it may include records
     # that were written but never acknowledged).
-    c = Consumer({"bootstrap.servers": broker.addr, "group.id": "e2e-unused-group"})
+    c = Consumer({"bootstrap.servers": broker.addr, "group.id": "e2e-unused-group", "logger": RDKAFKA_LOG})
     try:
         hwm = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(parts)}
     finally:

@@ -24,6 +24,7 @@ pub enum Request {
     DeleteTopics(DeleteTopicsRequest),
     InitProducerId(InitProducerIdRequest),
     DescribeConfigs(DescribeConfigsRequest),
+    FindCoordinator(FindCoordinatorRequest),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,7 @@ pub enum Response {
     DeleteTopics(DeleteTopicsResponse),
     InitProducerId(InitProducerIdResponse),
     DescribeConfigs(DescribeConfigsResponse),
+    FindCoordinator(FindCoordinatorResponse),
 }
 
 // ---- Metadata ----
@@ -264,6 +266,30 @@ pub struct DescribeConfigsResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeConfigsResponse {
     pub results: Vec<DescribeConfigsResult>,
+}
+
+// ---- FindCoordinator ----
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindCoordinatorRequest {
+    /// 0 = consumer group, 1 = transaction.
+    pub key_type: i8,
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Coordinator {
+    pub key: String,
+    pub error: ErrorCode,
+    pub error_message: Option<String>,
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindCoordinatorResponse {
+    pub coordinators: Vec<Coordinator>,
 }
 
 // ---- the step contract ----

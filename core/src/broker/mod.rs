@@ -190,6 +190,7 @@ impl<S: Storage> Broker<S> {
             Request::DeleteTopics(r) => Response::DeleteTopics(self.delete_topics(now, r, out)),
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r, out)),
             Request::DescribeConfigs(r) => Response::DescribeConfigs(self.describe_configs(r)),
+            Request::FindCoordinator(r) => Response::FindCoordinator(find_coordinator(r)),
         };
         out.push(Effect::Reply { id, response });
     }
@@ -236,4 +237,23 @@ impl<S: Storage> Broker<S> {
         self.parked.clear();
         out.push(Effect::Fatal { reason });
     }
+}
+
+/// No group or transaction coordinator runs yet, so every key gets the
+/// retriable COORDINATOR_NOT_AVAILABLE. The API is served anyway because
+/// librdkafka enables LZ4 only when FindCoordinator v0 is advertised.
+fn find_coordinator(r: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let coordinators = r
+        .keys
+        .into_iter()
+        .map(|key| Coordinator {
+            key,
+            error: crate::ErrorCode::CoordinatorNotAvailable,
+            error_message: Some("consumer groups and transactions are not supported yet".into()),
+            node_id: -1,
+            host: String::new(),
+            port: -1,
+        })
+        .collect();
+    FindCoordinatorResponse { coordinators }
 }

@@ -319,22 +319,34 @@ fn scan_segment<S: Storage + ?Sized>(
     report: &mut Recovery,
 ) -> Result<Option<String>, StorageError> {
     let file = seg.file.clone();
-    let mut reader = ChunkReader::new(storage, &file, file_len);
     let mut pos = 0u64;
+    let mut reader = ChunkReader::new(&mut *storage, &file, file_len);
     while pos < file_len {
-        let header = match reader.bytes_at(pos, HEADER_LEN)? {
-            None => return Ok(Some("torn batch header".into())),
+        let checked = match reader.bytes_at(pos, HEADER_LEN)? {
+            None => Err("torn batch header".to_string()),
             Some(bytes) => match BatchHeader::parse(bytes) {
-                Ok(h) => h,
-                Err(e) => return Ok(Some(e.to_string())),
+                Err(e) => Err(e.to_string()),
+                Ok(header) => match reader.bytes_at(pos, header.total_len())? {
+                    None => Err("torn batch".to_string()),
+                    Some(bytes) => records::validate_batch(bytes).map_err(|e| e.to_string()),
+                },
             },
         };
-        let h = match reader.bytes_at(pos, header.total_len())? {
-            None => return Ok(Some("torn batch".into())),
-            Some(bytes) => match records::validate_batch(bytes) {
-                Ok(h) => h,
-                Err(e) => return Ok(Some(e.to_string())),
-            },
+        let h = match checked {
+            Ok(h) => h,
+            Err(reason) => {
+                // A read can be wrong once (a flaky controller or cable)
+                // while the data at rest is fine: re-read before cutting
+                // the log, which would throw away good records.
+                drop(reader);
+                match reread_batch(storage, &file, pos, file_len)? {
+                    Some(h) => {
+                        reader = ChunkReader::new(&mut *storage, &file, file_len);
+                        h
+                    }
+                    None => return Ok(Some(reason)),
+                }
+            }
         };
         if h.base_offset != seg.next_offset {
             return Ok(Some(format!("batch at offset {} where {} was expected", h.base_offset, seg.next_offset)));
@@ -343,6 +355,29 @@ fn scan_segment<S: Storage + ?Sized>(
         seg.track(&h, pos, index_interval);
         report.batches += 1;
         pos += h.total_len() as u64;
+    }
+    Ok(None)
+}
+
+/// Fresh, uncached reads of the batch at `pos`; the header if one of them
+/// validates.
+fn reread_batch<S: Storage + ?Sized>(
+    storage: &mut S,
+    file: &str,
+    pos: u64,
+    file_len: u64,
+) -> Result<Option<BatchHeader>, StorageError> {
+    const ATTEMPTS: usize = 2;
+    for _ in 0..ATTEMPTS {
+        let header = storage.read(file, pos, HEADER_LEN)?;
+        let Ok(h) = BatchHeader::parse(&header) else { continue };
+        if pos + h.total_len() as u64 > file_len {
+            continue;
+        }
+        let bytes = storage.read(file, pos, h.total_len())?;
+        if let Ok(h) = records::validate_batch(&bytes) {
+            return Ok(Some(h));
+        }
     }
     Ok(None)
 }

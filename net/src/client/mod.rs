@@ -173,7 +173,9 @@ impl Client {
 
     /// A fresh idempotent producer identity: (producer id, epoch).
     pub async fn init_producer_id(&mut self) -> Result<(i64, i16), ClientError> {
-        let req = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+        // The crate's default transactional id is "", not null; a broker
+        // treats "" as a (refused) transactional producer.
+        let req = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
         let resp = self.conn.call(&req, INIT_PRODUCER_ID_V).await?;
         if resp.error_code != 0 {
             return Err(ClientError::kafka("InitProducerId", resp.error_code, None));

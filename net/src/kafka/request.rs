@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
+    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
+    InitProducerIdRequest,
     ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
 };
 use kafka_protocol::protocol::Decodable;
@@ -74,6 +75,12 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
         }
         ApiKey::DescribeConfigs => {
             Request::DescribeConfigs(describe_configs(DescribeConfigsRequest::decode(&mut frame, version).map_err(malformed)?))
+        }
+        ApiKey::FindCoordinator => {
+            let r = FindCoordinatorRequest::decode(&mut frame, version).map_err(malformed)?;
+            // v0-3 carry one key, v4+ a list.
+            let keys = if version >= 4 { r.coordinator_keys.iter().map(|k| k.to_string()).collect() } else { vec![r.key.to_string()] };
+            Request::FindCoordinator(core::FindCoordinatorRequest { key_type: r.key_type, keys })
         }
         _ => return Err(FrameError::UnsupportedVersion { key, version }),
     };

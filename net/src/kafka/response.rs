@@ -16,7 +16,7 @@ use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, Metada
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
-    FetchResponse, InitProducerIdResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, ProducerId,
+    FetchResponse, FindCoordinatorResponse, InitProducerIdResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, ProducerId,
     ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -73,6 +73,7 @@ pub fn encode(meta: &RequestMeta, response: Response) -> anyhow::Result<Bytes> {
         Response::DeleteTopics(r) => frame(meta, hv, v, &delete_topics(r, v)),
         Response::InitProducerId(r) => frame(meta, hv, v, &init_producer_id(r)),
         Response::DescribeConfigs(r) => frame(meta, hv, v, &describe_configs(r)),
+        Response::FindCoordinator(r) => frame(meta, hv, v, &find_coordinator(r, v)),
     }
 }
 
@@ -278,6 +279,36 @@ fn describe_configs(r: core::DescribeConfigsResponse) -> DescribeConfigsResponse
     DescribeConfigsResponse::default().with_results(results)
 }
 
+fn find_coordinator(r: core::FindCoordinatorResponse, v: i16) -> FindCoordinatorResponse {
+    use kafka_protocol::messages::find_coordinator_response::Coordinator;
+    if v >= 4 {
+        let coordinators = r
+            .coordinators
+            .iter()
+            .map(|c| {
+                Coordinator::default()
+                    .with_key(sb(&c.key))
+                    .with_node_id(BrokerId(c.node_id))
+                    .with_host(sb(&c.host))
+                    .with_port(c.port)
+                    .with_error_code(c.error.code())
+                    .with_error_message(c.error_message.as_deref().map(sb))
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    let Some(c) = r.coordinators.first() else { return FindCoordinatorResponse::default() };
+    let mut resp = FindCoordinatorResponse::default()
+        .with_error_code(c.error.code())
+        .with_node_id(BrokerId(c.node_id))
+        .with_host(sb(&c.host))
+        .with_port(c.port);
+    if v >= 1 {
+        resp = resp.with_error_message(c.error_message.as_deref().map(sb));
+    }
+    resp
+}
+
 /// The API key a broker response belongs to (for sanity checks).
 pub fn api_key_of(response: &Response) -> ApiKey {
     match response {
@@ -289,5 +320,6 @@ pub fn api_key_of(response: &Response) -> ApiKey {
         Response::DeleteTopics(_) => ApiKey::DeleteTopics,
         Response::InitProducerId(_) => ApiKey::InitProducerId,
         Response::DescribeConfigs(_) => ApiKey::DescribeConfigs,
+        Response::FindCoordinator(_) => ApiKey::FindCoordinator,
     }
 }

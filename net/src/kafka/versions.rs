@@ -9,12 +9,12 @@
 
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
 };
 use kafka_protocol::protocol::Message;
 
 /// (API, advertised min, advertised max, lowest version we decode).
-pub const SUPPORTED: [(ApiKey, i16, i16, i16); 9] = [
+pub const SUPPORTED: [(ApiKey, i16, i16, i16); 10] = [
     (ApiKey::Produce, 0, 11, ProduceRequest::VERSIONS.min),
     (ApiKey::Fetch, 4, 12, FetchRequest::VERSIONS.min),
     (ApiKey::ListOffsets, 1, 7, ListOffsetsRequest::VERSIONS.min),
@@ -24,6 +24,9 @@ pub const SUPPORTED: [(ApiKey, i16, i16, i16); 9] = [
     (ApiKey::DeleteTopics, 1, 6, DeleteTopicsRequest::VERSIONS.min),
     (ApiKey::InitProducerId, 0, 4, InitProducerIdRequest::VERSIONS.min),
     (ApiKey::DescribeConfigs, 1, 4, DescribeConfigsRequest::VERSIONS.min),
+    // Answered with COORDINATOR_NOT_AVAILABLE until groups exist; librdkafka
+    // enables LZ4 only if FindCoordinator v0 is advertised.
+    (ApiKey::FindCoordinator, 0, 4, FindCoordinatorRequest::VERSIONS.min),
 ];
 
 /// Whether Millrace can decode and answer `key` at `version`.
@@ -55,6 +58,7 @@ mod tests {
             (ApiKey::ListOffsets, 1),
             (ApiKey::InitProducerId, 0),
             (ApiKey::Metadata, 4),
+            (ApiKey::FindCoordinator, 0),
         ] {
             let (min, max) = advertised(key).unwrap();
             assert!(min <= v && v <= max, "{key:?} must advertise v{v}");
