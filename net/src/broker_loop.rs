@@ -23,11 +23,16 @@ pub enum Command {
     Shutdown { done: oneshot::Sender<()> },
 }
 
-pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver<Command>, clock: Clock) {
+/// Runs until shutdown (Ok) or a fatal storage failure (Err with the reason:
+/// the node must stop without acknowledging anything more).
+pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver<Command>, clock: Clock) -> Result<(), String> {
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
     let mut timers: BTreeSet<i64> = BTreeSet::new();
     let mut out = Vec::new();
     loop {
+        if let Some(reason) = broker.failure() {
+            return Err(reason.to_string());
+        }
         let first = match timers.first().copied() {
             Some(at) => tokio::select! {
                 c = commands.recv() => c,
@@ -75,11 +80,12 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
         }
         if let Some(done) = shutdown {
             let _ = done.send(());
-            return;
+            return broker.failure().map_or(Ok(()), |r| Err(r.to_string()));
         }
     }
     broker.step(clock.now(), Input::Sync, &mut out);
     execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+    broker.failure().map_or(Ok(()), |r| Err(r.to_string()))
 }
 
 /// Carries out effects. Returns `Some(())` if a sync was asked for.
@@ -90,6 +96,12 @@ fn execute<S: Storage>(
     waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
     timers: &mut BTreeSet<i64>,
 ) -> Option<()> {
+    if broker.failure().is_some() {
+        // Nothing more may leave a failed machine.
+        out.clear();
+        waiting.clear();
+        return None;
+    }
     let mut sync = None;
     for effect in out.drain(..) {
         match effect {
@@ -104,9 +116,7 @@ fn execute<S: Storage>(
             Effect::SyncNeeded => sync = Some(()),
             Effect::Fatal { reason } => {
                 tracing::error!(%reason, "fatal storage failure; stopping so no unsynced write is acknowledged");
-                // Exiting is the safe answer: the OS may have dropped dirty
-                // pages, so nothing may be acknowledged from here on.
-                std::process::exit(70);
+                waiting.clear();
             }
         }
     }

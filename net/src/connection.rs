@@ -89,7 +89,8 @@ async fn write_responses(mut wr: tokio::io::WriteHalf<TcpStream>, mut slots: mps
                 Err(_) => break, // the broker dropped the request (shutdown)
             },
         };
-        if wr.write_all(&bytes).await.is_err() {
+        // Flush each response: simulated sockets send only on flush.
+        if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
             break;
         }
     }

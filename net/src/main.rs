@@ -175,7 +175,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let _ = DEFAULT_DATA_DIR;
     let server = Server::bind(config).await?;
-    server.run(shutdown_signal()).await
+    if let Err(e) = server.run(shutdown_signal()).await {
+        // Status 70 (EX_SOFTWARE): a supervisor should restart the node;
+        // recovery then keeps exactly what was durable.
+        tracing::error!("{e:#}");
+        std::process::exit(70);
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use millrace_core::broker::Broker;
+use millrace_core::storage::Storage;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,12 +23,25 @@ const COMMAND_QUEUE: usize = 8192;
 pub struct Server {
     listener: TcpListener,
     commands: mpsc::Sender<Command>,
-    broker_task: tokio::task::JoinHandle<()>,
+    broker_task: tokio::task::JoinHandle<Result<(), String>>,
     local_addr: SocketAddr,
 }
 
 impl Server {
-    pub async fn bind(mut config: ServeConfig) -> anyhow::Result<Self> {
+    /// Binds with file storage under `config.data_dir` (production).
+    pub async fn bind(config: ServeConfig) -> anyhow::Result<Self> {
+        let storage = FileStorage::open(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot use data directory {}: {e}", config.data_dir.display()))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id());
+        Self::bind_with(config, storage, seed).await
+    }
+
+    /// Binds over any storage with an explicit seed (the simulator's way in).
+    pub async fn bind_with<S: Storage + Send + 'static>(mut config: ServeConfig, storage: S, seed: u64) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -46,13 +60,6 @@ impl Server {
                 config.broker.advertised_port = i32::from(local_addr.port());
             }
         }
-        let storage = FileStorage::open(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot use data directory {}: {e}", config.data_dir.display()))?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id());
         let (broker, report) = Broker::open(config.broker.clone(), storage, seed)
             .map_err(|e| anyhow::anyhow!("cannot open the log in {}: {e}", config.data_dir.display()))?;
         for (dir, r) in &report.recoveries {
@@ -84,13 +91,22 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then makes everything durable.
+    /// Returns an error if the broker stopped on a fatal storage failure.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Server { listener, commands, broker_task, .. } = self;
+        let Server { listener, commands, mut broker_task, .. } = self;
         tokio::pin!(shutdown);
         let mut next_conn = 0u64;
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                ended = &mut broker_task => {
+                    let reason = match ended {
+                        Ok(Err(reason)) => reason,
+                        Ok(Ok(())) => "broker loop ended".to_string(),
+                        Err(e) => format!("broker task failed: {e}"),
+                    };
+                    anyhow::bail!("stopped: {reason}");
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         next_conn += 1;
@@ -108,8 +124,12 @@ impl Server {
         if commands.send(Command::Shutdown { done }).await.is_ok() {
             let _ = wait.await;
         }
-        broker_task.abort();
-        tracing::info!("stopped cleanly");
-        Ok(())
+        match broker_task.await {
+            Ok(Err(reason)) => anyhow::bail!("stopped: {reason}"),
+            _ => {
+                tracing::info!("stopped cleanly");
+                Ok(())
+            }
+        }
     }
 }

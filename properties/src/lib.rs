@@ -1,5 +1,8 @@
 //! # millrace-properties
 //!
-//! Property tests of the core machines live in `tests/` (proptest). The
-//! chaos suites and their history checkers (DESIGN.md §5) join them with
-//! the simulator issue.
+//! Property tests of the core machines live in `tests/` (proptest). This
+//! library holds the history checkers for DESIGN.md §5's invariants, and
+//! the `chaos` binary (`scripts/chaos`) runs seeds through the simulator
+//! and judges each history with them.
+
+pub mod checkers;

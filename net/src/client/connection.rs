@@ -47,6 +47,8 @@ impl Connection {
         header.encode(&mut buf, hv).map_err(proto)?;
         req.encode(&mut buf, version).map_err(proto)?;
         self.stream.write_all(&buf).await.map_err(|e| ClientError::Io(e.to_string()))?;
+        // Simulated sockets send only on flush.
+        self.stream.flush().await.map_err(|e| ClientError::Io(e.to_string()))?;
         Ok(correlation)
     }
 

@@ -1,0 +1,229 @@
+//! The harness: brokers running the production server on simulated disks,
+//! workload clients, and a nemesis that applies a fault plan — all inside
+//! one madsim runtime seeded by the run's seed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, NodeHandle, Runtime};
+use millrace_core::broker::{BrokerConfig, FlushPolicy};
+use millrace_fault::{CrashMode, Fault, FaultPlan, Suite, Swarm};
+use millrace_net::config::ServeConfig;
+use millrace_net::server::Server;
+use tokio::time::Instant;
+
+use crate::disk::{DiskStats, SimDisk};
+use crate::history::{EventKind, History};
+use crate::workload::{self, Ctx};
+
+const PORT: u16 = 9092;
+/// Time before the first fault: the topic gets created.
+const SETUP_MS: u64 = 500;
+/// After the heal, producers keep going this long (liveness window).
+const HEAL_MS: u64 = 5_000;
+/// The final read must finish within this bound after the producers stop.
+const FINAL_READ_BOUND: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub suite: Suite,
+    /// Independent single-node brokers, each with its own clients.
+    pub nodes: usize,
+    /// Faults happen during this many simulated milliseconds.
+    pub fault_window_ms: u64,
+    pub partitions: i32,
+    pub producers_per_node: u32,
+    pub flush: FlushPolicy,
+}
+
+impl Scenario {
+    pub fn new(seed: u64, suite: Suite, nodes: usize, fault_window_ms: u64) -> Self {
+        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, flush: FlushPolicy::EveryBatch }
+    }
+
+    pub fn plan(&self) -> FaultPlan {
+        FaultPlan::generate(self.seed, self.nodes, self.fault_window_ms, Swarm::draw(self.seed, self.suite))
+    }
+
+    /// Liveness: the heal happens at this simulated time.
+    pub fn heal_at_ms(&self) -> u64 {
+        SETUP_MS + self.fault_window_ms
+    }
+}
+
+pub struct Outcome {
+    pub history: History,
+    pub plan: FaultPlan,
+    pub simulated_ms: u64,
+    pub disks: Vec<DiskStats>,
+}
+
+fn broker_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+fn client_ip(node: usize, k: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1 + node as u8, k as u8 + 1))
+}
+
+/// Runs one scenario to completion on the current thread. Same scenario,
+/// same history.
+pub fn run(scenario: &Scenario) -> Outcome {
+    let rt = Runtime::with_seed_and_config(scenario.seed, madsim::Config::default());
+    let scenario = scenario.clone();
+    rt.block_on(async move { simulate(scenario).await })
+}
+
+struct BrokerNode {
+    handle: NodeHandle,
+    disk: SimDisk,
+    up: bool,
+}
+
+async fn simulate(scenario: Scenario) -> Outcome {
+    let handle = Handle::current();
+    let history = History::new();
+    let start = Instant::now();
+    let plan = scenario.plan();
+    let mut brokers = Vec::new();
+    for i in 0..scenario.nodes {
+        let disk = SimDisk::new(scenario.seed ^ (0xd15c << 8) ^ i as u64);
+        let node_disk = disk.clone();
+        let ip = broker_ip(i);
+        let flush = scenario.flush;
+        let seed = scenario.seed;
+        let node = handle
+            .create_node()
+            .name(format!("broker-{i}"))
+            .ip(ip)
+            .init(move || {
+                let disk = node_disk.clone();
+                async move { run_broker(ip, disk, flush, seed).await }
+            })
+            .build();
+        brokers.push(BrokerNode { handle: node, disk, up: true });
+    }
+    let stop_at = start + Duration::from_millis(scenario.heal_at_ms() + HEAL_MS);
+    let mut client_tasks = Vec::new();
+    for (i, _) in brokers.iter().enumerate() {
+        let ctx = Ctx {
+            history: history.clone(),
+            start,
+            broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
+            node: i,
+            partitions: scenario.partitions,
+            stop_at,
+            seed: scenario.seed.wrapping_add(i as u64 * 7919),
+        };
+        let setup = handle.create_node().name(format!("setup-{i}")).ip(client_ip(i, 0)).build();
+        let c = ctx.clone();
+        setup.spawn(async move { workload::create_topic(&c).await }).await.expect("setup task");
+        for k in 0..scenario.producers_per_node {
+            let node = handle.create_node().name(format!("producer-{i}-{k}")).ip(client_ip(i, 1 + k)).build();
+            let c = ctx.clone();
+            client_tasks.push(node.spawn(async move { workload::producer(c, k).await }));
+        }
+        let node = handle.create_node().name(format!("reader-{i}")).ip(client_ip(i, 100)).build();
+        let c = ctx.clone();
+        client_tasks.push(node.spawn(async move { workload::reader(c, 0).await }));
+    }
+    // The nemesis: apply each event at its time.
+    let net = NetSim::current();
+    for e in &plan.events {
+        let at = start + Duration::from_millis(SETUP_MS + e.at_ms);
+        tokio::time::sleep_until(at).await;
+        let now_ms = start.elapsed().as_millis() as u64;
+        let applied = apply(&handle, &net, &mut brokers, &e.fault);
+        if applied {
+            history.record(now_ms, EventKind::Fault { description: e.fault.to_string() });
+        }
+    }
+    history.record(start.elapsed().as_millis() as u64, EventKind::Healed);
+    for t in client_tasks {
+        let _ = t.await;
+    }
+    // Final reads, one per broker, after every producer stopped.
+    for (i, _) in brokers.iter().enumerate() {
+        let ctx = Ctx {
+            history: history.clone(),
+            start,
+            broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
+            node: i,
+            partitions: scenario.partitions,
+            stop_at,
+            seed: scenario.seed,
+        };
+        let node = handle.create_node().name(format!("final-{i}")).ip(client_ip(i, 200)).build();
+        let _ = node.spawn(async move { workload::final_read(ctx, FINAL_READ_BOUND).await }).await;
+    }
+    Outcome {
+        history,
+        plan,
+        simulated_ms: start.elapsed().as_millis() as u64,
+        disks: brokers.iter().map(|b| b.disk.stats()).collect(),
+    }
+}
+
+/// Applies one fault; returns false when it changed nothing (e.g. restart
+/// of a node that is up).
+fn apply(handle: &Handle, net: &NetSim, brokers: &mut [BrokerNode], fault: &Fault) -> bool {
+    match *fault {
+        Fault::Crash { node, mode } => {
+            let b = &mut brokers[node];
+            if !b.up {
+                return false;
+            }
+            handle.kill(b.handle.id());
+            b.disk.crash(mode);
+            b.up = false;
+        }
+        Fault::Restart { node } => {
+            let b = &mut brokers[node];
+            if b.up {
+                return false;
+            }
+            handle.restart(b.handle.id());
+            b.up = true;
+        }
+        Fault::Pause { node } => handle.pause(brokers[node].handle.id()),
+        Fault::Resume { node } => handle.resume(brokers[node].handle.id()),
+        Fault::Isolate { node } => net.clog_node(brokers[node].handle.id()),
+        Fault::MuteOutbound { node } => net.clog_node_out(brokers[node].handle.id()),
+        Fault::HealNetwork => {
+            for b in brokers.iter() {
+                net.unclog_node(b.handle.id());
+            }
+        }
+        Fault::ReadCorruption { node, per_million } => brokers[node].disk.set_read_corruption(per_million),
+        Fault::FsyncFailure { node } => brokers[node].disk.fail_next_fsync(),
+        Fault::DiskFull { node } => brokers[node].disk.set_full(true),
+        Fault::DiskHealthy { node } => brokers[node].disk.healthy(),
+    }
+    true
+}
+
+/// One broker process. A fatal storage failure stops the server; like a
+/// supervisor, the node then loses its page cache and starts again.
+async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64) {
+    loop {
+        let config = ServeConfig {
+            listen: SocketAddr::new(ip, PORT),
+            data_dir: "/sim".into(),
+            advertised: Some(format!("{ip}:{PORT}")),
+            broker: BrokerConfig { flush, num_partitions: 3, ..BrokerConfig::default() },
+        };
+        let server = match Server::bind_with(config, disk.clone(), seed).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if server.run(std::future::pending()).await.is_err() {
+            disk.crash(CrashMode::LoseUnsynced);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
