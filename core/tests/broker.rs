@@ -427,3 +427,18 @@ fn describe_configs_reports_overrides() {
     assert!(h.broker.storage_mut().files().filter(|(f, _)| f.starts_with("c-0/")).count() >= 2);
     assert_eq!(h.read_all("c", 0).len(), 200);
 }
+
+#[test]
+fn a_damaged_topic_description_stops_the_open_instead_of_dropping_the_topic() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create("t", 1);
+    h.produce("t", 0, batch(0..3, Compression::None).build(), -1);
+    let mut broker = h.broker;
+    let mut storage = std::mem::take(broker.storage_mut());
+    storage.file_mut("topics/t.json").unwrap()[10] ^= 0x20;
+    match Broker::open(BrokerConfig::default(), storage, 1) {
+        Err(OpenError::DamagedMetadata { file, .. }) => assert_eq!(file, "topics/t.json"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a damaged description must not open as if the topic did not exist"),
+    }
+}

@@ -70,9 +70,6 @@ impl Server {
         for file in &report.orphan_files {
             tracing::warn!(%file, "file belongs to no topic (left in place)");
         }
-        for (file, e) in &report.unreadable_topics {
-            tracing::error!(%file, %e, "topic description unreadable; topic not loaded");
-        }
         tracing::info!(
             topics = report.topics,
             partitions = report.recoveries.len(),

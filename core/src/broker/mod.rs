@@ -29,6 +29,29 @@ use crate::log::{PartitionLog, Recovery};
 use crate::rng::Rng;
 use crate::storage::{Storage, StorageError};
 
+/// Why the broker's state could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A topic description is damaged. Starting without it would make the
+    /// topic unknown, and auto-creation would then wipe its data; so the
+    /// broker refuses to start until an operator restores or removes it.
+    #[error("{file}: {reason}; restore it, or move it away to drop the topic")]
+    DamagedMetadata { file: String, reason: String },
+}
+
+impl From<crate::storage::CheckedError> for OpenError {
+    fn from(e: crate::storage::CheckedError) -> Self {
+        match e {
+            crate::storage::CheckedError::Storage(e) => OpenError::Storage(e),
+            crate::storage::CheckedError::Corrupt { file } => {
+                OpenError::DamagedMetadata { file, reason: "checksum mismatch".into() }
+            }
+        }
+    }
+}
+
 /// What opening the broker found on disk.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
@@ -38,8 +61,6 @@ pub struct OpenReport {
     /// Files that belong to no known topic (left in place for an operator;
     /// creating a topic of that name clears them).
     pub orphan_files: Vec<String>,
-    /// Topic descriptions that could not be read.
-    pub unreadable_topics: Vec<(String, String)>,
 }
 
 pub struct Broker<S: Storage> {
@@ -63,19 +84,14 @@ pub struct Broker<S: Storage> {
 impl<S: Storage> Broker<S> {
     /// Opens the broker's state from `storage`, recovering every log.
     /// `seed` drives the machine's random choices (topic ids).
-    pub fn open(config: BrokerConfig, mut storage: S, seed: u64) -> Result<(Self, OpenReport), StorageError> {
+    pub fn open(config: BrokerConfig, mut storage: S, seed: u64) -> Result<(Self, OpenReport), OpenError> {
         let mut report = OpenReport::default();
         let mut topics = BTreeMap::new();
         let mut max_producer_id = -1i64;
         for file in storage.list("topics/")? {
-            let meta: TopicMeta = match storage.read_all(&file)?.map(|b| serde_json::from_slice(&b)) {
-                Some(Ok(meta)) => meta,
-                Some(Err(e)) => {
-                    report.unreadable_topics.push((file, e.to_string()));
-                    continue;
-                }
-                None => continue,
-            };
+            let Some(bytes) = crate::storage::read_checked(&mut storage, &file)? else { continue };
+            let meta: TopicMeta = serde_json::from_slice(&bytes)
+                .map_err(|e| OpenError::DamagedMetadata { file: file.clone(), reason: e.to_string() })?;
             let mut partitions = Vec::new();
             for p in 0..meta.partitions {
                 let dir = topic::partition_dir(&meta.name, p);

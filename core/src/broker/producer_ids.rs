@@ -18,11 +18,14 @@ pub(super) struct ProducerIdAllocator {
 
 impl ProducerIdAllocator {
     /// `floor` is one past the largest producer id found in any log.
-    pub(super) fn open<S: Storage + ?Sized>(storage: &mut S, floor: i64) -> Result<Self, StorageError> {
-        let stored = storage
-            .read_all(BLOCK_FILE)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map_or(0, i64::from_be_bytes);
+    pub(super) fn open<S: Storage + ?Sized>(storage: &mut S, floor: i64) -> Result<Self, super::OpenError> {
+        let stored = match crate::storage::read_checked(storage, BLOCK_FILE)? {
+            None => 0,
+            Some(b) => i64::from_be_bytes(<[u8; 8]>::try_from(b.as_slice()).map_err(|_| super::OpenError::DamagedMetadata {
+                file: BLOCK_FILE.into(),
+                reason: format!("{} bytes where 8 were expected", b.len()),
+            })?),
+        };
         let start = stored.max(floor).max(0);
         Ok(Self { next: start, reserved_end: start })
     }
@@ -30,7 +33,7 @@ impl ProducerIdAllocator {
     fn allocate<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<i64, StorageError> {
         if self.next >= self.reserved_end {
             let end = self.next + BLOCK_SIZE;
-            storage.replace(BLOCK_FILE, &end.to_be_bytes())?;
+            crate::storage::write_checked(storage, BLOCK_FILE, &end.to_be_bytes())?;
             self.reserved_end = end;
         }
         let id = self.next;

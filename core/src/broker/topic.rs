@@ -42,9 +42,10 @@ impl TopicMeta {
         format!("topics/{name}.json")
     }
 
+    /// Writes the description durably, behind a checksum.
     pub fn save<S: Storage + ?Sized>(&self, storage: &mut S) -> Result<(), StorageError> {
         let json = serde_json::to_vec_pretty(self).expect("topic metadata serializes");
-        storage.replace(&Self::file(&self.name), &json)
+        crate::storage::write_checked(storage, &Self::file(&self.name), &json)
     }
 }
 

@@ -195,7 +195,26 @@ impl PartitionLog {
     /// `max_bytes` — but always at least one whole batch, so a consumer can
     /// make progress past a batch larger than its limit (Kafka's KIP-74).
     /// An offset equal to the log end offset yields no bytes.
+    ///
+    /// What is returned is verified before it leaves: every batch passes its
+    /// CRC-32C, the first holds `offset`, and offsets run on without a gap.
+    /// A read that fails this is retried (reads can be wrong once while the
+    /// data at rest is fine); one that keeps failing is an error, never a
+    /// silent skip past a record.
     pub fn read<S: Storage + ?Sized>(&self, storage: &mut S, offset: i64, max_bytes: usize) -> Result<Vec<u8>, LogError> {
+        const ATTEMPTS: usize = 3;
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            match self.read_once(storage, offset, max_bytes) {
+                Ok(bytes) => return Ok(bytes),
+                Err(LogError::Record(e)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LogError::Record(last.expect("at least one attempt")))
+    }
+
+    fn read_once<S: Storage + ?Sized>(&self, storage: &mut S, offset: i64, max_bytes: usize) -> Result<Vec<u8>, LogError> {
         let (start, end) = (self.log_start_offset, self.log_end_offset());
         if offset < start || offset > end {
             return Err(LogError::OffsetOutOfRange { offset, start, end });
@@ -207,16 +226,22 @@ impl PartitionLog {
             return Ok(Vec::new());
         }
         let mut reader = ChunkReader::new(storage, &seg.file, seg.size);
-        // Find the first batch whose last offset reaches `offset`.
-        let mut pos = seg.scan_start(offset);
+        // Find the first batch whose last offset reaches `offset`. Base
+        // offsets are outside the CRC, so each header must continue the
+        // chain from the index entry: a misread one is caught here.
+        let (mut expected_base, mut pos) = seg.scan_start(offset);
         let first = loop {
             let Some(bytes) = reader.bytes_at(pos, HEADER_LEN)? else {
-                return Ok(Vec::new());
+                return Err(LogError::Record(RecordError::Truncated));
             };
             let h = BatchHeader::parse(bytes)?;
+            if h.base_offset != expected_base {
+                return Err(LogError::Record(RecordError::BadBaseOffset { found: h.base_offset, expected: expected_base }));
+            }
             if h.last_offset() >= offset {
                 break h;
             }
+            expected_base = h.last_offset() + 1;
             pos += h.total_len() as u64;
         };
         // Take whole batches while they fit in `max_bytes`.
@@ -231,7 +256,9 @@ impl PartitionLog {
             end_pos = next;
         }
         let len = (end_pos.min(seg.size) - begin) as usize;
-        Ok(storage.read(&seg.file, begin, len)?)
+        let bytes = storage.read(&seg.file, begin, len)?;
+        verify_read(&bytes, first.base_offset)?;
+        Ok(bytes)
     }
 
     /// The earliest offset whose record timestamp is at or after `timestamp`,
@@ -322,13 +349,14 @@ fn scan_segment<S: Storage + ?Sized>(
     let mut pos = 0u64;
     let mut reader = ChunkReader::new(&mut *storage, &file, file_len);
     while pos < file_len {
+        let expected = seg.next_offset;
         let checked = match reader.bytes_at(pos, HEADER_LEN)? {
             None => Err("torn batch header".to_string()),
             Some(bytes) => match BatchHeader::parse(bytes) {
                 Err(e) => Err(e.to_string()),
                 Ok(header) => match reader.bytes_at(pos, header.total_len())? {
                     None => Err("torn batch".to_string()),
-                    Some(bytes) => records::validate_batch(bytes).map_err(|e| e.to_string()),
+                    Some(bytes) => check_batch(bytes, expected),
                 },
             },
         };
@@ -339,7 +367,7 @@ fn scan_segment<S: Storage + ?Sized>(
                 // while the data at rest is fine: re-read before cutting
                 // the log, which would throw away good records.
                 drop(reader);
-                match reread_batch(storage, &file, pos, file_len)? {
+                match reread_batch(storage, &file, pos, file_len, expected)? {
                     Some(h) => {
                         reader = ChunkReader::new(&mut *storage, &file, file_len);
                         h
@@ -348,9 +376,6 @@ fn scan_segment<S: Storage + ?Sized>(
                 }
             }
         };
-        if h.base_offset != seg.next_offset {
-            return Ok(Some(format!("batch at offset {} where {} was expected", h.base_offset, seg.next_offset)));
-        }
         on_batch(&h);
         seg.track(&h, pos, index_interval);
         report.batches += 1;
@@ -359,15 +384,25 @@ fn scan_segment<S: Storage + ?Sized>(
     Ok(None)
 }
 
-/// Fresh, uncached reads of the batch at `pos`; the header if one of them
-/// validates.
+/// A whole valid batch that continues the log at `expected`.
+fn check_batch(bytes: &[u8], expected: i64) -> Result<BatchHeader, String> {
+    let h = records::validate_batch(bytes).map_err(|e| e.to_string())?;
+    if h.base_offset != expected {
+        return Err(format!("batch at offset {} where {expected} was expected", h.base_offset));
+    }
+    Ok(h)
+}
+
+/// Fresh, uncached reads of the batch at `pos`; its header if one of them
+/// is a valid batch continuing the log at `expected`.
 fn reread_batch<S: Storage + ?Sized>(
     storage: &mut S,
     file: &str,
     pos: u64,
     file_len: u64,
+    expected: i64,
 ) -> Result<Option<BatchHeader>, StorageError> {
-    const ATTEMPTS: usize = 2;
+    const ATTEMPTS: usize = 4;
     for _ in 0..ATTEMPTS {
         let header = storage.read(file, pos, HEADER_LEN)?;
         let Ok(h) = BatchHeader::parse(&header) else { continue };
@@ -375,9 +410,24 @@ fn reread_batch<S: Storage + ?Sized>(
             continue;
         }
         let bytes = storage.read(file, pos, h.total_len())?;
-        if let Ok(h) = records::validate_batch(&bytes) {
+        if let Ok(h) = check_batch(&bytes, expected) {
             return Ok(Some(h));
         }
     }
     Ok(None)
+}
+
+/// Checks bytes about to be served: whole batches that pass their CRC,
+/// starting exactly at `first_base` (as the verified scan found it), with
+/// dense offsets after it.
+fn verify_read(bytes: &[u8], first_base: i64) -> Result<(), RecordError> {
+    let mut expected = first_base;
+    for batch in records::split_batches(bytes) {
+        let (h, _) = batch?;
+        if h.base_offset != expected {
+            return Err(RecordError::BadBaseOffset { found: h.base_offset, expected });
+        }
+        expected = h.last_offset() + 1;
+    }
+    Ok(())
 }

@@ -46,12 +46,12 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
     }
 
-    /// File position from which to scan for `offset`: the last indexed batch
-    /// starting at or before it.
-    pub fn scan_start(&self, offset: i64) -> u64 {
+    /// Where to scan from for `offset`: the base offset and file position of
+    /// the last indexed batch starting at or before it.
+    pub fn scan_start(&self, offset: i64) -> (i64, u64) {
         match self.index.partition_point(|&(o, _)| o <= offset) {
-            0 => 0,
-            i => self.index[i - 1].1,
+            0 => (self.base_offset, 0),
+            i => self.index[i - 1],
         }
     }
 

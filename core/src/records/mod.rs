@@ -33,6 +33,8 @@ pub enum RecordError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("unknown compression codec {0}")]
     UnknownCodec(i16),
+    #[error("batch base offset {found} where {expected} was expected")]
+    BadBaseOffset { found: i64, expected: i64 },
     #[error("record count {0} does not match the batch's offsets")]
     BadRecordCount(i32),
     #[error("record {index} is malformed: {reason}")]

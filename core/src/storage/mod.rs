@@ -6,8 +6,10 @@
 //! read, fail an fsync or run out of space. Paths are `/`-separated names
 //! relative to the data directory.
 
+mod checked;
 mod memory;
 
+pub use checked::{CheckedError, read_checked, write_checked};
 pub use memory::MemStorage;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
