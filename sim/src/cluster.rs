@@ -123,7 +123,9 @@ async fn simulate(scenario: Scenario) -> Outcome {
         for k in 0..scenario.producers_per_node {
             let node = handle.create_node().name(format!("producer-{i}-{k}")).ip(client_ip(i, 1 + k)).build();
             let c = ctx.clone();
-            client_tasks.push(node.spawn(async move { workload::producer(c, k).await }));
+            // Client ids are unique across the cluster (ops are keyed by them).
+            let client_id = i as u32 * 1000 + k;
+            client_tasks.push(node.spawn(async move { workload::producer(c, client_id).await }));
         }
         let node = handle.create_node().name(format!("reader-{i}")).ip(client_ip(i, 100)).build();
         let c = ctx.clone();
