@@ -74,6 +74,9 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
             }
         }
         let needs_sync = execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers).is_some();
+        if needs_sync && let Some(delay) = crate::buggify::slow_fsync() {
+            tokio::time::sleep(delay).await;
+        }
         if needs_sync || shutdown.is_some() {
             broker.step(clock.now(), Input::Sync, &mut out);
             execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);

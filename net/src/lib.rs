@@ -7,6 +7,7 @@
 
 pub mod alloc_guard;
 pub mod broker_loop;
+pub mod buggify;
 pub mod client;
 pub mod clock;
 pub mod config;

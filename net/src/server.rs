@@ -93,21 +93,27 @@ impl Server {
         let Server { listener, commands, mut broker_task, .. } = self;
         tokio::pin!(shutdown);
         let mut next_conn = 0u64;
-        loop {
+        // Connection tasks, closed when the server stops: an accepted socket
+        // must not outlive its server (it would hold the port, and keep a
+        // client talking to nothing).
+        let mut connections: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let result = loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break None,
                 ended = &mut broker_task => {
                     let reason = match ended {
                         Ok(Err(reason)) => reason,
                         Ok(Ok(())) => "broker loop ended".to_string(),
                         Err(e) => format!("broker task failed: {e}"),
                     };
-                    anyhow::bail!("stopped: {reason}");
+                    break Some(reason);
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         next_conn += 1;
-                        tokio::spawn(connection::serve(stream, next_conn, commands.clone()));
+                        tracing::debug!(conn = next_conn, %peer, "accepted connection");
+                        connections.retain(|c| !c.is_finished());
+                        connections.push(tokio::spawn(connection::serve(stream, next_conn, commands.clone())));
                     }
                     Err(e) => {
                         tracing::warn!(%e, "accept failed");
@@ -115,6 +121,12 @@ impl Server {
                     }
                 },
             }
+        };
+        for c in &connections {
+            c.abort();
+        }
+        if let Some(reason) = result {
+            anyhow::bail!("stopped: {reason}");
         }
         tracing::info!("shutting down: syncing the log");
         let (done, wait) = oneshot::channel();

@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 #[global_allocator]
 static ALLOC: millrace_net::alloc_guard::GuardedAlloc = millrace_net::alloc_guard::GuardedAlloc;
 
-async fn start() -> (String, tokio::sync::oneshot::Sender<()>, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("millrace-bad-input-{}", std::process::id()));
+/// Starts a server on a free port; `name` keeps parallel tests' data apart.
+async fn start(name: &str) -> (String, tokio::sync::oneshot::Sender<()>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("millrace-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = ServeConfig { listen: "127.0.0.1:0".parse().unwrap(), data_dir: dir.clone(), ..ServeConfig::default() };
     let server = Server::bind(config).await.unwrap();
@@ -69,7 +70,7 @@ fn header(key: i16, version: i16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_connection() {
-    let (addr, stop, dir) = start().await;
+    let (addr, stop, dir) = start("bad-frames").await;
     assert_served(&addr, 0).await;
 
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
@@ -145,7 +146,7 @@ async fn bad_frames_close_only_their_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_api_versions_gets_a_v0_error_answer() {
-    let (addr, stop, dir) = start().await;
+    let (addr, stop, dir) = start("api-versions").await;
     let mut b = header(18, 99);
     b.push(0); // tagged fields of a flexible header
     let answer = send_raw(&addr, &frame(&b)).await;

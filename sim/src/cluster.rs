@@ -36,11 +36,33 @@ pub struct Scenario {
     pub partitions: i32,
     pub producers_per_node: u32,
     pub flush: FlushPolicy,
+    /// Fault points inside the adapter fire (slow fsyncs).
+    pub buggify: bool,
 }
 
 impl Scenario {
+    /// The scenario for `seed`: a quarter of the seeds run a relaxed flush
+    /// policy (where acknowledged data may legitimately be lost on a crash,
+    /// but logs must still recover to a valid prefix), half run with buggify.
     pub fn new(seed: u64, suite: Suite, nodes: usize, fault_window_ms: u64) -> Self {
-        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, flush: FlushPolicy::EveryBatch }
+        let mut rng = millrace_fault::Rng::new(seed ^ 0x5ce7_a210);
+        let flush = match rng.below(8) {
+            0 => FlushPolicy::Messages(rng.range(1, 200)),
+            1 => FlushPolicy::IntervalMs(rng.range(5, 500)),
+            _ => FlushPolicy::EveryBatch,
+        };
+        let buggify = rng.chance(500);
+        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, flush, buggify }
+    }
+
+    /// Whether acknowledgements promise durability (the flush-every-batch
+    /// policy); only then must no acknowledged record be lost.
+    pub fn durable_acks(&self) -> bool {
+        self.flush.acks_wait_for_sync()
+    }
+
+    pub fn describe(&self) -> String {
+        format!("flush {:?}, buggify {}", self.flush, if self.buggify { "on" } else { "off" })
     }
 
     pub fn plan(&self) -> FaultPlan {
@@ -83,6 +105,9 @@ struct BrokerNode {
 }
 
 async fn simulate(scenario: Scenario) -> Outcome {
+    if scenario.buggify {
+        madsim::buggify::enable();
+    }
     let handle = Handle::current();
     let history = History::new();
     let start = Instant::now();
@@ -218,12 +243,14 @@ async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64) {
         };
         let server = match Server::bind_with(config, disk.clone(), seed).await {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                tracing::warn!("broker failed to start: {e:#}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        if server.run(std::future::pending()).await.is_err() {
+        if let Err(e) = server.run(std::future::pending()).await {
+            tracing::warn!("broker stopped: {e:#}; restarting it without its page cache");
             disk.crash(CrashMode::LoseUnsynced);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }

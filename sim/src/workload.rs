@@ -191,11 +191,15 @@ pub async fn reader(ctx: Ctx, reader_id: u32) {
 /// `bound`. Records `Final` or `FinalFailed` per partition.
 pub async fn final_read(ctx: Ctx, bound: Duration) {
     let deadline = Instant::now() + bound;
+    let mut client: Option<Client> = None;
+    // Replaced connections stay open until the end: madsim reuses a freed
+    // client port at once, and a new connection on the 4-tuple of one the
+    // server still holds would not be accepted.
+    let mut retired: Vec<Client> = Vec::new();
     for p in 0..ctx.partitions {
         let mut records = Vec::new();
         let mut offset = 0;
         let mut last_error = String::from("no answer");
-        let mut client: Option<Client> = None;
         let done = loop {
             if Instant::now() >= deadline {
                 break None;
@@ -222,7 +226,7 @@ pub async fn final_read(ctx: Ctx, bound: Duration) {
                 }
                 Err(e) => {
                     last_error = e;
-                    client = None;
+                    retired.extend(client.take());
                     tokio::time::sleep(BACKOFF).await;
                 }
             }

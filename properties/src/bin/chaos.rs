@@ -82,7 +82,8 @@ mod sim_main {
     fn run_seed(args: &Args, seed: u64, suite: Suite) -> SeedResult {
         let scenario = Scenario::new(seed, suite, args.nodes, args.duration * 1000);
         let heal = scenario.heal_at_ms();
-        let plan = scenario.plan().to_string();
+        let durable = scenario.durable_acks();
+        let plan = format!("{}  scenario: {}\n", scenario.plan(), scenario.describe());
         let s = scenario.clone();
         // A fresh OS thread per run: madsim and std's per-thread state must
         // not carry over between seeds.
@@ -99,7 +100,7 @@ mod sim_main {
             }
         };
         let mut failure = None;
-        let violations = checkers::check(&outcome.history.events(), heal);
+        let violations = checkers::check(&outcome.history.events(), heal, durable);
         if !violations.is_empty() {
             failure = Some(violations.iter().map(|v| format!("    {v}")).collect::<Vec<_>>().join("\n"));
         }
@@ -128,6 +129,11 @@ mod sim_main {
 
     pub fn main() -> i32 {
         let args = Args::parse();
+        // CHAOS_LOG=debug (an env-filter expression) shows the nodes' logs,
+        // stamped with simulated time: useful with --replay.
+        if let Ok(filter) = std::env::var("CHAOS_LOG") {
+            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).init();
+        }
         if let Some(seed) = args.replay {
             let suite = match suite_for(&args, seed) {
                 Ok(s) => s,
