@@ -35,7 +35,10 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
         }
         let first = match timers.first().copied() {
             Some(at) => tokio::select! {
-                c = commands.recv() => c,
+                // Polled in order: tokio's random branch order would draw from a
+                // process-global seed and break replay in the simulator.
+                // Timers first, so a stream of commands cannot starve them.
+                biased;
                 _ = tokio::time::sleep_until(clock.instant_at(at)) => {
                     let now = clock.now();
                     while timers.first().is_some_and(|t| *t <= now) {
@@ -48,6 +51,7 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                     }
                     continue;
                 }
+                c = commands.recv() => c,
             },
             None => commands.recv().await,
         };

@@ -188,6 +188,9 @@ async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
+        // Polled in order: tokio's random branch order would draw from a
+        // process-global seed and break replay in the simulator.
+        biased;
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
     }

@@ -99,6 +99,9 @@ impl Server {
         let mut connections: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let result = loop {
             tokio::select! {
+                // Polled in order: tokio's random branch order would draw from a
+                // process-global seed and break replay in the simulator.
+                biased;
                 _ = &mut shutdown => break None,
                 ended = &mut broker_task => {
                     let reason = match ended {
