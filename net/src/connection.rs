@@ -50,6 +50,7 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
                 Err(e) => break Some(format!("encoding ApiVersions: {e}")),
             },
             Ok(Decoded::Broker { meta, request, expects_reply }) => {
+                tracing::debug!(conn, api = ?meta.api_key, corr = meta.correlation_id, "request");
                 seq += 1;
                 let (reply, rx) = oneshot::channel();
                 let id = RequestId { conn, seq };
@@ -89,6 +90,7 @@ async fn write_responses(mut wr: tokio::io::WriteHalf<TcpStream>, mut slots: mps
                 Err(_) => break, // the broker dropped the request (shutdown)
             },
         };
+        tracing::debug!(len = bytes.len(), "response");
         // Flush each response: simulated sockets send only on flush.
         if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
             break;

@@ -37,23 +37,50 @@ impl Ctx {
     }
 }
 
+/// Longest a connection attempt may take (madsim's TCP gives up by itself
+/// after about 10 s on a dead or cut link).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn connect(ctx: &Ctx) -> Client {
     loop {
-        if let Ok(Ok(c)) = timeout(REQUEST_TIMEOUT, Client::connect(&ctx.broker_addr)).await {
+        if let Ok(Ok(c)) = timeout(CONNECT_TIMEOUT, Client::connect(&ctx.broker_addr)).await {
             return c;
         }
         tokio::time::sleep(BACKOFF).await;
     }
 }
 
+/// A client connection that is replaced, never dropped, when it fails.
+///
+/// madsim hands a freed client port out again at once; a late message of
+/// a dropped connection then lands on the new connection with the same
+/// addresses (the real world's TIME_WAIT prevents this). Keeping replaced
+/// connections open until the client ends keeps every port unique.
+struct Conn {
+    client: Client,
+    retired: Vec<Client>,
+}
+
+impl Conn {
+    async fn open(ctx: &Ctx) -> Self {
+        Self { client: connect(ctx).await, retired: Vec::new() }
+    }
+
+    async fn replace(&mut self, ctx: &Ctx) {
+        tokio::time::sleep(BACKOFF).await;
+        let fresh = connect(ctx).await;
+        self.retired.push(std::mem::replace(&mut self.client, fresh));
+    }
+}
+
 /// Creates the topic, retrying until the broker answers.
 pub async fn create_topic(ctx: &Ctx) {
+    let mut c = Conn::open(ctx).await;
     loop {
-        let mut c = connect(ctx).await;
-        match timeout(REQUEST_TIMEOUT, c.create_topic(TOPIC, ctx.partitions, &[])).await {
+        match timeout(REQUEST_TIMEOUT, c.client.create_topic(TOPIC, ctx.partitions, &[])).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) if e.code() == Some(36) => return, // TOPIC_ALREADY_EXISTS
-            _ => tokio::time::sleep(BACKOFF).await,
+            _ => c.replace(ctx).await,
         }
     }
 }
@@ -72,18 +99,17 @@ impl Draw {
 /// sequence numbers until it is acknowledged or definitely refused.
 pub async fn producer(ctx: Ctx, client_id: u32) {
     let mut draw = Draw(ctx.seed ^ (u64::from(client_id) << 32));
-    let mut client = connect(&ctx).await;
+    let mut conn = Conn::open(&ctx).await;
     let mut identity: Option<(i64, i16)> = None;
     let mut next_seq = vec![0i32; ctx.partitions as usize];
     let mut op_seq = 0u64;
     let mut value_seq = 0u64;
     while Instant::now() < ctx.stop_at {
         if identity.is_none() {
-            match timeout(REQUEST_TIMEOUT, client.init_producer_id()).await {
+            match timeout(REQUEST_TIMEOUT, conn.client.init_producer_id()).await {
                 Ok(Ok(id)) => identity = Some(id),
                 _ => {
-                    tokio::time::sleep(BACKOFF).await;
-                    client = connect(&ctx).await;
+                    conn.replace(&ctx).await;
                     continue;
                 }
             }
@@ -107,7 +133,7 @@ pub async fn producer(ctx: Ctx, client_id: u32) {
         let batch = Bytes::from(b.idempotent(pid, epoch, seq).build());
         ctx.record(EventKind::Invoke { node: ctx.node, op, partition, values: values.clone() });
         loop {
-            match timeout(REQUEST_TIMEOUT, client.produce(TOPIC, partition, batch.clone(), -1)).await {
+            match timeout(REQUEST_TIMEOUT, conn.client.produce(TOPIC, partition, batch.clone(), -1)).await {
                 Ok(Ok(base_offset)) => {
                     ctx.record(EventKind::Ok { op, base_offset });
                     next_seq[partition as usize] = seq.wrapping_add(count as i32) & i32::MAX;
@@ -123,15 +149,15 @@ pub async fn producer(ctx: Ctx, client_id: u32) {
                     }
                     break;
                 }
-                _ => {
+                other => {
+                    tracing::debug!(client_id, ?op, outcome = ?other.map(|r| r.map(|_| ())), "produce outcome unknown; retrying");
                     // Unknown outcome: retry the same batch (same sequence)
                     // on a new connection, as Kafka's producer does.
                     if Instant::now() >= ctx.stop_at + Duration::from_secs(30) {
                         ctx.record(EventKind::Unknown { op });
                         return;
                     }
-                    tokio::time::sleep(BACKOFF).await;
-                    client = connect(&ctx).await;
+                    conn.replace(&ctx).await;
                 }
             }
         }
@@ -168,20 +194,17 @@ async fn read_once(client: &mut Client, ctx: &Ctx, partition: i32, offset: i64) 
 
 /// Tails every partition, recording what it reads.
 pub async fn reader(ctx: Ctx, reader_id: u32) {
-    let mut client = connect(&ctx).await;
+    let mut conn = Conn::open(&ctx).await;
     let mut next = vec![0i64; ctx.partitions as usize];
     while Instant::now() < ctx.stop_at {
         for p in 0..ctx.partitions {
-            match read_once(&mut client, &ctx, p, next[p as usize]).await {
+            match read_once(&mut conn.client, &ctx, p, next[p as usize]).await {
                 Ok((recs, _)) if !recs.is_empty() => {
                     next[p as usize] = recs.last().expect("non-empty").0 + 1;
                     ctx.record(EventKind::Read { node: ctx.node, reader: reader_id, partition: p, records: recs });
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    tokio::time::sleep(BACKOFF).await;
-                    client = connect(&ctx).await;
-                }
+                Err(_) => conn.replace(&ctx).await,
             }
         }
     }
@@ -192,9 +215,7 @@ pub async fn reader(ctx: Ctx, reader_id: u32) {
 pub async fn final_read(ctx: Ctx, bound: Duration) {
     let deadline = Instant::now() + bound;
     let mut client: Option<Client> = None;
-    // Replaced connections stay open until the end: madsim reuses a freed
-    // client port at once, and a new connection on the 4-tuple of one the
-    // server still holds would not be accepted.
+    // Replaced connections stay open until the end (see `Conn`).
     let mut retired: Vec<Client> = Vec::new();
     for p in 0..ctx.partitions {
         let mut records = Vec::new();
@@ -206,7 +227,7 @@ pub async fn final_read(ctx: Ctx, bound: Duration) {
             }
             let c = match client.as_mut() {
                 Some(c) => c,
-                None => match timeout(REQUEST_TIMEOUT, Client::connect(&ctx.broker_addr)).await {
+                None => match timeout(deadline.saturating_duration_since(Instant::now()), Client::connect(&ctx.broker_addr)).await {
                     Ok(Ok(c)) => client.insert(c),
                     _ => {
                         tokio::time::sleep(BACKOFF).await;
