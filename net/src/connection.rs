@@ -6,7 +6,7 @@
 //! version closes this connection (after the responses already owed) and
 //! nothing else.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use millrace_core::broker::{RequestId, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,20 +30,26 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
     let (slots, slot_rx) = mpsc::channel(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_responses(wr, slot_rx));
     let mut seq = 0u64;
+    // One receive buffer per connection: frames are split off it without
+    // zero-filling, and its memory is reused once a frame is dropped.
+    let mut buf = BytesMut::with_capacity(64 * 1024);
     let reason = loop {
-        let mut len = [0u8; 4];
-        if rd.read_exact(&mut len).await.is_err() {
+        // The length prefix, then the frame, both from the buffer (a read
+        // may bring in more than one frame).
+        if fill(&mut rd, &mut buf, 4).await.is_err() {
             break None; // closed by the client
         }
-        let len = i32::from_be_bytes(len);
+        let len = i32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
         if len < 0 || len as usize > MAX_FRAME_BYTES {
             break Some(format!("frame length {len} outside 0..={MAX_FRAME_BYTES}"));
         }
-        let mut frame = vec![0; len as usize];
-        if rd.read_exact(&mut frame).await.is_err() {
+        let len = len as usize;
+        if fill(&mut rd, &mut buf, 4 + len).await.is_err() {
             break Some(format!("connection closed inside a {len}-byte frame"));
         }
-        let slot = match kafka::decode(Bytes::from(frame)) {
+        buf.advance(4);
+        let frame = buf.split_to(len).freeze();
+        let slot = match kafka::decode(frame) {
             Err(e) => break Some(e.to_string()),
             Ok(Decoded::ApiVersions { meta, supported }) => match kafka::response::api_versions(&meta, supported) {
                 Ok(bytes) => Slot::Ready(bytes),
@@ -73,6 +79,19 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
     drop(slots);
     let _ = broker.send(Command::Disconnected { conn }).await;
     let _ = writer.await;
+}
+
+/// Reads until `buf` holds at least `n` bytes; an error at end of stream.
+async fn fill(rd: &mut tokio::io::ReadHalf<TcpStream>, buf: &mut BytesMut, n: usize) -> std::io::Result<()> {
+    if buf.len() < n {
+        buf.reserve(n - buf.len());
+    }
+    while buf.len() < n {
+        if rd.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
 }
 
 async fn write_responses(mut wr: tokio::io::WriteHalf<TcpStream>, mut slots: mpsc::Receiver<Slot>) {

@@ -46,6 +46,7 @@ proptest! {
         }
         let bytes = b.build();
         let (h, decoded) = records::decode_records(&bytes).unwrap();
+        records::check_records(&bytes, &h).unwrap();
         prop_assert_eq!(h.compression().unwrap(), compression);
         prop_assert_eq!(h.record_count as usize, recs.len());
         prop_assert_eq!(h.total_len(), bytes.len());
@@ -90,7 +91,10 @@ proptest! {
         let mut flipped = good.clone();
         let i = at.index(flipped.len());
         flipped[i] ^= byte | 1;
-        let _ = records::decode_records(&flipped);
+        // The produce path's non-copying check agrees with the full decoder.
+        let full = records::decode_records(&flipped);
+        let checked = records::validate_batch(&flipped).and_then(|h| records::check_records(&flipped, &h));
+        prop_assert_eq!(full.is_ok(), checked.is_ok());
         let _ = records::decode_records(&good[..cut.index(good.len())]);
         // A forged record count with a valid CRC must not allocate wildly or panic.
         let mut forged = good.clone();

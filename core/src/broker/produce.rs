@@ -155,7 +155,7 @@ impl<S: Storage> Broker<S> {
         if h.record_count == 0 {
             return Appended::error(ErrorCode::InvalidRecord, "empty record batch");
         }
-        if validate_records && let Err(e) = records::decode_records(data) {
+        if validate_records && let Err(e) = records::check_records(data, &h) {
             return Appended::error(record_error_code(&e), e.to_string());
         }
         match p.producers.check(&h) {

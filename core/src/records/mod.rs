@@ -13,7 +13,7 @@ pub use batch::{
 };
 pub use builder::{BatchBuilder, ProducerStamp};
 pub use compression::Compression;
-pub use record::{Header, Record, decode_records};
+pub use record::{Header, Record, check_records, decode_records};
 
 /// Why bytes are not a valid record batch. Every decoder in this module
 /// returns one of these rather than panicking on hostile input.

@@ -39,6 +39,56 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<Record>), Record
     Ok((h, records))
 }
 
+/// Checks every record of a validated batch without copying any of them:
+/// the produce path's deep validation (decompressing if needed).
+pub fn check_records(batch: &[u8], h: &BatchHeader) -> Result<(), RecordError> {
+    let body = &batch[HEADER_LEN..h.total_len()];
+    let compression = h.compression()?;
+    let plain;
+    let bytes = if compression == super::Compression::None {
+        body
+    } else {
+        plain = compression.decompress(body, MAX_DECOMPRESSED_BATCH)?;
+        &plain[..]
+    };
+    let mut cur = Cursor::new(bytes);
+    for index in 0..h.record_count as usize {
+        skip_one(&mut cur, index)?;
+    }
+    if cur.remaining() != 0 {
+        return Err(RecordError::BadRecord { index: h.record_count as usize, reason: "trailing bytes after the last record" });
+    }
+    Ok(())
+}
+
+fn skip_one(cur: &mut Cursor<'_>, index: usize) -> Result<(), RecordError> {
+    let bad = |reason| RecordError::BadRecord { index, reason };
+    let len = cur.varint()?;
+    if len < 0 {
+        return Err(bad("negative record length"));
+    }
+    let mut body = Cursor::new(cur.take(len as usize)?);
+    body.u8()?;
+    body.varlong()?;
+    if body.varint()? as i64 != index as i64 {
+        return Err(bad("offset delta out of sequence"));
+    }
+    body.nullable_bytes()?;
+    body.nullable_bytes()?;
+    let header_count = body.varint()?;
+    if header_count < 0 {
+        return Err(bad("negative header count"));
+    }
+    for _ in 0..header_count {
+        body.nullable_bytes()?.ok_or(bad("null header key"))?;
+        body.nullable_bytes()?;
+    }
+    if body.remaining() != 0 {
+        return Err(bad("record length does not match its fields"));
+    }
+    Ok(())
+}
+
 fn decode_one(cur: &mut Cursor<'_>, h: &BatchHeader, index: usize) -> Result<Record, RecordError> {
     let bad = |reason| RecordError::BadRecord { index, reason };
     let len = cur.varint()?;
