@@ -133,17 +133,18 @@ async fn simulate(scenario: Scenario) -> Outcome {
         brokers.push(BrokerNode { handle: node, disk, up: true });
     }
     let stop_at = start + Duration::from_millis(scenario.heal_at_ms() + HEAL_MS);
+    let ctx_for = |i: usize| Ctx {
+        history: history.clone(),
+        start,
+        broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
+        node: i,
+        partitions: scenario.partitions,
+        stop_at,
+        seed: scenario.seed.wrapping_add(i as u64 * 7919),
+    };
     let mut client_tasks = Vec::new();
-    for (i, _) in brokers.iter().enumerate() {
-        let ctx = Ctx {
-            history: history.clone(),
-            start,
-            broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
-            node: i,
-            partitions: scenario.partitions,
-            stop_at,
-            seed: scenario.seed.wrapping_add(i as u64 * 7919),
-        };
+    for i in 0..brokers.len() {
+        let ctx = ctx_for(i);
         let setup = handle.create_node().name(format!("setup-{i}")).ip(client_ip(i, 0)).build();
         let c = ctx.clone();
         setup.spawn(async move { workload::create_topic(&c).await }).await.expect("setup task");
@@ -174,16 +175,8 @@ async fn simulate(scenario: Scenario) -> Outcome {
         let _ = t.await;
     }
     // Final reads, one per broker, after every producer stopped.
-    for (i, _) in brokers.iter().enumerate() {
-        let ctx = Ctx {
-            history: history.clone(),
-            start,
-            broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
-            node: i,
-            partitions: scenario.partitions,
-            stop_at,
-            seed: scenario.seed,
-        };
+    for i in 0..brokers.len() {
+        let ctx = ctx_for(i);
         let node = handle.create_node().name(format!("final-{i}")).ip(client_ip(i, 200)).build();
         let _ = node.spawn(async move { workload::final_read(ctx, FINAL_READ_BOUND).await }).await;
     }
