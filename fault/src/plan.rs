@@ -31,7 +31,10 @@ pub enum Fault {
     Isolate { node: usize },
     /// Cut only what the node sends (it hears, nobody hears it).
     MuteOutbound { node: usize },
-    /// Restore every cut link.
+    /// Every message takes `latency_ms` to `2 × latency_ms` (a congested or
+    /// far-away network), until the next `HealNetwork`.
+    SlowNetwork { latency_ms: u32 },
+    /// Restore every cut link and the normal latency.
     HealNetwork,
     /// Each read returns a flipped bit with this probability (transient:
     /// the data at rest is fine), until `DiskHealthy`.
@@ -53,6 +56,7 @@ impl fmt::Display for Fault {
             Fault::Resume { node } => write!(f, "resume node {node}"),
             Fault::Isolate { node } => write!(f, "isolate node {node}"),
             Fault::MuteOutbound { node } => write!(f, "mute outbound of node {node}"),
+            Fault::SlowNetwork { latency_ms } => write!(f, "slow network ({latency_ms}-{} ms per message)", latency_ms * 2),
             Fault::HealNetwork => write!(f, "heal network"),
             Fault::ReadCorruption { node, per_million } => {
                 write!(f, "corrupt reads on node {node} ({per_million} per million)")
@@ -126,6 +130,9 @@ fn generate_node(rng: &mut Rng, swarm: &Swarm, node: usize, window_ms: u64, out:
             FaultKind::Partition => {
                 let f = if rng.chance(300) { Fault::MuteOutbound { node } } else { Fault::Isolate { node } };
                 (f, Some(Fault::HealNetwork))
+            }
+            FaultKind::SlowNetwork => {
+                (Fault::SlowNetwork { latency_ms: *rng.pick(&[20, 100, 500]) }, Some(Fault::HealNetwork))
             }
             FaultKind::ReadCorruption => (
                 Fault::ReadCorruption { node, per_million: rng.range(100, swarm.read_corruption_per_million_max) as u32 },

@@ -9,6 +9,7 @@ pub enum FaultKind {
     Crash,
     Pause,
     Partition,
+    SlowNetwork,
     ReadCorruption,
     FsyncFailure,
     DiskFull,
@@ -22,7 +23,7 @@ pub enum Suite {
     /// Disk faults: corrupt reads, failed fsyncs, a full disk (and the
     /// crashes they cause).
     Disk,
-    /// Partitions, one-way cuts and paused nodes.
+    /// Partitions, one-way cuts, slow links and paused nodes.
     Network,
     /// Everything, swarm-style.
     Mixed,
@@ -49,8 +50,8 @@ impl Suite {
         match self {
             Suite::Crash => &[Crash],
             Suite::Disk => &[ReadCorruption, FsyncFailure, DiskFull, Crash],
-            Suite::Network => &[Partition, Pause],
-            Suite::Mixed => &[Crash, Pause, Partition, ReadCorruption, FsyncFailure, DiskFull],
+            Suite::Network => &[Partition, SlowNetwork, Pause],
+            Suite::Mixed => &[Crash, Pause, Partition, SlowNetwork, ReadCorruption, FsyncFailure, DiskFull],
         }
     }
 }

@@ -213,10 +213,15 @@ fn apply(handle: &Handle, net: &NetSim, brokers: &mut [BrokerNode], fault: &Faul
         Fault::Resume { node } => handle.resume(brokers[node].handle.id()),
         Fault::Isolate { node } => net.clog_node(brokers[node].handle.id()),
         Fault::MuteOutbound { node } => net.clog_node_out(brokers[node].handle.id()),
+        Fault::SlowNetwork { latency_ms } => {
+            let l = Duration::from_millis(u64::from(latency_ms));
+            net.update_config(|c| c.send_latency = l..l * 2);
+        }
         Fault::HealNetwork => {
             for b in brokers.iter() {
                 net.unclog_node(b.handle.id());
             }
+            net.update_config(|c| c.send_latency = madsim::net::Config::default().send_latency);
         }
         Fault::ReadCorruption { node, per_million } => brokers[node].disk.set_read_corruption(per_million),
         Fault::FsyncFailure { node } => brokers[node].disk.fail_next_fsync(),
