@@ -115,6 +115,13 @@ impl PartitionLog {
             report.segments += 1;
             log.segments.insert(base, seg);
         }
+        // What recovery read may still be only in the page cache (the
+        // process died, the machine did not): make it durable before
+        // anything is acknowledged on top of it, as PostgreSQL syncs its
+        // data directory after a crash.
+        for seg in log.segments.values() {
+            storage.sync(&seg.file)?;
+        }
         Ok((log, report))
     }
 
