@@ -42,6 +42,11 @@ impl Report {
     }
 }
 
+/// When the history says the faults ended (its `Healed` event).
+pub fn heal_time(events: &[Event]) -> Option<u64> {
+    events.iter().find(|e| e.kind == EventKind::Healed).map(|e| e.at_ms)
+}
+
 /// Checks a history; `heal_at_ms` is when the faults ended. With
 /// `durable_acks` false (a relaxed flush policy) a crash may take back
 /// acknowledged records and records readers saw, so those two checks are

@@ -18,8 +18,6 @@ use crate::history::{EventKind, History};
 use crate::workload::{self, Ctx};
 
 const PORT: u16 = 9092;
-/// Time before the first fault: the topic gets created.
-const SETUP_MS: u64 = 500;
 /// After the heal, producers keep going this long: the liveness bound. A
 /// write must be acknowledged within it. It covers a client's reconnect
 /// (madsim's TCP gives up on a dead peer after ~10 s) plus recovery.
@@ -71,10 +69,6 @@ impl Scenario {
         FaultPlan::generate(self.seed, self.nodes, self.fault_window_ms, Swarm::draw(self.seed, self.suite))
     }
 
-    /// Liveness: the heal happens at this simulated time.
-    pub fn heal_at_ms(&self) -> u64 {
-        SETUP_MS + self.fault_window_ms
-    }
 }
 
 pub struct Outcome {
@@ -132,7 +126,27 @@ async fn simulate(scenario: Scenario) -> Outcome {
             .build();
         brokers.push(BrokerNode { handle: node, disk, up: true });
     }
-    let stop_at = start + Duration::from_millis(scenario.heal_at_ms() + HEAL_MS);
+    // Setup first, on every broker at once: the topic exists before any
+    // fault or workload starts, and the plan's clock starts after it.
+    let mut setups = Vec::new();
+    for i in 0..brokers.len() {
+        let c = Ctx {
+            history: history.clone(),
+            start,
+            broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
+            node: i,
+            partitions: scenario.partitions,
+            stop_at: start,
+            seed: scenario.seed,
+        };
+        let setup = handle.create_node().name(format!("setup-{i}")).ip(client_ip(i, 0)).build();
+        setups.push(setup.spawn(async move { workload::create_topic(&c).await }));
+    }
+    for s in setups {
+        s.await.expect("setup task");
+    }
+    let t0 = Instant::now();
+    let stop_at = t0 + Duration::from_millis(scenario.fault_window_ms + HEAL_MS);
     let ctx_for = |i: usize| Ctx {
         history: history.clone(),
         start,
@@ -145,9 +159,6 @@ async fn simulate(scenario: Scenario) -> Outcome {
     let mut client_tasks = Vec::new();
     for i in 0..brokers.len() {
         let ctx = ctx_for(i);
-        let setup = handle.create_node().name(format!("setup-{i}")).ip(client_ip(i, 0)).build();
-        let c = ctx.clone();
-        setup.spawn(async move { workload::create_topic(&c).await }).await.expect("setup task");
         for k in 0..scenario.producers_per_node {
             let node = handle.create_node().name(format!("producer-{i}-{k}")).ip(client_ip(i, 1 + k)).build();
             let c = ctx.clone();
@@ -159,11 +170,10 @@ async fn simulate(scenario: Scenario) -> Outcome {
         let c = ctx.clone();
         client_tasks.push(node.spawn(async move { workload::reader(c, 0).await }));
     }
-    // The nemesis: apply each event at its time.
+    // The nemesis: apply each event at its time on the plan's clock.
     let net = NetSim::current();
     for e in &plan.events {
-        let at = start + Duration::from_millis(SETUP_MS + e.at_ms);
-        tokio::time::sleep_until(at).await;
+        tokio::time::sleep_until(t0 + Duration::from_millis(e.at_ms)).await;
         let now_ms = start.elapsed().as_millis() as u64;
         let applied = apply(&handle, &net, &mut brokers, &e.fault);
         if applied {

@@ -81,7 +81,6 @@ mod sim_main {
 
     fn run_seed(args: &Args, seed: u64, suite: Suite) -> SeedResult {
         let scenario = Scenario::new(seed, suite, args.nodes, args.duration * 1000);
-        let heal = scenario.heal_at_ms();
         let durable = scenario.durable_acks();
         let plan = format!("{}  scenario: {}\n", scenario.plan(), scenario.describe());
         let s = scenario.clone();
@@ -100,7 +99,9 @@ mod sim_main {
             }
         };
         let mut failure = None;
-        let violations = checkers::check(&outcome.history.events(), heal, durable);
+        let events = outcome.history.events();
+        let heal = checkers::heal_time(&events).unwrap_or(outcome.simulated_ms);
+        let violations = checkers::check(&events, heal, durable);
         if !violations.is_empty() {
             failure = Some(violations.iter().map(|v| format!("    {v}")).collect::<Vec<_>>().join("\n"));
         }
