@@ -100,7 +100,7 @@ impl FaultPlan {
             events.push(TimedFault { at_ms: fault_window_ms, fault: Fault::Restart { node } });
         }
         events.push(TimedFault { at_ms: fault_window_ms, fault: Fault::HealNetwork });
-        events.sort_by(|a, b| a.at_ms.cmp(&b.at_ms));
+        events.sort_by_key(|a| a.at_ms);
         Self { seed, nodes, fault_window_ms, swarm, events }
     }
 

@@ -113,11 +113,10 @@ pub fn check(events: &[Event], heal_at_ms: u64, durable_acks: bool) -> Vec<Viola
     for e in events.iter().filter(|_| durable_acks) {
         if let EventKind::Read { node, reader, partition, records } = &e.kind {
             for (offset, value) in records {
-                if let Some(prev) = last_read.insert((*node, *reader, *partition), *offset) {
-                    if *offset != prev + 1 {
+                if let Some(prev) = last_read.insert((*node, *reader, *partition), *offset)
+                    && *offset != prev + 1 {
                         r.add("monotonic-reads", format!("node {node} reader {reader} p{partition}: read {offset} after {prev}"));
                     }
-                }
                 match find(*node, *partition, *offset) {
                     Some(got) if got == value => {}
                     Some(got) => r.add("readers-agree", format!("node {node} p{partition} offset {offset}: a reader saw {value:?}, the final log has {got:?}")),

@@ -69,11 +69,10 @@ impl<S: Storage> Broker<S> {
         };
         let meta = TopicMeta { name: t.name.clone(), topic_id: self.rng.bytes16(), partitions, config };
         let configs = self.config_entries(&meta.config);
-        if !validate_only {
-            if let Err(e) = self.materialize_topic(&meta) {
+        if !validate_only
+            && let Err(e) = self.materialize_topic(&meta) {
                 return CreateTopicResult::error(t, ErrorCode::KafkaStorageError, e.to_string());
             }
-        }
         CreateTopicResult {
             name: t.name.clone(),
             error: ErrorCode::None,

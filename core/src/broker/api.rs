@@ -90,8 +90,12 @@ pub struct ProduceRequest {
     pub acks: i16,
     pub timeout_ms: i32,
     pub transactional_id: Option<String>,
-    pub topics: Vec<(String, Vec<(i32, Option<Bytes>)>)>,
+    pub topics: Vec<(String, Vec<PartitionData>)>,
 }
+
+/// One partition's record batch in a produce request (absent when the
+/// client sent null).
+pub type PartitionData = (i32, Option<Bytes>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProducePartitionResponse {
