@@ -132,21 +132,29 @@ pub async fn producer(ctx: Ctx, client_id: u32) {
         }
         let batch = Bytes::from(b.idempotent(pid, epoch, seq).build());
         ctx.record(EventKind::Invoke { node: ctx.node, op, partition, values: values.clone() });
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match timeout(REQUEST_TIMEOUT, conn.client.produce(TOPIC, partition, batch.clone(), -1)).await {
                 Ok(Ok(base_offset)) => {
                     ctx.record(EventKind::Ok { op, base_offset });
                     next_seq[partition as usize] = seq.wrapping_add(count as i32) & i32::MAX;
                     break;
                 }
-                Ok(Err(ClientError::Kafka { code, name, .. })) => {
-                    ctx.record(EventKind::Fail { op, error: name });
-                    // 45 OUT_OF_ORDER_SEQUENCE, 47 INVALID_PRODUCER_EPOCH,
-                    // 59 UNKNOWN_PRODUCER_ID: start a new producer session.
-                    if matches!(code, 45 | 47 | 59) {
-                        identity = None;
-                        next_seq.iter_mut().for_each(|s| *s = 0);
+                Ok(Err(ClientError::Kafka { name, .. })) => {
+                    // A refusal is definite only if no earlier attempt of
+                    // this batch may still be in flight (a late one can
+                    // still land); otherwise the outcome is unknown.
+                    if attempts == 1 {
+                        ctx.record(EventKind::Fail { op, error: name });
+                    } else {
+                        ctx.record(EventKind::Unknown { op });
                     }
+                    // Its sequence numbers must never carry other data, so
+                    // the producer starts a new session (as Kafka's bumps
+                    // its epoch after a failed batch).
+                    identity = None;
+                    next_seq.iter_mut().for_each(|s| *s = 0);
                     break;
                 }
                 other => {

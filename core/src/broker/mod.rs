@@ -204,7 +204,7 @@ impl<S: Storage> Broker<S> {
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
             Request::CreateTopics(r) => Response::CreateTopics(self.create_topics(r)),
             Request::DeleteTopics(r) => Response::DeleteTopics(self.delete_topics(now, r, out)),
-            Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r, out)),
+            Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DescribeConfigs(r) => Response::DescribeConfigs(self.describe_configs(r)),
             Request::FindCoordinator(r) => Response::FindCoordinator(find_coordinator(r)),
         };

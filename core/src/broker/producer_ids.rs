@@ -2,7 +2,7 @@
 //! restarts, by reserving them durably in blocks (as Kafka's
 //! ProducerIdManager does) before giving any out.
 
-use super::{Broker, Effect, InitProducerIdRequest, InitProducerIdResponse};
+use super::{Broker, InitProducerIdRequest, InitProducerIdResponse};
 use crate::ErrorCode;
 use crate::storage::{Storage, StorageError};
 
@@ -43,7 +43,7 @@ impl ProducerIdAllocator {
 }
 
 impl<S: Storage> Broker<S> {
-    pub(super) fn init_producer_id(&mut self, req: InitProducerIdRequest, out: &mut Vec<Effect>) -> InitProducerIdResponse {
+    pub(super) fn init_producer_id(&mut self, req: InitProducerIdRequest) -> InitProducerIdResponse {
         let fail = |error| InitProducerIdResponse { error, producer_id: -1, producer_epoch: -1 };
         if req.transactional_id.is_some() {
             return fail(ErrorCode::InvalidRequest);
@@ -59,12 +59,11 @@ impl<S: Storage> Broker<S> {
                 producer_epoch: req.producer_epoch + 1,
             };
         }
+        // A failed reservation changed nothing on disk (the replace is
+        // atomic), so it is an error for this request only.
         match self.producer_ids.allocate(&mut self.storage) {
             Ok(id) => InitProducerIdResponse { error: ErrorCode::None, producer_id: id, producer_epoch: 0 },
-            Err(e) => {
-                self.fail(format!("reserving producer ids failed: {e}"), out);
-                fail(ErrorCode::KafkaStorageError)
-            }
+            Err(_) => fail(ErrorCode::KafkaStorageError),
         }
     }
 }
