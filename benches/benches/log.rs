@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use millrace_core::log::{LogConfig, PartitionLog};
 use millrace_core::records::{self, BatchBuilder, Compression, Record};
-use millrace_core::storage::MemStorage;
+use millrace_core::storage::{MemStorage, Storage};
 use millrace_net::file_storage::FileStorage;
 
 /// A batch of `n` records with 1 KB values, as a producer would send it.
@@ -39,41 +39,33 @@ fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("log_append");
     g.throughput(Throughput::Bytes(b.len() as u64 * 100));
     g.bench_function("memory/100_batches_of_100KB", |bench| {
-        bench.iter_batched(
-            || {
-                let mut s = MemStorage::new();
-                let (log, _) = PartitionLog::open(&mut s, "t-0", LogConfig::default(), &mut |_| {}).unwrap();
-                (s, log)
-            },
-            |(mut s, mut log)| {
-                for _ in 0..100 {
-                    let mut copy = b.clone();
-                    log.append(&mut s, &mut copy).unwrap();
-                }
-            },
-            BatchSize::LargeInput,
-        )
+        bench.iter_batched(|| open_log(MemStorage::new()), |(s, log)| append_100(s, log, &b), BatchSize::LargeInput)
     });
     let dir = std::env::temp_dir().join(format!("millrace-bench-{}", std::process::id()));
     g.bench_function("file_unsynced/100_batches_of_100KB", |bench| {
         bench.iter_batched(
             || {
                 let _ = std::fs::remove_dir_all(&dir);
-                let mut s = FileStorage::open(&dir).unwrap();
-                let (log, _) = PartitionLog::open(&mut s, "t-0", LogConfig::default(), &mut |_| {}).unwrap();
-                (s, log)
+                open_log(FileStorage::open(&dir).unwrap())
             },
-            |(mut s, mut log)| {
-                for _ in 0..100 {
-                    let mut copy = b.clone();
-                    log.append(&mut s, &mut copy).unwrap();
-                }
-            },
+            |(s, log)| append_100(s, log, &b),
             BatchSize::PerIteration,
         )
     });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn open_log<S: Storage>(mut s: S) -> (S, PartitionLog) {
+    let (log, _) = PartitionLog::open(&mut s, "t-0", LogConfig::default(), &mut |_| {}).unwrap();
+    (s, log)
+}
+
+fn append_100<S: Storage>(mut s: S, mut log: PartitionLog, b: &[u8]) {
+    for _ in 0..100 {
+        let mut copy = b.to_vec();
+        log.append(&mut s, &mut copy).unwrap();
+    }
 }
 
 fn fetch(c: &mut Criterion) {

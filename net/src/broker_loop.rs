@@ -45,9 +45,9 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                         timers.pop_first();
                     }
                     broker.step(now, Input::Tick, &mut out);
-                    if execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers).is_some() {
+                    if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
                         broker.step(clock.now(), Input::Sync, &mut out);
-                        execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+                        execute(&broker, &mut out, &mut waiting, &mut timers);
                     }
                     continue;
                 }
@@ -77,13 +77,13 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                 next = commands.try_recv().ok();
             }
         }
-        let needs_sync = execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers).is_some();
+        let needs_sync = execute(&broker, &mut out, &mut waiting, &mut timers).is_some();
         if needs_sync && let Some(delay) = crate::buggify::slow_fsync() {
             tokio::time::sleep(delay).await;
         }
         if needs_sync || shutdown.is_some() {
             broker.step(clock.now(), Input::Sync, &mut out);
-            execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+            execute(&broker, &mut out, &mut waiting, &mut timers);
         }
         if let Some(done) = shutdown {
             let _ = done.send(());
@@ -91,14 +91,13 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
         }
     }
     broker.step(clock.now(), Input::Sync, &mut out);
-    execute(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+    execute(&broker, &mut out, &mut waiting, &mut timers);
     broker.failure().map_or(Ok(()), |r| Err(r.to_string()))
 }
 
 /// Carries out effects. Returns `Some(())` if a sync was asked for.
 fn execute<S: Storage>(
-    broker: &mut Broker<S>,
-    _clock: &Clock,
+    broker: &Broker<S>,
     out: &mut Vec<Effect>,
     waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
     timers: &mut BTreeSet<i64>,
@@ -127,6 +126,5 @@ fn execute<S: Storage>(
             }
         }
     }
-    let _ = broker;
     sync
 }

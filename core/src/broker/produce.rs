@@ -55,7 +55,9 @@ impl<S: Storage> Broker<S> {
             return;
         }
         let mut wait_for_sync = false;
-        let mut appended_any = false;
+        // Partitions this request wrote to: what the flush policy and the
+        // parked fetches need to look at (never a scan of every partition).
+        let mut touched: Vec<(String, i32)> = Vec::new();
         let mut topics = Vec::with_capacity(req.topics.len());
         for (topic, parts) in &req.topics {
             let mut results = Vec::with_capacity(parts.len());
@@ -65,7 +67,9 @@ impl<S: Storage> Broker<S> {
                     None => self.append_partition(topic, *partition, data.as_deref()),
                 };
                 wait_for_sync |= a.needs_sync;
-                appended_any |= a.error.is_ok();
+                if a.error.is_ok() {
+                    touched.push((topic.clone(), *partition));
+                }
                 let log_start_offset =
                     self.partition(topic, *partition).map_or(-1, |p| p.log.log_start_offset());
                 results.push(ProducePartitionResponse {
@@ -79,7 +83,7 @@ impl<S: Storage> Broker<S> {
             topics.push((topic.clone(), results));
         }
         let response = ProduceResponse { topics };
-        self.after_append(now, appended_any, out);
+        self.after_append(now, &touched, out);
         if wait_for_sync && req.acks != 0 {
             self.pending_acks.push((id, response));
         } else {
@@ -89,14 +93,14 @@ impl<S: Storage> Broker<S> {
 
     /// Triggers what the flush policy asks for after appends, and wakes
     /// fetches when acknowledgements do not wait for a sync.
-    fn after_append(&mut self, now: Millis, appended: bool, out: &mut Vec<Effect>) {
-        if !appended {
+    fn after_append(&mut self, now: Millis, touched: &[(String, i32)], out: &mut Vec<Effect>) {
+        if touched.is_empty() {
             return;
         }
         match self.config.flush {
             FlushPolicy::EveryBatch => self.request_sync(out),
             FlushPolicy::Messages(n) => {
-                let due = self.topics.values().flat_map(|t| &t.partitions).any(|p| p.unflushed_records >= n);
+                let due = touched.iter().any(|(t, p)| self.partition(t, *p).is_some_and(|p| p.unflushed_records >= n));
                 if due {
                     self.request_sync(out);
                 }
@@ -110,14 +114,7 @@ impl<S: Storage> Broker<S> {
             }
         }
         if !self.config.flush.acks_wait_for_sync() {
-            let touched: Vec<(String, i32)> = self
-                .topics
-                .iter()
-                .flat_map(|(name, t)| {
-                    t.partitions.iter().enumerate().filter(|(_, p)| p.log.needs_sync()).map(move |(i, _)| (name.clone(), i as i32))
-                })
-                .collect();
-            self.wake_parked(now, &touched, out);
+            self.wake_parked(now, touched, out);
         }
     }
 

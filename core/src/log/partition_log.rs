@@ -276,16 +276,16 @@ impl PartitionLog {
         timestamp: i64,
     ) -> Result<Option<(i64, i64)>, LogError> {
         for seg in self.segments.values().filter(|s| s.max_timestamp >= timestamp) {
+            // One chunked reader per segment: headers and the batch that
+            // matches come from the same large reads.
+            let mut reader = ChunkReader::new(&mut *storage, &seg.file, seg.size);
             let mut pos = 0;
             while pos < seg.size {
-                let h = {
-                    let mut reader = ChunkReader::new(storage, &seg.file, seg.size);
-                    let Some(bytes) = reader.bytes_at(pos, HEADER_LEN)? else { break };
-                    BatchHeader::parse(bytes)?
-                };
+                let Some(bytes) = reader.bytes_at(pos, HEADER_LEN)? else { break };
+                let h = BatchHeader::parse(bytes)?;
                 if h.max_timestamp >= timestamp {
-                    let batch = storage.read(&seg.file, pos, h.total_len())?;
-                    let (_, recs) = records::decode_records(&batch)?;
+                    let Some(batch) = reader.bytes_at(pos, h.total_len())? else { break };
+                    let (_, recs) = records::decode_records(batch)?;
                     if let Some(r) = recs.iter().find(|r| r.timestamp >= timestamp) {
                         return Ok(Some((r.offset, r.timestamp)));
                     }
