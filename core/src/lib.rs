@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod group;
 pub mod log;
 pub mod records;
 pub mod rng;

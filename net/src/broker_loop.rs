@@ -29,6 +29,12 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
     let mut timers: BTreeSet<i64> = BTreeSet::new();
     let mut out = Vec::new();
+    // A first tick, so state restored on open (group members' sessions,
+    // offset retention) gets its timers without waiting for a request.
+    broker.step(clock.now(), Input::Tick, &mut out);
+    if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
+        sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+    }
     loop {
         if let Some(reason) = broker.failure() {
             return Err(reason.to_string());
@@ -46,8 +52,7 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                     }
                     broker.step(now, Input::Tick, &mut out);
                     if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
-                        broker.step(clock.now(), Input::Sync, &mut out);
-                        execute(&broker, &mut out, &mut waiting, &mut timers);
+                        sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
                     }
                     continue;
                 }
@@ -82,17 +87,36 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
             tokio::time::sleep(delay).await;
         }
         if needs_sync || shutdown.is_some() {
-            broker.step(clock.now(), Input::Sync, &mut out);
-            execute(&broker, &mut out, &mut waiting, &mut timers);
+            sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
         }
         if let Some(done) = shutdown {
             let _ = done.send(());
             return broker.failure().map_or(Ok(()), |r| Err(r.to_string()));
         }
     }
-    broker.step(clock.now(), Input::Sync, &mut out);
-    execute(&broker, &mut out, &mut waiting, &mut timers);
+    sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
     broker.failure().map_or(Ok(()), |r| Err(r.to_string()))
+}
+
+/// Feeds `Sync` until the machine stops asking for one: finishing a sync
+/// can append more (the group coordinator persists the next step of a
+/// rebalance), which needs a sync of its own. Bounded, as each round only
+/// follows up the previous one.
+fn sync_until_settled<S: Storage>(
+    broker: &mut Broker<S>,
+    clock: &Clock,
+    out: &mut Vec<Effect>,
+    waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
+    timers: &mut BTreeSet<i64>,
+) {
+    const MAX_ROUNDS: usize = 16;
+    for _ in 0..MAX_ROUNDS {
+        broker.step(clock.now(), Input::Sync, out);
+        if execute(broker, out, waiting, timers).is_none() {
+            return;
+        }
+    }
+    tracing::warn!("sync requests did not settle after {MAX_ROUNDS} rounds; the next turn continues");
 }
 
 /// Carries out effects. Returns `Some(())` if a sync was asked for.

@@ -7,7 +7,8 @@
 //! nothing else.
 
 use bytes::{Buf, Bytes, BytesMut};
-use millrace_core::broker::{RequestId, Response};
+use millrace_core::broker::{Request, RequestId, Response};
+use millrace_core::group::GroupRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +26,8 @@ enum Slot {
 
 pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    // Kafka's form for a member's client host: "/" and the IP address.
+    let peer_host = stream.peer_addr().map(|a| format!("/{}", a.ip())).unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = tokio::io::split(stream);
     let (slots, slot_rx) = mpsc::channel(MAX_IN_FLIGHT);
@@ -55,7 +58,11 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
                 Ok(bytes) => Slot::Ready(bytes),
                 Err(e) => break Some(format!("encoding ApiVersions: {e}")),
             },
-            Ok(Decoded::Broker { meta, request, expects_reply }) => {
+            Ok(Decoded::Broker { meta, mut request, expects_reply }) => {
+                if let Request::Group(GroupRequest::Join(join)) = &mut request {
+                    // DescribeGroups shows where each member connects from.
+                    join.client_host = peer_host.clone();
+                }
                 tracing::debug!(conn, api = ?meta.api_key, corr = meta.correlation_id, "request");
                 seq += 1;
                 let (reply, rx) = oneshot::channel();

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use millrace_core::ErrorCode;
 use millrace_core::broker::*;
+use millrace_core::group::*;
 use millrace_net::kafka::response;
 use millrace_net::kafka::versions::SUPPORTED;
 use millrace_net::kafka::{self, Decoded, RequestMeta};
@@ -28,6 +29,7 @@ fn sample(key: ApiKey) -> Response {
                 name: "events".into(),
                 error: ErrorCode::None,
                 topic_id: [1; 16],
+                is_internal: false,
                 partitions: vec![PartitionMetadata {
                     partition: 0,
                     error: ErrorCode::None,
@@ -107,6 +109,70 @@ fn sample(key: ApiKey) -> Response {
                 port: -1,
             }],
         }),
+        ApiKey::OffsetForLeaderEpoch => Response::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse {
+            partitions: vec![EpochEndOffset { topic: "events".into(), partition: 1, error: ErrorCode::None, leader_epoch: 0, end_offset: 42 }],
+        }),
+        ApiKey::JoinGroup => Response::Group(GroupResponse::Join(JoinGroupResponse {
+            error: ErrorCode::None,
+            generation_id: 3,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some("range".into()),
+            leader: "m-1".into(),
+            member_id: "m-1".into(),
+            members: vec![JoinedMember { member_id: "m-1".into(), group_instance_id: Some("i-1".into()), metadata: Bytes::from_static(b"sub") }],
+        })),
+        ApiKey::SyncGroup => Response::Group(GroupResponse::Sync(SyncGroupResponse {
+            error: ErrorCode::None,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some("range".into()),
+            assignment: Bytes::from_static(b"assigned"),
+        })),
+        ApiKey::Heartbeat => Response::Group(GroupResponse::Heartbeat(HeartbeatResponse { error: ErrorCode::RebalanceInProgress })),
+        ApiKey::LeaveGroup => Response::Group(GroupResponse::Leave(LeaveGroupResponse {
+            error: ErrorCode::None,
+            members: vec![("m-1".into(), Some("i-1".into()), ErrorCode::None)],
+        })),
+        ApiKey::OffsetCommit => Response::Group(GroupResponse::OffsetCommit(OffsetCommitResponse {
+            partitions: vec![("events".into(), 0, ErrorCode::None), ("events".into(), 1, ErrorCode::IllegalGeneration)],
+        })),
+        ApiKey::OffsetFetch => Response::Group(GroupResponse::OffsetFetch(OffsetFetchResponse {
+            groups: vec![OffsetFetchGroupResponse {
+                group_id: "g".into(),
+                error: ErrorCode::None,
+                partitions: vec![FetchedOffset {
+                    topic: "events".into(),
+                    partition: 0,
+                    offset: 17,
+                    leader_epoch: 0,
+                    metadata: Some("meta".into()),
+                    error: ErrorCode::None,
+                }],
+            }],
+        })),
+        ApiKey::ListGroups => Response::Group(GroupResponse::ListGroups(ListGroupsResponse {
+            error: ErrorCode::None,
+            groups: vec![ListedGroup { group_id: "g".into(), protocol_type: "consumer".into(), state: "Stable".into() }],
+        })),
+        ApiKey::DescribeGroups => Response::Group(GroupResponse::DescribeGroups(DescribeGroupsResponse {
+            groups: vec![DescribedGroup {
+                error: ErrorCode::None,
+                group_id: "g".into(),
+                state: "Stable".into(),
+                protocol_type: "consumer".into(),
+                protocol: "range".into(),
+                members: vec![DescribedMember {
+                    member_id: "m-1".into(),
+                    group_instance_id: Some("i-1".into()),
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    metadata: Bytes::from_static(b"sub"),
+                    assignment: Bytes::from_static(b"assigned"),
+                }],
+            }],
+        })),
+        ApiKey::DeleteGroups => Response::Group(GroupResponse::DeleteGroups(DeleteGroupsResponse {
+            results: vec![("g".into(), ErrorCode::NonEmptyGroup)],
+        })),
         other => panic!("no sample for {other:?}"),
     }
 }
@@ -149,6 +215,16 @@ fn golden_responses() {
         (ApiKey::InitProducerId, [0, 4]),
         (ApiKey::DescribeConfigs, [1, 4]),
         (ApiKey::FindCoordinator, [0, 4]),
+        (ApiKey::JoinGroup, [0, 9]),
+        (ApiKey::SyncGroup, [0, 5]),
+        (ApiKey::Heartbeat, [0, 4]),
+        (ApiKey::LeaveGroup, [0, 5]),
+        (ApiKey::OffsetCommit, [2, 9]),
+        (ApiKey::OffsetFetch, [1, 9]),
+        (ApiKey::ListGroups, [0, 5]),
+        (ApiKey::DescribeGroups, [0, 5]),
+        (ApiKey::DeleteGroups, [0, 2]),
+        (ApiKey::OffsetForLeaderEpoch, [2, 4]),
     ] {
         for v in versions {
             let bytes = response::encode(&meta(key, v), sample(key)).unwrap();

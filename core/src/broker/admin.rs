@@ -27,6 +27,9 @@ impl<S: Storage> Broker<S> {
                 if seen[&t.name] > 1 {
                     return CreateTopicResult::error(t, ErrorCode::InvalidRequest, "topic named more than once in the request");
                 }
+                if super::groups::is_internal_topic(&t.name) {
+                    return CreateTopicResult::error(t, ErrorCode::InvalidTopicException, "the name is reserved for an internal topic");
+                }
                 self.create_topic(t, req.validate_only)
             })
             .collect();
@@ -110,6 +113,10 @@ impl<S: Storage> Broker<S> {
     pub(super) fn delete_topics(&mut self, now: Millis, req: DeleteTopicsRequest, out: &mut Vec<Effect>) -> DeleteTopicsResponse {
         let mut topics = Vec::with_capacity(req.names.len());
         for name in req.names {
+            if super::groups::is_internal_topic(&name) {
+                topics.push((name, ErrorCode::InvalidTopicException, Some("internal topics cannot be deleted".into())));
+                continue;
+            }
             let Some(topic) = self.topics.remove(&name) else {
                 topics.push((name, ErrorCode::UnknownTopicOrPartition, None));
                 continue;

@@ -25,6 +25,9 @@ pub enum Request {
     InitProducerId(InitProducerIdRequest),
     DescribeConfigs(DescribeConfigsRequest),
     FindCoordinator(FindCoordinatorRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
+    /// The consumer-group APIs, served by the group coordinator.
+    Group(crate::group::GroupRequest),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +41,8 @@ pub enum Response {
     InitProducerId(InitProducerIdResponse),
     DescribeConfigs(DescribeConfigsResponse),
     FindCoordinator(FindCoordinatorResponse),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
+    Group(crate::group::GroupResponse),
 }
 
 // ---- Metadata ----
@@ -61,6 +66,7 @@ pub struct TopicMetadata {
     pub name: String,
     pub error: ErrorCode,
     pub topic_id: [u8; 16],
+    pub is_internal: bool,
     pub partitions: Vec<PartitionMetadata>,
 }
 
@@ -294,6 +300,28 @@ pub struct Coordinator {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FindCoordinatorResponse {
     pub coordinators: Vec<Coordinator>,
+}
+
+// ---- OffsetForLeaderEpoch ----
+
+/// (topic, partition, current leader epoch or -1, epoch asked about).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetForLeaderEpochRequest {
+    pub partitions: Vec<(String, i32, i32, i32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochEndOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub error: ErrorCode,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffsetForLeaderEpochResponse {
+    pub partitions: Vec<EpochEndOffset>,
 }
 
 // ---- the step contract ----

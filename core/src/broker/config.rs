@@ -55,6 +55,8 @@ pub struct BrokerConfig {
     pub validate_records: bool,
     /// Upper bound on partitions per topic, against typos like 100000.
     pub max_partitions_per_topic: i32,
+    /// The group coordinator's settings (`[broker.group]` in TOML).
+    pub group: crate::group::GroupConfig,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +73,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             validate_records: true,
             max_partitions_per_topic: 10_000,
+            group: crate::group::GroupConfig::default(),
         }
     }
 }

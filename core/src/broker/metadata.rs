@@ -14,16 +14,20 @@ impl<S: Storage> Broker<S> {
         let mut topics = Vec::with_capacity(names.len());
         for name in names {
             if !self.topics.contains_key(&name) && req.allow_auto_topic_creation && self.config.auto_create_topics {
-                let new = NewTopic {
-                    name: name.clone(),
-                    num_partitions: -1,
-                    replication_factor: -1,
-                    has_assignments: false,
-                    configs: Vec::new(),
+                let new = if super::groups::is_internal_topic(&name) {
+                    super::groups::offsets_topic()
+                } else {
+                    NewTopic {
+                        name: name.clone(),
+                        num_partitions: -1,
+                        replication_factor: -1,
+                        has_assignments: false,
+                        configs: Vec::new(),
+                    }
                 };
                 let created = self.create_topic(&new, false);
                 if created.error != ErrorCode::None && created.error != ErrorCode::TopicAlreadyExists {
-                    topics.push(TopicMetadata { name, error: created.error, topic_id: [0; 16], partitions: Vec::new() });
+                    topics.push(TopicMetadata { name, error: created.error, topic_id: [0; 16], is_internal: false, partitions: Vec::new() });
                     continue;
                 }
             }
@@ -49,7 +53,7 @@ impl<S: Storage> Broker<S> {
             } else {
                 ErrorCode::InvalidTopicException
             };
-            return TopicMetadata { name: name.to_string(), error, topic_id: [0; 16], partitions: Vec::new() };
+            return TopicMetadata { name: name.to_string(), error, topic_id: [0; 16], is_internal: false, partitions: Vec::new() };
         };
         let node = self.config.node_id;
         let partitions = (0..t.meta.partitions)
@@ -62,6 +66,12 @@ impl<S: Storage> Broker<S> {
                 isr: vec![node],
             })
             .collect();
-        TopicMetadata { name: name.to_string(), error: ErrorCode::None, topic_id: t.meta.topic_id, partitions }
+        TopicMetadata {
+            name: name.to_string(),
+            error: ErrorCode::None,
+            topic_id: t.meta.topic_id,
+            is_internal: super::groups::is_internal_topic(name),
+            partitions,
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 mod admin;
 mod fetch;
+pub mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -25,6 +26,7 @@ use producer_ids::ProducerIdAllocator;
 use topic::{Partition, Topic, TopicMeta};
 
 use crate::Millis;
+use crate::group::{GroupConfig, GroupCoordinator, GroupInput, WriteId};
 use crate::log::{PartitionLog, Recovery};
 use crate::rng::Rng;
 use crate::storage::{Storage, StorageError};
@@ -61,6 +63,10 @@ pub struct OpenReport {
     /// Files that belong to no known topic (left in place for an operator;
     /// creating a topic of that name clears them).
     pub orphan_files: Vec<String>,
+    /// Groups rebuilt from the offsets topic, and records there that did
+    /// not decode (skipped: no acknowledged commit can be among them).
+    pub groups: usize,
+    pub group_records_skipped: usize,
 }
 
 pub struct Broker<S: Storage> {
@@ -79,6 +85,9 @@ pub struct Broker<S: Storage> {
     /// Set once a fatal storage failure happened; the machine then ignores
     /// every input.
     failed: Option<String>,
+    coordinator: GroupCoordinator,
+    /// Coordinator appends waiting for the next sync.
+    group_writes: Vec<WriteId>,
 }
 
 impl<S: Storage> Broker<S> {
@@ -118,7 +127,8 @@ impl<S: Storage> Broker<S> {
             }
         }
         let producer_ids = ProducerIdAllocator::open(&mut storage, max_producer_id + 1)?;
-        let broker = Self {
+        let group_config: GroupConfig = config.group.clone();
+        let mut broker = Self {
             config,
             storage,
             topics,
@@ -129,7 +139,12 @@ impl<S: Storage> Broker<S> {
             parked: BTreeMap::new(),
             next_flush_at: None,
             failed: None,
+            // Its own stream of random choices (member ids), from the same seed.
+            coordinator: GroupCoordinator::new(group_config, seed ^ 0x6772_6f75_7073),
+            group_writes: Vec::new(),
         };
+        report.group_records_skipped = broker.replay_groups()?;
+        report.groups = broker.coordinator.groups().count();
         Ok((broker, report))
     }
 
@@ -174,6 +189,7 @@ impl<S: Storage> Broker<S> {
             Input::Request { id, request } => self.handle_request(now, id, request, out),
             Input::Tick => {
                 self.expire_parked(now, out);
+                self.group_step(now, GroupInput::Tick, out);
                 if self.next_flush_at.is_some_and(|at| at <= now) {
                     self.next_flush_at = None;
                     self.sync_all(now, out);
@@ -206,7 +222,12 @@ impl<S: Storage> Broker<S> {
             Request::DeleteTopics(r) => Response::DeleteTopics(self.delete_topics(now, r, out)),
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DescribeConfigs(r) => Response::DescribeConfigs(self.describe_configs(r)),
-            Request::FindCoordinator(r) => Response::FindCoordinator(find_coordinator(r)),
+            Request::FindCoordinator(r) => Response::FindCoordinator(self.find_coordinator(r)),
+            Request::OffsetForLeaderEpoch(r) => Response::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r)),
+            Request::Group(r) => {
+                self.group_request(now, id, r, out);
+                return;
+            }
         };
         out.push(Effect::Reply { id, response });
     }
@@ -242,6 +263,7 @@ impl<S: Storage> Broker<S> {
         for (id, response) in std::mem::take(&mut self.pending_acks) {
             out.push(Effect::Reply { id, response: Response::Produce(response) });
         }
+        self.group_writes_synced(now, out);
         if self.config.flush.acks_wait_for_sync() && !advanced.is_empty() {
             self.wake_parked(now, &advanced, out);
         }
@@ -251,25 +273,36 @@ impl<S: Storage> Broker<S> {
         self.failed = Some(reason.clone());
         self.pending_acks.clear();
         self.parked.clear();
+        self.group_writes.clear();
         out.push(Effect::Fatal { reason });
     }
 }
 
-/// No group or transaction coordinator runs yet, so every key gets the
-/// retriable COORDINATOR_NOT_AVAILABLE. The API is served anyway because
-/// librdkafka enables LZ4 only when FindCoordinator v0 is advertised.
-fn find_coordinator(r: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let coordinators = r
-        .keys
-        .into_iter()
-        .map(|key| Coordinator {
-            key,
-            error: crate::ErrorCode::CoordinatorNotAvailable,
-            error_message: Some("consumer groups and transactions are not supported yet".into()),
-            node_id: -1,
-            host: String::new(),
-            port: -1,
-        })
-        .collect();
-    FindCoordinatorResponse { coordinators }
+impl<S: Storage> Broker<S> {
+    /// This node coordinates every group. Transactions are not supported,
+    /// so their coordinator is never available.
+    fn find_coordinator(&self, r: FindCoordinatorRequest) -> FindCoordinatorResponse {
+        let coordinators = r
+            .keys
+            .into_iter()
+            .map(|key| {
+                let (error, message) = match r.key_type {
+                    0 if key.is_empty() => (crate::ErrorCode::InvalidGroupId, Some("empty group id".to_string())),
+                    0 => (crate::ErrorCode::None, None),
+                    1 => (crate::ErrorCode::CoordinatorNotAvailable, Some("transactions are not supported".to_string())),
+                    t => (crate::ErrorCode::InvalidRequest, Some(format!("unknown coordinator key type {t}"))),
+                };
+                let ok = error.is_ok();
+                Coordinator {
+                    key,
+                    error,
+                    error_message: message,
+                    node_id: if ok { self.config.node_id } else { -1 },
+                    host: if ok { self.config.advertised_host.clone() } else { String::new() },
+                    port: if ok { self.config.advertised_port } else { -1 },
+                }
+            })
+            .collect();
+        FindCoordinatorResponse { coordinators }
+    }
 }

@@ -54,3 +54,25 @@ impl<S: Storage> Broker<S> {
         ListOffsetsResponse { partitions }
     }
 }
+
+impl<S: Storage> Broker<S> {
+    /// OffsetForLeaderEpoch: a single node has one leader epoch (0) for
+    /// every partition, so the end of epoch 0 is the log's visible end.
+    /// Consumers ask this to check their position after a leader change.
+    pub(super) fn offset_for_leader_epoch(&self, req: super::OffsetForLeaderEpochRequest) -> super::OffsetForLeaderEpochResponse {
+        let partitions = req
+            .partitions
+            .into_iter()
+            .map(|(topic, partition, current_epoch, epoch)| {
+                let (error, leader_epoch, end_offset) = match self.high_watermark(&topic, partition) {
+                    None => (ErrorCode::UnknownTopicOrPartition, -1, -1),
+                    Some(_) if current_epoch > 0 => (ErrorCode::UnknownLeaderEpoch, -1, -1),
+                    Some(_) if epoch < 0 => (ErrorCode::None, -1, -1),
+                    Some(hw) => (ErrorCode::None, 0, hw),
+                };
+                super::EpochEndOffset { topic, partition, error, leader_epoch, end_offset }
+            })
+            .collect();
+        super::OffsetForLeaderEpochResponse { partitions }
+    }
+}

@@ -119,6 +119,9 @@ impl<S: Storage> Broker<S> {
     }
 
     fn append_partition(&mut self, topic: &str, partition: i32, data: Option<&[u8]>) -> Appended {
+        if super::groups::is_internal_topic(topic) {
+            return Appended::error(ErrorCode::InvalidTopicException, format!("cannot produce to internal topic {topic}"));
+        }
         let max_bytes = match self.topics.get(topic) {
             Some(t) => t.meta.config.max_message_bytes(&self.config),
             None => return Appended::error(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {topic}")),

@@ -2,6 +2,7 @@
 //! broker requests out; broker responses in, frames out. Everything
 //! version-specific stays in this module.
 
+pub mod group;
 pub mod request;
 pub mod response;
 pub mod versions;

@@ -82,6 +82,30 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
             let keys = if version >= 4 { r.coordinator_keys.iter().map(|k| k.to_string()).collect() } else { vec![r.key.to_string()] };
             Request::FindCoordinator(core::FindCoordinatorRequest { key_type: r.key_type, keys })
         }
+        ApiKey::OffsetForLeaderEpoch => {
+            let r = kafka_protocol::messages::OffsetForLeaderEpochRequest::decode(&mut frame, version).map_err(malformed)?;
+            let partitions = r
+                .topics
+                .into_iter()
+                .flat_map(|t| {
+                    let topic = t.topic.0.to_string();
+                    t.partitions.into_iter().map(move |p| (topic.clone(), p.partition, p.current_leader_epoch, p.leader_epoch))
+                })
+                .collect();
+            Request::OffsetForLeaderEpoch(core::OffsetForLeaderEpochRequest { partitions })
+        }
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::ListGroups
+        | ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups => {
+            let client_id = header.client_id.as_deref().map(|s| s.to_string()).unwrap_or_default();
+            Request::Group(super::group::decode(key, &mut frame, version, &client_id).map_err(malformed)?)
+        }
         _ => return Err(FrameError::UnsupportedVersion { key, version }),
     };
     Ok(Decoded::Broker { meta, request, expects_reply })

@@ -35,7 +35,7 @@ fn sb(s: &str) -> StrBytes {
 }
 
 /// Frames `body` with the length prefix and the response header.
-fn frame<R: Encodable>(meta: &RequestMeta, header_version: i16, body_version: i16, body: &R) -> anyhow::Result<Bytes> {
+pub(super) fn frame<R: Encodable>(meta: &RequestMeta, header_version: i16, body_version: i16, body: &R) -> anyhow::Result<Bytes> {
     let header = ResponseHeader::default().with_correlation_id(meta.correlation_id);
     let size = header.compute_size(header_version)? + body.compute_size(body_version)?;
     let mut out = BytesMut::with_capacity(4 + size);
@@ -74,7 +74,26 @@ pub fn encode(meta: &RequestMeta, response: Response) -> anyhow::Result<Bytes> {
         Response::InitProducerId(r) => frame(meta, hv, v, &init_producer_id(r)),
         Response::DescribeConfigs(r) => frame(meta, hv, v, &describe_configs(r)),
         Response::FindCoordinator(r) => frame(meta, hv, v, &find_coordinator(r, v)),
+        Response::Group(r) => super::group::frame(meta, hv, r),
+        Response::OffsetForLeaderEpoch(r) => frame(meta, hv, v, &offset_for_leader_epoch(r)),
     }
+}
+
+fn offset_for_leader_epoch(r: core::OffsetForLeaderEpochResponse) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+    use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+    let mut topics: Vec<OffsetForLeaderTopicResult> = Vec::new();
+    for p in r.partitions {
+        let row = EpochEndOffset::default()
+            .with_error_code(p.error.code())
+            .with_partition(p.partition)
+            .with_leader_epoch(p.leader_epoch)
+            .with_end_offset(p.end_offset);
+        match topics.iter_mut().find(|t| t.topic.0.as_str() == p.topic) {
+            Some(t) => t.partitions.push(row),
+            None => topics.push(OffsetForLeaderTopicResult::default().with_topic(name(&p.topic)).with_partitions(vec![row])),
+        }
+    }
+    kafka_protocol::messages::OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
 fn metadata(r: core::MetadataResponse, v: i16) -> MetadataResponse {
@@ -106,7 +125,7 @@ fn metadata(r: core::MetadataResponse, v: i16) -> MetadataResponse {
             let mut mt = MetadataResponseTopic::default()
                 .with_error_code(t.error.code())
                 .with_name(Some(name(&t.name)))
-                .with_is_internal(false)
+                .with_is_internal(t.is_internal)
                 .with_partitions(partitions);
             if v >= 10 {
                 mt = mt.with_topic_id(uuid::Uuid::from_bytes(t.topic_id));
@@ -321,5 +340,20 @@ pub fn api_key_of(response: &Response) -> ApiKey {
         Response::InitProducerId(_) => ApiKey::InitProducerId,
         Response::DescribeConfigs(_) => ApiKey::DescribeConfigs,
         Response::FindCoordinator(_) => ApiKey::FindCoordinator,
+        Response::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
+        Response::Group(g) => {
+            use millrace_core::group::GroupResponse as G;
+            match g {
+                G::Join(_) => ApiKey::JoinGroup,
+                G::Sync(_) => ApiKey::SyncGroup,
+                G::Heartbeat(_) => ApiKey::Heartbeat,
+                G::Leave(_) => ApiKey::LeaveGroup,
+                G::OffsetCommit(_) => ApiKey::OffsetCommit,
+                G::OffsetFetch(_) => ApiKey::OffsetFetch,
+                G::ListGroups(_) => ApiKey::ListGroups,
+                G::DescribeGroups(_) => ApiKey::DescribeGroups,
+                G::DeleteGroups(_) => ApiKey::DeleteGroups,
+            }
+        }
     }
 }

@@ -8,13 +8,15 @@
 //! message formats it dropped.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
-    FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    OffsetForLeaderEpochRequest, ProduceRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::Message;
 
 /// (API, advertised min, advertised max, lowest version we decode).
-pub const SUPPORTED: [(ApiKey, i16, i16, i16); 10] = [
+pub const SUPPORTED: [(ApiKey, i16, i16, i16); 20] = [
     (ApiKey::Produce, 0, 11, ProduceRequest::VERSIONS.min),
     (ApiKey::Fetch, 4, 12, FetchRequest::VERSIONS.min),
     (ApiKey::ListOffsets, 1, 7, ListOffsetsRequest::VERSIONS.min),
@@ -24,9 +26,20 @@ pub const SUPPORTED: [(ApiKey, i16, i16, i16); 10] = [
     (ApiKey::DeleteTopics, 1, 6, DeleteTopicsRequest::VERSIONS.min),
     (ApiKey::InitProducerId, 0, 4, InitProducerIdRequest::VERSIONS.min),
     (ApiKey::DescribeConfigs, 1, 4, DescribeConfigsRequest::VERSIONS.min),
-    // Answered with COORDINATOR_NOT_AVAILABLE until groups exist; librdkafka
-    // enables LZ4 only if FindCoordinator v0 is advertised.
+    // librdkafka enables LZ4 only if FindCoordinator v0 is advertised, and
+    // consumer groups only if the group APIs' ranges hold v0 (OffsetCommit
+    // 1 or 2, OffsetFetch 1).
     (ApiKey::FindCoordinator, 0, 4, FindCoordinatorRequest::VERSIONS.min),
+    (ApiKey::JoinGroup, 0, 9, JoinGroupRequest::VERSIONS.min),
+    (ApiKey::SyncGroup, 0, 5, SyncGroupRequest::VERSIONS.min),
+    (ApiKey::Heartbeat, 0, 4, HeartbeatRequest::VERSIONS.min),
+    (ApiKey::LeaveGroup, 0, 5, LeaveGroupRequest::VERSIONS.min),
+    (ApiKey::OffsetCommit, 2, 9, OffsetCommitRequest::VERSIONS.min),
+    (ApiKey::OffsetFetch, 1, 9, OffsetFetchRequest::VERSIONS.min),
+    (ApiKey::ListGroups, 0, 5, ListGroupsRequest::VERSIONS.min),
+    (ApiKey::DescribeGroups, 0, 5, DescribeGroupsRequest::VERSIONS.min),
+    (ApiKey::DeleteGroups, 0, 2, DeleteGroupsRequest::VERSIONS.min),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4, OffsetForLeaderEpochRequest::VERSIONS.min),
 ];
 
 /// Whether Millrace can decode and answer `key` at `version`.
@@ -59,6 +72,12 @@ mod tests {
             (ApiKey::InitProducerId, 0),
             (ApiKey::Metadata, 4),
             (ApiKey::FindCoordinator, 0),
+            (ApiKey::JoinGroup, 0),
+            (ApiKey::SyncGroup, 0),
+            (ApiKey::Heartbeat, 0),
+            (ApiKey::LeaveGroup, 0),
+            (ApiKey::OffsetCommit, 2),
+            (ApiKey::OffsetFetch, 1),
         ] {
             let (min, max) = advertised(key).unwrap();
             assert!(min <= v && v <= max, "{key:?} must advertise v{v}");

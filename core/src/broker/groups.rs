@@ -1,0 +1,116 @@
+//! The broker's side of the group coordinator: it routes group requests to
+//! the [`GroupCoordinator`], stores what the coordinator asks to persist in
+//! the internal offsets topic, and reports back once that is durable.
+
+use super::{Broker, Effect, NewTopic, OpenError, Response};
+use crate::group::{GroupEffect, GroupInput, GroupRequest};
+use crate::records::{BatchBuilder, Compression, Record};
+use crate::storage::Storage;
+use crate::{ErrorCode, Millis};
+
+/// Kafka's name for the internal topic that holds committed offsets and
+/// group metadata. Clients may read it but never write or delete it.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
+impl<S: Storage> Broker<S> {
+    pub(super) fn group_step(&mut self, now: Millis, input: GroupInput, out: &mut Vec<Effect>) {
+        let mut effects = Vec::new();
+        self.coordinator.step(now, input, &mut effects);
+        let mut queue: std::collections::VecDeque<GroupEffect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                GroupEffect::Reply { id, response } => out.push(Effect::Reply { id, response: Response::Group(response) }),
+                GroupEffect::Timer { at } => out.push(Effect::Timer { at }),
+                GroupEffect::Append { write, records } => match self.append_group_records(now, records) {
+                    Ok(()) => {
+                        self.group_writes.push(write);
+                        self.request_sync(out);
+                    }
+                    Err(code) => {
+                        let mut more = Vec::new();
+                        self.coordinator.step(now, GroupInput::WriteDone { write, result: Err(code) }, &mut more);
+                        queue.extend(more);
+                    }
+                },
+            }
+        }
+    }
+
+    pub(super) fn group_request(&mut self, now: Millis, id: super::RequestId, request: GroupRequest, out: &mut Vec<Effect>) {
+        self.group_step(now, GroupInput::Request { id, request }, out);
+    }
+
+    /// Everything appended for the coordinator is durable now.
+    pub(super) fn group_writes_synced(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        for write in std::mem::take(&mut self.group_writes) {
+            self.group_step(now, GroupInput::WriteDone { write, result: Ok(()) }, out);
+        }
+    }
+
+    fn append_group_records(&mut self, now: Millis, records: Vec<crate::group::StoredRecord>) -> Result<(), ErrorCode> {
+        if !self.topics.contains_key(OFFSETS_TOPIC) {
+            let created = self.create_topic(&offsets_topic(), false);
+            if !created.error.is_ok() {
+                return Err(ErrorCode::CoordinatorNotAvailable);
+            }
+        }
+        let mut builder = BatchBuilder::new(Compression::None);
+        for (key, value) in records {
+            builder.push(Record { offset: 0, timestamp: now, key: Some(key), value, headers: Vec::new() });
+        }
+        let mut batch = builder.build();
+        let p = &mut self.topics.get_mut(OFFSETS_TOPIC).expect("created above").partitions[0];
+        match p.log.append(&mut self.storage, &mut batch) {
+            Ok(h) => {
+                p.unflushed_records += h.record_count as u64;
+                Ok(())
+            }
+            // Retriable for the client: it retries the commit or the join.
+            Err(_) => Err(ErrorCode::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Rebuilds the coordinator from the offsets topic (on open).
+    pub(super) fn replay_groups(&mut self) -> Result<usize, OpenError> {
+        let Some(topic) = self.topics.get(OFFSETS_TOPIC) else { return Ok(0) };
+        let log = &topic.partitions[0].log;
+        let damaged = |reason: String| OpenError::DamagedMetadata { file: log.dir().to_string(), reason };
+        let mut offset = log.log_start_offset();
+        let end = log.log_end_offset();
+        let mut skipped = 0;
+        while offset < end {
+            let bytes = log.read(&mut self.storage, offset, 1 << 20).map_err(|e| damaged(e.to_string()))?;
+            if bytes.is_empty() {
+                break;
+            }
+            for batch in crate::records::split_batches(&bytes) {
+                let (h, batch) = batch.map_err(|e| damaged(e.to_string()))?;
+                let (_, records) = crate::records::decode_records(batch).map_err(|e| damaged(e.to_string()))?;
+                for r in records.into_iter().filter(|r| r.offset >= offset) {
+                    let Some(key) = r.key else { continue };
+                    if self.coordinator.replay(&key, r.value.as_deref()).is_err() {
+                        skipped += 1;
+                    }
+                }
+                offset = h.last_offset() + 1;
+            }
+        }
+        Ok(skipped)
+    }
+}
+
+/// How the offsets topic is created: one partition (one coordinator), and
+/// compacted so only the latest commit of each partition is kept.
+pub(super) fn offsets_topic() -> NewTopic {
+    NewTopic {
+        name: OFFSETS_TOPIC.to_string(),
+        num_partitions: 1,
+        replication_factor: -1,
+        has_assignments: false,
+        configs: Vec::new(),
+    }
+}
