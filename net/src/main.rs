@@ -34,6 +34,31 @@ enum Command {
     Produce(ProduceArgs),
     /// Print records of a topic to standard output, one per line.
     Consume(ConsumeArgs),
+    /// List, describe (members, committed offsets, lag) or delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// List consumer groups with their state.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a group's members and, per partition, the committed offset,
+    /// the log end offset and the lag (like kafka-consumer-groups --describe).
+    Describe {
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete an empty group and its committed offsets.
+    Delete {
+        group: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Args)]
@@ -136,6 +161,12 @@ struct ConsumeArgs {
     /// Print key<TAB>value.
     #[arg(long)]
     print_key: bool,
+    /// Consume as a member of this consumer group: partitions are shared
+    /// with the group's other members, reading resumes at the committed
+    /// offsets (else at --offset earliest/latest), and offsets are
+    /// committed whenever the consumer has caught up, and on exit.
+    #[arg(long, short = 'g')]
+    group: Option<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -154,7 +185,9 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Topic(cmd) => topic(cmd).await,
             Command::Produce(args) => produce(args).await,
+            Command::Consume(args) if args.group.is_some() => consume_group(args).await,
             Command::Consume(args) => consume(args).await,
+            Command::Group(cmd) => group(cmd).await,
         }
     })
 }
@@ -322,4 +355,112 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
+    match cmd {
+        GroupCommand::List { conn } => {
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            println!("{:<30}  {:<20}  {}", "GROUP", "STATE", "PROTOCOL TYPE");
+            for (id, protocol_type, state) in client.list_groups().await? {
+                println!("{id:<30}  {state:<20}  {protocol_type}");
+            }
+        }
+        GroupCommand::Describe { group, conn } => {
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            let d = client.describe_group(&group).await?;
+            println!("group {}  state {}  protocol {}  members {}", d.group, d.state, d.protocol, d.members.len());
+            let committed = client.fetch_offsets(&group, None).await?;
+            let mut rows: Vec<(String, i32)> = committed.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+            for m in &d.members {
+                rows.extend(m.assignment.iter().cloned());
+            }
+            rows.sort();
+            rows.dedup();
+            println!(
+                "{:<24} {:>9} {:>16} {:>14} {:>8}  {:<40} {}",
+                "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST/CLIENT-ID"
+            );
+            for (topic, partition) in rows {
+                let current = committed.iter().find(|(t, p, _)| *t == topic && *p == partition).map_or(-1, |c| c.2);
+                let end = client.list_offset(&topic, partition, -1).await.ok();
+                let lag = match (current, end) {
+                    (c, Some(e)) if c >= 0 => (e - c).max(0).to_string(),
+                    _ => "-".into(),
+                };
+                let owner = d.members.iter().find(|m| m.assignment.iter().any(|(t, p)| *t == topic && *p == partition));
+                println!(
+                    "{:<24} {:>9} {:>16} {:>14} {:>8}  {:<40} {}",
+                    topic,
+                    partition,
+                    if current >= 0 { current.to_string() } else { "-".into() },
+                    end.map_or("-".into(), |e| e.to_string()),
+                    lag,
+                    owner.map_or("-", |m| m.member_id.as_str()),
+                    owner.map_or("-".to_string(), |m| format!("{}/{}", m.client_host, m.client_id)),
+                );
+            }
+        }
+        GroupCommand::Delete { group, conn } => {
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            client.delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
+    }
+    Ok(())
+}
+
+/// `consume --group`: a group member that prints what it reads, commits
+/// whenever it has caught up, and commits and leaves the group on exit.
+async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
+    use millrace_net::client::group_consumer::{GroupConsumer, GroupConsumerConfig};
+    let group = args.group.clone().expect("checked by the caller");
+    let mut config = GroupConsumerConfig::new(&group, &[&args.topic]);
+    config.reset = match args.offset.as_str() {
+        "earliest" | "beginning" => StartAt::Earliest,
+        "latest" | "end" => StartAt::Latest,
+        other => bail!("with --group, --offset must be earliest or latest (where to start without a committed offset), not {other:?}"),
+    };
+    if args.partition.is_some() {
+        bail!("--partition and --group exclude each other: the group assigns partitions");
+    }
+    let mut consumer = GroupConsumer::connect(&args.conn.bootstrap, config).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut count = 0u64;
+    let mut idle_polls = 0;
+    let result: anyhow::Result<()> = async {
+        loop {
+            match consumer.poll(500).await? {
+                Some((_, _, rec)) => {
+                    idle_polls = 0;
+                    if args.print_key {
+                        out.write_all(rec.key.as_deref().unwrap_or_default())?;
+                        out.write_all(b"\t")?;
+                    }
+                    out.write_all(rec.value.as_deref().unwrap_or_default())?;
+                    out.write_all(b"\n")?;
+                    count += 1;
+                    if args.max_messages.is_some_and(|m| count >= m) {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    out.flush()?;
+                    // Commit while idle too, so lag shows what was read.
+                    let _ = consumer.commit().await;
+                    idle_polls += 1;
+                    if args.exit_at_end && idle_polls >= 3 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    out.flush()?;
+    drop(out);
+    consumer.close().await?;
+    eprintln!("consumed {count} records in group {group}");
+    result
 }

@@ -4,6 +4,8 @@
 
 mod connection;
 pub mod consumer;
+pub mod group;
+pub mod group_consumer;
 pub mod partitioner;
 pub mod producer;
 
