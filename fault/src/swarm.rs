@@ -27,10 +27,16 @@ pub enum Suite {
     Network,
     /// Everything, swarm-style.
     Mixed,
+    /// Consumer groups at work (members join, leave, crash and stall)
+    /// while the node crashes, stalls and is cut off.
+    Groups,
 }
 
 impl Suite {
+    /// The suites `--suite all` rotates through (seed s runs ALL[s mod 4]).
     pub const ALL: [Suite; 4] = [Suite::Crash, Suite::Disk, Suite::Network, Suite::Mixed];
+    /// Every suite, for lookup by name.
+    pub const NAMED: [Suite; 5] = [Suite::Crash, Suite::Disk, Suite::Network, Suite::Mixed, Suite::Groups];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,11 +44,12 @@ impl Suite {
             Suite::Disk => "disk",
             Suite::Network => "network",
             Suite::Mixed => "mixed",
+            Suite::Groups => "groups",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
+        Self::NAMED.into_iter().find(|s| s.name() == name)
     }
 
     fn kinds(self) -> &'static [FaultKind] {
@@ -52,6 +59,7 @@ impl Suite {
             Suite::Disk => &[ReadCorruption, FsyncFailure, DiskFull, Crash],
             Suite::Network => &[Partition, SlowNetwork, Pause],
             Suite::Mixed => &[Crash, Pause, Partition, SlowNetwork, ReadCorruption, FsyncFailure, DiskFull],
+            Suite::Groups => &[Crash, Pause, Partition, SlowNetwork],
         }
     }
 }

@@ -30,10 +30,10 @@ impl std::fmt::Display for Violation {
 const MAX_PER_KIND: usize = 5;
 
 #[derive(Default)]
-struct Report(Vec<Violation>, BTreeMap<&'static str, usize>);
+pub(crate) struct Report(Vec<Violation>, BTreeMap<&'static str, usize>);
 
 impl Report {
-    fn add(&mut self, invariant: &'static str, detail: String) {
+    pub(crate) fn add(&mut self, invariant: &'static str, detail: String) {
         let n = self.1.entry(invariant).or_insert(0);
         *n += 1;
         if *n <= MAX_PER_KIND {
@@ -165,6 +165,7 @@ pub fn check(events: &[Event], heal_at_ms: u64, durable_acks: bool) -> Vec<Viola
             r.add("liveness", format!("node {node}: no write was acknowledged after the heal at {heal_at_ms} ms"));
         }
     }
+    crate::group_checkers::check(events, durable_acks, &mut r);
     r.0
 }
 

@@ -6,3 +6,4 @@
 //! and judges each history with them.
 
 pub mod checkers;
+mod group_checkers;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::disk::{DiskStats, SimDisk};
 use crate::history::{EventKind, History};
+use crate::groups;
 use crate::workload::{self, Ctx};
 
 const PORT: u16 = 9092;
@@ -24,6 +25,10 @@ const PORT: u16 = 9092;
 const HEAL_MS: u64 = 15_000;
 /// The final read must finish within this bound after the producers stop.
 const FINAL_READ_BOUND: Duration = Duration::from_secs(15);
+/// In the groups suite, consumers keep going this long after the producers
+/// stop: the bound within which the group must consume and commit
+/// everything (a rebalance or two plus reading the backlog).
+const GROUP_DRAIN: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -35,6 +40,8 @@ pub struct Scenario {
     pub fault_window_ms: u64,
     pub partitions: i32,
     pub producers_per_node: u32,
+    /// Members of one consumer group per node (the groups suite).
+    pub group_consumers: u32,
     pub flush: FlushPolicy,
     /// Fault points inside the adapter fire (slow fsyncs).
     pub buggify: bool,
@@ -52,7 +59,11 @@ impl Scenario {
             _ => FlushPolicy::EveryBatch,
         };
         let buggify = rng.chance(500);
-        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, flush, buggify }
+        // Group checks need durable acknowledgements: with a relaxed policy
+        // a crash may shorten the log under a committed offset.
+        let flush = if suite == Suite::Groups { FlushPolicy::EveryBatch } else { flush };
+        let group_consumers = if suite == Suite::Groups { 3 } else { 0 };
+        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, group_consumers, flush, buggify }
     }
 
     /// Whether acknowledgements promise durability (the flush-every-batch
@@ -169,6 +180,12 @@ async fn simulate(scenario: Scenario) -> Outcome {
         let node = handle.create_node().name(format!("reader-{i}")).ip(client_ip(i, 100)).build();
         let c = ctx.clone();
         client_tasks.push(node.spawn(async move { workload::reader(c, 0).await }));
+        for k in 0..scenario.group_consumers {
+            let node = handle.create_node().name(format!("consumer-{i}-{k}")).ip(client_ip(i, 50 + k)).build();
+            let c = ctx.clone();
+            let drain_until = stop_at + GROUP_DRAIN;
+            client_tasks.push(node.spawn(async move { groups::group_consumer(c, k, drain_until).await }));
+        }
     }
     // The nemesis: apply each event at its time on the plan's clock.
     let net = NetSim::current();
@@ -189,6 +206,11 @@ async fn simulate(scenario: Scenario) -> Outcome {
         let ctx = ctx_for(i);
         let node = handle.create_node().name(format!("final-{i}")).ip(client_ip(i, 200)).build();
         let _ = node.spawn(async move { workload::final_read(ctx, FINAL_READ_BOUND).await }).await;
+        if scenario.group_consumers > 0 {
+            let ctx = ctx_for(i);
+            let node = handle.create_node().name(format!("final-group-{i}")).ip(client_ip(i, 201)).build();
+            let _ = node.spawn(async move { groups::final_offsets(ctx, FINAL_READ_BOUND).await }).await;
+        }
     }
     Outcome {
         history,

@@ -26,6 +26,25 @@ pub enum EventKind {
     Final { node: usize, partition: i32, high_watermark: i64, records: Vec<(i64, String)> },
     /// The final read did not succeed within its time bound.
     FinalFailed { node: usize, partition: i32, error: String },
+    /// A group consumer joined generation `generation` and owns these
+    /// partitions, resuming at these positions (committed, or reset).
+    /// `join_started_ms`: when it began joining.
+    GroupAssigned {
+        node: usize,
+        consumer: u32,
+        member: String,
+        /// `group.instance.id` of a static member.
+        instance: Option<String>,
+        generation: i32,
+        partitions: Vec<i32>,
+        positions: Vec<(i32, i64)>,
+        join_started_ms: u64,
+    },
+    /// An offset commit sent at `invoked_ms` was acknowledged.
+    GroupCommitted { node: usize, invoked_ms: u64, consumer: u32, member: String, generation: i32, offsets: Vec<(i32, i64)> },
+    /// The group's committed offsets after every consumer stopped.
+    GroupFinal { node: usize, committed: Vec<(i32, i64)> },
+    GroupFinalFailed { node: usize, error: String },
     Fault { description: String },
     /// The faults are over; from here the cluster must converge.
     Healed,

@@ -16,4 +16,6 @@ pub mod history;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+mod groups;
+#[cfg(madsim)]
 mod workload;
