@@ -33,6 +33,11 @@ const MAX_PER_KIND: usize = 5;
 pub(crate) struct Report(Vec<Violation>, BTreeMap<&'static str, usize>);
 
 impl Report {
+    #[cfg(test)]
+    pub(crate) fn violations(&self) -> &[Violation] {
+        &self.0
+    }
+
     pub(crate) fn add(&mut self, invariant: &'static str, detail: String) {
         let n = self.1.entry(invariant).or_insert(0);
         *n += 1;

@@ -56,6 +56,7 @@ pub(crate) fn check(events: &[Event], durable_acks: bool, r: &mut Report) {
             EventKind::Final { node, partition, high_watermark, .. } => {
                 final_hw.insert((*node, *partition), *high_watermark);
             }
+            EventKind::GroupFinal { .. } | EventKind::GroupFinalFailed { .. } => any_group = true,
             _ => {}
         }
     }
@@ -113,5 +114,90 @@ pub(crate) fn check(events: &[Event], durable_acks: bool, r: &mut Report) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkers::Report;
+
+    fn ev(at_ms: u64, kind: EventKind) -> Event {
+        Event { at_ms, kind }
+    }
+
+    fn assigned(at: u64, member: &str, generation: i32, partitions: &[i32], positions: &[(i32, i64)], join_started_ms: u64) -> Event {
+        ev(
+            at,
+            EventKind::GroupAssigned {
+                node: 0,
+                consumer: 0,
+                member: member.into(),
+                instance: None,
+                generation,
+                partitions: partitions.to_vec(),
+                positions: positions.to_vec(),
+                join_started_ms,
+            },
+        )
+    }
+
+    fn committed(at: u64, invoked_ms: u64, member: &str, offsets: &[(i32, i64)]) -> Event {
+        ev(at, EventKind::GroupCommitted { node: 0, invoked_ms, consumer: 0, member: member.into(), generation: 1, offsets: offsets.to_vec() })
+    }
+
+    fn finals(hw: i64, committed: i64) -> Vec<Event> {
+        vec![
+            ev(900, EventKind::Final { node: 0, partition: 0, high_watermark: hw, records: Vec::new() }),
+            ev(901, EventKind::GroupFinal { node: 0, committed: vec![(0, committed)] }),
+        ]
+    }
+
+    fn violations(events: &[Event]) -> Vec<&'static str> {
+        let mut r = Report::default();
+        check(events, true, &mut r);
+        r.violations().iter().map(|v| v.invariant).collect()
+    }
+
+    #[test]
+    fn a_clean_group_history_passes() {
+        let mut h = vec![
+            assigned(10, "a", 1, &[0], &[(0, 0)], 5),
+            committed(20, 15, "a", &[(0, 5)]),
+            assigned(40, "b", 2, &[0], &[(0, 5)], 30),
+            committed(50, 45, "b", &[(0, 9)]),
+        ];
+        h.extend(finals(9, 9));
+        assert_eq!(violations(&h), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn each_group_violation_is_caught() {
+        // Two owners of p0 in one generation.
+        let h = vec![assigned(10, "a", 1, &[0], &[(0, 0)], 5), assigned(11, "b", 1, &[0], &[(0, 0)], 5)];
+        assert_eq!(violations(&h), vec!["one-owner"]);
+        // A static member's restart within its generation is the same owner.
+        let mut h2 = h.clone();
+        for e in h2.iter_mut() {
+            if let EventKind::GroupAssigned { instance, .. } = &mut e.kind {
+                *instance = Some("i".into());
+            }
+        }
+        assert_eq!(violations(&h2), Vec::<&str>::new());
+        // A commit sent after 5 was acknowledged goes back to 3.
+        let h = vec![assigned(10, "a", 1, &[0], &[(0, 0)], 5), committed(20, 15, "a", &[(0, 5)]), committed(30, 25, "a", &[(0, 3)])];
+        assert_eq!(violations(&h), vec!["commits-monotonic"]);
+        // ...but two commits in flight at once are not ordered.
+        let h = vec![assigned(10, "a", 1, &[0], &[(0, 0)], 5), committed(20, 15, "a", &[(0, 5)]), committed(30, 18, "b", &[(0, 3)])];
+        assert_eq!(violations(&h), Vec::<&str>::new());
+        // A member resumes below an acknowledged commit: it was lost.
+        let h = vec![committed(20, 15, "a", &[(0, 5)]), assigned(40, "b", 2, &[0], &[(0, 2)], 30)];
+        assert_eq!(violations(&h), vec!["commit-not-lost"]);
+        // The group did not consume everything.
+        assert_eq!(violations(&finals(9, 7)), vec!["group-consumes-all"]);
+        let failed = vec![ev(5, EventKind::GroupAssigned {
+            node: 0, consumer: 0, member: "a".into(), instance: None, generation: 1, partitions: vec![], positions: vec![], join_started_ms: 1,
+        }), ev(900, EventKind::GroupFinalFailed { node: 0, error: "timeout".into() })];
+        assert_eq!(violations(&failed), vec!["group-consumes-all"]);
     }
 }
