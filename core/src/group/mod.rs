@@ -75,6 +75,8 @@ enum PendingWrite {
     Commit { id: RequestId, group: String, offsets: Vec<((String, i32), CommittedOffset)>, response: OffsetCommitResponse },
     Assignment { group: String, generation: i32, assignments: BTreeMap<String, Bytes> },
     Delete { id: RequestId, response: DeleteGroupsResponse },
+    /// A restarted static member's new id (it keeps the generation).
+    StaticJoin(Box<join::StaticJoin>),
     /// Bookkeeping with nobody waiting (an empty generation, expired offsets).
     Background,
 }
@@ -241,6 +243,7 @@ impl GroupCoordinator {
                 }
                 reply(out, id, GroupResponse::DeleteGroups(response));
             }
+            PendingWrite::StaticJoin(job) => self.static_join_done(now, *job, result, out),
             PendingWrite::Background => {}
         }
     }
@@ -260,7 +263,11 @@ impl GroupCoordinator {
                 if let Some(d) = g.rebalance_deadline {
                     consider(d);
                 }
-                if let Some(d) = g.join_not_before {
+                // Once the initial delay is over it wakes nobody: what the
+                // rebalance still waits for (a join, a pending member's or
+                // the rebalance deadline) has its own event or deadline. A
+                // past deadline here would ask for a Tick at once, forever.
+                if let Some(d) = g.join_not_before.filter(|&d| d > now) {
                     consider(d);
                 }
             }
