@@ -49,6 +49,7 @@ pub(crate) fn check(events: &[Event], durable_acks: bool, r: &mut Report) {
                 }
             }
             EventKind::GroupCommitted { node, offsets, invoked_ms, .. } => {
+                any_group = true;
                 for (p, o) in offsets {
                     commits.entry(*node).or_default().entry(*p).or_default().push((e.at_ms, *o, *invoked_ms));
                 }
@@ -56,7 +57,7 @@ pub(crate) fn check(events: &[Event], durable_acks: bool, r: &mut Report) {
             EventKind::Final { node, partition, high_watermark, .. } => {
                 final_hw.insert((*node, *partition), *high_watermark);
             }
-            EventKind::GroupFinal { .. } | EventKind::GroupFinalFailed { .. } => any_group = true,
+            EventKind::GroupObserved { .. } | EventKind::GroupFinal { .. } | EventKind::GroupFinalFailed { .. } => any_group = true,
             _ => {}
         }
     }
@@ -91,6 +92,23 @@ pub(crate) fn check(events: &[Event], durable_acks: bool, r: &mut Report) {
                     r.add(
                         "commit-not-lost",
                         format!("node {node} p{p}: {member} (generation {generation}) resumed at {at}, below the commit of {o} acknowledged at {t} ms"),
+                    );
+                }
+            }
+        }
+    }
+    // What an observer saw must include every commit acknowledged before
+    // it asked.
+    for e in events {
+        if let EventKind::GroupObserved { node, invoked_ms, committed } = &e.kind {
+            for (p, seen) in committed {
+                let before = commits.get(node).and_then(|c| c.get(p)).into_iter().flatten().filter(|(t, ..)| t < invoked_ms);
+                if let Some((t, o, _)) = before.max_by_key(|(_, o, _)| *o)
+                    && seen < o
+                {
+                    r.add(
+                        "commit-not-lost",
+                        format!("node {node} p{p}: an OffsetFetch sent at {invoked_ms} ms saw {seen}, below the commit of {o} acknowledged at {t} ms"),
                     );
                 }
             }
@@ -192,6 +210,13 @@ mod tests {
         assert_eq!(violations(&h), Vec::<&str>::new());
         // A member resumes below an acknowledged commit: it was lost.
         let h = vec![committed(20, 15, "a", &[(0, 5)]), assigned(40, "b", 2, &[0], &[(0, 2)], 30)];
+        assert_eq!(violations(&h), vec!["commit-not-lost"]);
+        // An observer sees less than was acknowledged before it asked.
+        let h = vec![
+            committed(20, 15, "a", &[(0, 5)]),
+            ev(40, EventKind::GroupObserved { node: 0, invoked_ms: 30, committed: vec![(0, 4)] }),
+            ev(50, EventKind::GroupObserved { node: 0, invoked_ms: 18, committed: vec![(0, 4)] }),
+        ];
         assert_eq!(violations(&h), vec!["commit-not-lost"]);
         // The group did not consume everything.
         assert_eq!(violations(&finals(9, 7)), vec!["group-consumes-all"]);

@@ -186,6 +186,12 @@ async fn simulate(scenario: Scenario) -> Outcome {
             let drain_until = stop_at + GROUP_DRAIN;
             client_tasks.push(node.spawn(async move { groups::group_consumer(c, k, drain_until).await }));
         }
+        if scenario.group_consumers > 0 {
+            let node = handle.create_node().name(format!("group-observer-{i}")).ip(client_ip(i, 60)).build();
+            let c = ctx.clone();
+            let until = stop_at + GROUP_DRAIN;
+            client_tasks.push(node.spawn(async move { groups::observer(c, until).await }));
+        }
     }
     // The nemesis: apply each event at its time on the plan's clock.
     let net = NetSim::current();

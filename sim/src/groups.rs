@@ -161,6 +161,35 @@ async fn commit(ctx: &Ctx, consumer: u32, c: &mut GroupConsumer) -> Result<(), (
     }
 }
 
+/// Reads the group's committed offsets every half second, so a commit
+/// that a restart loses shows even when its member carries on from its own
+/// position and nobody rejoins.
+pub async fn observer(ctx: Ctx, until: Instant) {
+    let mut retired: Vec<Client> = Vec::new();
+    let mut client: Option<Client> = None;
+    let parts: Vec<(String, i32)> = (0..ctx.partitions).map(|p| (TOPIC.to_string(), p)).collect();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => match timeout(Duration::from_secs(5), Client::connect(&ctx.broker_addr)).await {
+                Ok(Ok(c)) => client.insert(c),
+                _ => continue,
+            },
+        };
+        let invoked_ms = ctx.now_ms();
+        match timeout(Duration::from_secs(2), c.fetch_offsets(GROUP, Some(&parts))).await {
+            Ok(Ok(offsets)) => {
+                let committed = offsets.into_iter().map(|(_, p, o)| (p, o)).collect();
+                ctx.history.record(ctx.now_ms(), EventKind::GroupObserved { node: ctx.node, invoked_ms, committed });
+            }
+            // A Kafka error (a commit being written): ask again later.
+            Ok(Err(e)) if e.code().is_some() => {}
+            _ => retired.extend(client.take()),
+        }
+    }
+}
+
 /// After every consumer stopped: the group's committed offsets.
 pub async fn final_offsets(ctx: Ctx, bound: Duration) {
     let deadline = Instant::now() + bound;

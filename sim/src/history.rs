@@ -42,6 +42,8 @@ pub enum EventKind {
     },
     /// An offset commit sent at `invoked_ms` was acknowledged.
     GroupCommitted { node: usize, invoked_ms: u64, consumer: u32, member: String, generation: i32, offsets: Vec<(i32, i64)> },
+    /// An observer's OffsetFetch, sent at `invoked_ms`, saw these offsets.
+    GroupObserved { node: usize, invoked_ms: u64, committed: Vec<(i32, i64)> },
     /// The group's committed offsets after every consumer stopped.
     GroupFinal { node: usize, committed: Vec<(i32, i64)> },
     GroupFinalFailed { node: usize, error: String },
