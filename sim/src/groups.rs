@@ -87,6 +87,10 @@ async fn run_incarnation(ctx: &Ctx, consumer: u32, c: &mut GroupConsumer, end: I
             // move on without us, and our later commits must be refused.
             stalled = true;
             tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS as u64 + 2_000)).await;
+            // Like a process waking from a long pause, it first commits
+            // what it had read, before it learns it was fenced: the
+            // coordinator must refuse it, as others own its partitions now.
+            commit(ctx, consumer, c).await?;
         }
         let join_started_ms = ctx.now_ms();
         match timeout(POLL_TIMEOUT, c.ensure_joined()).await {
