@@ -1243,3 +1243,186 @@ def test_offsets_expire_only_once_group_is_empty(broker_with):
     broker.start()
     adm = admin(broker.addr)
     assert not group_offsets(adm, group) and group not in listed_groups(adm)
+
+
+class BackgroundProducer(threading.Thread):
+    """Produces numbered records round-robin over partitions until stopped;
+    keeps what was acknowledged."""
+
+    def __init__(self, addr, topic, partitions):
+        super().__init__(daemon=True)
+        from confluent_kafka import Producer
+
+        self.topic, self.partitions = topic, partitions
+        self.p = Producer({"bootstrap.servers": addr, "acks": "all", "enable.idempotence": True,
+                           "linger.ms": 2, "logger": RDKAFKA_LOG})
+        self.acked, self.errors = set(), []
+        self.stop_event = threading.Event()
+
+    def _cb(self, err, msg):
+        if err is not None:
+            self.errors.append(str(err))
+        else:
+            self.acked.add((msg.partition(), msg.offset(), msg.key(), msg.value()))
+
+    def run(self):
+        i = 0
+        while not self.stop_event.is_set():
+            part = self.partitions[i % len(self.partitions)]
+            self.p.produce(self.topic, key=f"bg-{i}".encode(), value=f"bg-value-{i}".encode(), partition=part,
+                           on_delivery=self._cb)
+            self.p.poll(0)
+            i += 1
+            time.sleep(0.002)
+        self.p.flush(30)
+
+    def finish(self):
+        self.stop_event.set()
+        self.join(timeout=60)
+        assert not self.errors, self.errors[:3]
+        return self.acked
+
+
+def settled(adm, group, live, parts):
+    """The group is Stable with exactly the live members, which own the
+    partitions as evenly as possible, and each member's own view of its
+    assignment is the coordinator's (no rebalance half-way through)."""
+    own = {m.c.memberid(): m.assignment() for m in live}
+    flat = sorted(p for a in own.values() for p in a)
+    sizes = [len(a) for a in own.values()]
+    if flat != sorted(parts) or max(sizes) - min(sizes) > 1:
+        return False
+    from confluent_kafka import ConsumerGroupState
+
+    d = describe_group(adm, group)
+    described = {m.member_id: sorted(tp.partition for tp in m.assignment.topic_partitions) for m in d.members}
+    return d.state == ConsumerGroupState.STABLE and described == own
+
+
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+@server_log_on_failure
+def test_churn_reads_every_record_once(broker, strategy):
+    """Members come and go while records keep arriving. Each member commits
+    what it read when it gives partitions up (on_revoke, also on close), so
+    the next owner starts exactly there: every acknowledged record is read
+    once, across a dozen generations."""
+    from confluent_kafka import KafkaException
+
+    topic = "churn-" + uuid.uuid4().hex[:8]
+    group = "g-churn-" + uuid.uuid4().hex[:8]
+    parts = [0, 1, 2, 3]
+    create_topic(broker.addr, topic, 4)
+    adm = admin(broker.addr)
+    all_members = []
+    commit_errors = []
+
+    def member(name):
+        m = CkMember(broker.addr, group, [topic], name, **{"partition.assignment.strategy": strategy})
+
+        def on_revoke(consumer, partitions):
+            m.revoked_calls.append(sorted(tp.partition for tp in partitions))
+            try:
+                res = consumer.commit(asynchronous=False)
+                commit_errors.extend((name, tp.partition, str(tp.error)) for tp in res if tp.error is not None)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError._NO_OFFSET:  # nothing read since the last commit
+                    commit_errors.append((name, str(e)))
+
+        m.c.subscribe([topic], on_assign=m._on_assign, on_revoke=on_revoke, on_lost=m._on_lost)
+        all_members.append(m)
+        return m
+
+    from confluent_kafka import KafkaError
+
+    producer = BackgroundProducer(broker.addr, topic, parts)
+    producer.start()
+    try:
+        live = [member("m0"), member("m1")]
+        for step, action in enumerate(["join", "leave", "join", "leave", "join", "leave"]):
+            # Close only in a settled group: a librdkafka consumer closed in
+            # the middle of a cooperative rebalance cannot commit in its
+            # revoke callback (_DESTROY), which would allow re-reads.
+            drive(live, lambda: settled(adm, group, live, parts), 30, f"a settled group before step {step} ({action})")
+            t_end = time.monotonic() + 0.3
+            while time.monotonic() < t_end:
+                for m in live:
+                    m.poll()
+            if action == "join":
+                live.append(member(f"m{len(all_members)}"))
+            else:
+                live.pop(0).close()
+        drive(live, lambda: settled(adm, group, live, parts), 30, "a finally settled group")
+        acked = producer.finish()
+        log(f"churn ({strategy}): {len(acked)} records over {len(all_members)} members")
+        drive(live, lambda: sum(len(m.records) for m in all_members) >= len(acked), 30, "every acknowledged record")
+        assert not commit_errors, commit_errors
+        assert_read_once(all_members, acked)
+    finally:
+        if producer.is_alive():
+            producer.stop_event.set()
+            producer.join(timeout=30)
+        for m in all_members:
+            m.close()
+
+
+CRASHY_COMMITTER = textwrap.dedent("""
+    import sys
+    from confluent_kafka import Consumer, TopicPartition
+    addr, group, topic = sys.argv[1:4]
+    c = Consumer({"bootstrap.servers": addr, "group.id": group, "client.id": "doomed",
+                  "session.timeout.ms": 2000, "heartbeat.interval.ms": 300, "max.poll.interval.ms": 20000,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    seen = set()
+    while seen != {0, 1}:
+        m = c.poll(0.1)
+        if m is not None and not m.error():
+            seen.add(m.partition())
+    res = c.commit(offsets=[TopicPartition(topic, 0, 10), TopicPartition(topic, 1, 20)], asynchronous=False)
+    assert all(tp.error is None for tp in res), res
+    print("committed", flush=True)
+    while True:
+        c.poll(0.1)
+""")
+
+
+@server_log_on_failure
+def test_restart_with_dead_member_resumes_at_commit(broker):
+    """The machine goes down: consumer and server are both SIGKILLed. The
+    restarted server restores the group with its dead member, whose session
+    must then run out so a new consumer gets every partition, starting at
+    the committed offsets."""
+    topic = "dead-" + uuid.uuid4().hex[:8]
+    group = "g-dead-" + uuid.uuid4().hex[:8]
+    create_topic(broker.addr, topic, 2)
+    expected = produce(broker.addr, topic, [0, 1], 30, "d")
+    proc = subprocess.Popen([sys.executable, "-c", CRASHY_COMMITTER, broker.addr, group, topic],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = []
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=30)
+        assert line and line[0].strip() == "committed", f"consumer process did not commit: {line}, rc {proc.poll()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        broker.kill()
+        broker.start()
+        desc = describe_group(admin(broker.addr), group)
+        assert [m.client_id for m in desc.members] == ["doomed"], "the group was not restored with its member"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    m = CkMember(broker.addr, group, [topic], "heir")
+    try:
+        t0 = time.monotonic()
+        drive([m], lambda: m.assignment() == [0, 1] and {r[0] for r in m.records} == {0, 1}, 30,
+              "the new member to own and read both partitions")
+        log(f"dead member expired after the restart; heir reading after {time.monotonic() - t0:.1f}s")
+        first = {p: min(r[1] for r in m.records if r[0] == p) for p in (0, 1)}
+        assert first == {0: 10, 1: 20}, first
+        drive([m], lambda: len(m.records) >= 60 - 30, 30, "the rest of both partitions")
+        assert_read_once([m], {r for r in expected if r[1] >= {0: 10, 1: 20}[r[0]]})
+    finally:
+        m.close()
