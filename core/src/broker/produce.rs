@@ -152,6 +152,10 @@ impl<S: Storage> Broker<S> {
         if h.record_count == 0 {
             return Appended::error(ErrorCode::InvalidRecord, "empty record batch");
         }
+        // Only compaction may leave offsets without records.
+        if !h.is_dense() {
+            return Appended::error(ErrorCode::InvalidRecord, format!("record count {} does not match lastOffsetDelta {}", h.record_count, h.last_offset_delta));
+        }
         if validate_records && let Err(e) = records::check_records(data, &h) {
             return Appended::error(record_error_code(&e), e.to_string());
         }
