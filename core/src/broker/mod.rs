@@ -8,7 +8,9 @@
 pub mod api;
 pub mod config;
 mod admin;
+mod alter_configs;
 mod fetch;
+mod housekeeping;
 mod metadata;
 mod offsets;
 mod produce;
@@ -20,6 +22,7 @@ use std::collections::BTreeMap;
 
 pub use api::*;
 pub use config::{BrokerConfig, FlushPolicy, TopicConfig};
+pub use housekeeping::HousekeepingStats;
 use fetch::ParkedFetch;
 use producer_ids::ProducerIdAllocator;
 use topic::{Partition, Topic, TopicMeta};
@@ -79,6 +82,8 @@ pub struct Broker<S: Storage> {
     /// Set once a fatal storage failure happened; the machine then ignores
     /// every input.
     failed: Option<String>,
+    /// Retention and the log cleaner (see housekeeping.rs).
+    housekeeping: housekeeping::Housekeeping,
 }
 
 impl<S: Storage> Broker<S> {
@@ -129,6 +134,7 @@ impl<S: Storage> Broker<S> {
             parked: BTreeMap::new(),
             next_flush_at: None,
             failed: None,
+            housekeeping: Default::default(),
         };
         Ok((broker, report))
     }
@@ -178,6 +184,7 @@ impl<S: Storage> Broker<S> {
                     self.next_flush_at = None;
                     self.sync_all(now, out);
                 }
+                self.housekeeping_tick(now, out);
             }
             Input::Sync => {
                 self.sync_requested = false;
@@ -187,6 +194,9 @@ impl<S: Storage> Broker<S> {
                 self.parked.retain(|id, _| id.conn != conn);
                 self.pending_acks.retain(|(id, _)| id.conn != conn);
             }
+        }
+        if self.failed.is_none() {
+            self.arm_housekeeping(now, out);
         }
     }
 
@@ -207,6 +217,8 @@ impl<S: Storage> Broker<S> {
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DescribeConfigs(r) => Response::DescribeConfigs(self.describe_configs(r)),
             Request::FindCoordinator(r) => Response::FindCoordinator(find_coordinator(r)),
+            Request::AlterConfigs(r) => Response::AlterConfigs(self.alter_configs(r, false)),
+            Request::IncrementalAlterConfigs(r) => Response::IncrementalAlterConfigs(self.alter_configs(r, true)),
         };
         out.push(Effect::Reply { id, response });
     }

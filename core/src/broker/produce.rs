@@ -156,8 +156,12 @@ impl<S: Storage> Broker<S> {
         if !h.is_dense() {
             return Appended::error(ErrorCode::InvalidRecord, format!("record count {} does not match lastOffsetDelta {}", h.record_count, h.last_offset_delta));
         }
-        if validate_records && let Err(e) = records::check_records(data, &h) {
-            return Appended::error(record_error_code(&e), e.to_string());
+        // A compacted topic keeps records by key: one without cannot be stored.
+        let compacted = p.log.config().cleanup_policy.compacts();
+        if (validate_records || compacted)
+            && let Err(e) = records::check_records_keyed(data, &h, compacted)
+        {
+            return Appended::error(record_error_code(&e), format!("{topic}-{partition}: {e}"));
         }
         match p.producers.check(&h) {
             SequenceCheck::Reject(code) => {
