@@ -305,9 +305,9 @@ fn compaction_runs_in_steps_between_requests_and_keeps_offsets() {
     // (delete.retention.ms=0) went with every earlier record of its key,
     // unless it sits in the active segment, which is never compacted.
     let (mut want, got) = (latest(&before), latest(&after));
-    let tombstone = want.remove(&b"key0".to_vec()).unwrap();
+    let tombstone = want.remove(b"key0".as_slice()).unwrap();
     assert_eq!(tombstone.1, None);
-    match got.get(&b"key0".to_vec()) {
+    match got.get(b"key0".as_slice()) {
         None => assert!(stats.records_compacted >= 10),
         Some(kept) => assert_eq!(kept, &tombstone),
     }

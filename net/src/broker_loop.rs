@@ -27,7 +27,9 @@ pub enum Command {
 /// the node must stop without acknowledging anything more).
 pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver<Command>, clock: Clock) -> Result<(), String> {
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
-    let mut timers: BTreeSet<i64> = BTreeSet::new();
+    // One tick at start lets the machine arm its periodic timers
+    // (retention checks) before any request arrives.
+    let mut timers: BTreeSet<i64> = BTreeSet::from([clock.now()]);
     let mut out = Vec::new();
     loop {
         if let Some(reason) = broker.failure() {
@@ -49,7 +51,13 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                         broker.step(clock.now(), Input::Sync, &mut out);
                         execute(&broker, &mut out, &mut waiting, &mut timers);
                     }
-                    continue;
+                    // A timer armed for "now" (the log cleaner has more
+                    // steps) is due again at once: take the commands already
+                    // queued first, so background work never starves them.
+                    match commands.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => continue,
+                    }
                 }
                 c = commands.recv() => c,
             },

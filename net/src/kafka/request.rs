@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
-    InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    AlterConfigsRequest, ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
+    FindCoordinatorRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, RequestHeader,
 };
 use kafka_protocol::protocol::Decodable;
 use millrace_core::broker::{self as core, Request};
@@ -82,6 +82,12 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
             let keys = if version >= 4 { r.coordinator_keys.iter().map(|k| k.to_string()).collect() } else { vec![r.key.to_string()] };
             Request::FindCoordinator(core::FindCoordinatorRequest { key_type: r.key_type, keys })
         }
+        ApiKey::AlterConfigs => {
+            Request::AlterConfigs(alter_configs(AlterConfigsRequest::decode(&mut frame, version).map_err(malformed)?))
+        }
+        ApiKey::IncrementalAlterConfigs => Request::IncrementalAlterConfigs(incremental_alter_configs(
+            IncrementalAlterConfigsRequest::decode(&mut frame, version).map_err(malformed)?,
+        )),
         _ => return Err(FrameError::UnsupportedVersion { key, version }),
     };
     Ok(Decoded::Broker { meta, request, expects_reply })
@@ -188,6 +194,45 @@ fn describe_configs(r: DescribeConfigsRequest) -> core::DescribeConfigsRequest {
                     res.resource_name.to_string(),
                     res.configuration_keys.map(|ks| ks.into_iter().map(|k| k.to_string()).collect()),
                 )
+            })
+            .collect(),
+    }
+}
+
+/// AlterConfigs sets every entry given (a null value counts as unset).
+fn alter_configs(r: AlterConfigsRequest) -> core::AlterConfigsRequest {
+    core::AlterConfigsRequest {
+        validate_only: r.validate_only,
+        resources: r
+            .resources
+            .into_iter()
+            .map(|res| core::AlterConfigsResource {
+                resource_type: res.resource_type,
+                resource_name: res.resource_name.to_string(),
+                configs: res
+                    .configs
+                    .into_iter()
+                    .filter_map(|c| Some((c.name.to_string(), Some(core::AlterOp::Set), Some(c.value?.to_string()))))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn incremental_alter_configs(r: IncrementalAlterConfigsRequest) -> core::AlterConfigsRequest {
+    core::AlterConfigsRequest {
+        validate_only: r.validate_only,
+        resources: r
+            .resources
+            .into_iter()
+            .map(|res| core::AlterConfigsResource {
+                resource_type: res.resource_type,
+                resource_name: res.resource_name.to_string(),
+                configs: res
+                    .configs
+                    .into_iter()
+                    .map(|c| (c.name.to_string(), core::AlterOp::from_code(c.config_operation), c.value.map(|v| v.to_string())))
+                    .collect(),
             })
             .collect(),
     }

@@ -15,7 +15,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
+    AlterConfigsResponse, ApiKey, ApiVersionsResponse, IncrementalAlterConfigsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
     FetchResponse, FindCoordinatorResponse, InitProducerIdResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, ProducerId,
     ResponseHeader, TopicName,
 };
@@ -74,6 +74,8 @@ pub fn encode(meta: &RequestMeta, response: Response) -> anyhow::Result<Bytes> {
         Response::InitProducerId(r) => frame(meta, hv, v, &init_producer_id(r)),
         Response::DescribeConfigs(r) => frame(meta, hv, v, &describe_configs(r)),
         Response::FindCoordinator(r) => frame(meta, hv, v, &find_coordinator(r, v)),
+        Response::AlterConfigs(r) => frame(meta, hv, v, &alter_configs(r)),
+        Response::IncrementalAlterConfigs(r) => frame(meta, hv, v, &incremental_alter_configs(r)),
     }
 }
 
@@ -309,6 +311,38 @@ fn find_coordinator(r: core::FindCoordinatorResponse, v: i16) -> FindCoordinator
     resp
 }
 
+fn alter_configs(r: core::AlterConfigsResponse) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let responses = r
+        .results
+        .iter()
+        .map(|res| {
+            AlterConfigsResourceResponse::default()
+                .with_error_code(res.error.code())
+                .with_error_message(res.error_message.as_deref().map(sb))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(sb(&res.resource_name))
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+fn incremental_alter_configs(r: core::AlterConfigsResponse) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let responses = r
+        .results
+        .iter()
+        .map(|res| {
+            AlterConfigsResourceResponse::default()
+                .with_error_code(res.error.code())
+                .with_error_message(res.error_message.as_deref().map(sb))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(sb(&res.resource_name))
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
 /// The API key a broker response belongs to (for sanity checks).
 pub fn api_key_of(response: &Response) -> ApiKey {
     match response {
@@ -321,5 +355,7 @@ pub fn api_key_of(response: &Response) -> ApiKey {
         Response::InitProducerId(_) => ApiKey::InitProducerId,
         Response::DescribeConfigs(_) => ApiKey::DescribeConfigs,
         Response::FindCoordinator(_) => ApiKey::FindCoordinator,
+        Response::AlterConfigs(_) => ApiKey::AlterConfigs,
+        Response::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
     }
 }

@@ -8,13 +8,14 @@
 //! message formats it dropped.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
-    FindCoordinatorRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    FetchRequest, FindCoordinatorRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, ProduceRequest,
 };
 use kafka_protocol::protocol::Message;
 
 /// (API, advertised min, advertised max, lowest version we decode).
-pub const SUPPORTED: [(ApiKey, i16, i16, i16); 10] = [
+pub const SUPPORTED: [(ApiKey, i16, i16, i16); 12] = [
     (ApiKey::Produce, 0, 11, ProduceRequest::VERSIONS.min),
     (ApiKey::Fetch, 4, 12, FetchRequest::VERSIONS.min),
     (ApiKey::ListOffsets, 1, 7, ListOffsetsRequest::VERSIONS.min),
@@ -27,6 +28,8 @@ pub const SUPPORTED: [(ApiKey, i16, i16, i16); 10] = [
     // Answered with COORDINATOR_NOT_AVAILABLE until groups exist; librdkafka
     // enables LZ4 only if FindCoordinator v0 is advertised.
     (ApiKey::FindCoordinator, 0, 4, FindCoordinatorRequest::VERSIONS.min),
+    (ApiKey::AlterConfigs, 0, 2, AlterConfigsRequest::VERSIONS.min),
+    (ApiKey::IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest::VERSIONS.min),
 ];
 
 /// Whether Millrace can decode and answer `key` at `version`.
