@@ -69,7 +69,8 @@ class Broker:
     """One `millrace serve` process; can be SIGKILLed and restarted on the
     same port and data directory."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra_args=()):
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.data_dir = os.path.join(workdir, "data")
@@ -87,7 +88,7 @@ class Broker:
         logf = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [MILLRACE_BIN, "serve", "--listen", self.addr, "--data-dir", self.data_dir],
+                [MILLRACE_BIN, "serve", "--listen", self.addr, "--data-dir", self.data_dir, *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                 env={**os.environ, "MILLRACE_LOG": os.environ.get("MILLRACE_LOG", "info")},
             )

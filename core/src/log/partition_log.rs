@@ -317,19 +317,28 @@ impl PartitionLog {
             expected_base = h.last_offset() + 1;
             pos += h.total_len() as u64;
         };
-        // Take whole batches while they fit in `max_bytes`.
+        // Take whole batches while they fit in `max_bytes`, going on into
+        // the next segments once this one is used up: compaction can leave
+        // segments that hold little but empty batches, and a response
+        // without a single record makes librdkafka take the batch for one
+        // too large for its buffer (it doubles the buffer, then errors).
         let begin = pos;
-        let mut end_pos = pos + first.total_len() as u64;
-        while end_pos < seg.size {
-            let Some(bytes) = reader.bytes_at(end_pos, HEADER_LEN)? else { break };
-            let next = end_pos + BatchHeader::parse(bytes)?.total_len() as u64;
-            if next - begin > max_bytes as u64 {
+        let first_end = pos + first.total_len() as u64;
+        let mut end_pos = fit_batches(&mut reader, first_end, seg.size, max_bytes.saturating_sub(first.total_len()))?;
+        drop(reader);
+        let mut bytes = storage.read(&seg.file, begin, (end_pos - begin) as usize)?;
+        let mut last = seg;
+        while end_pos == last.size && bytes.len() < max_bytes {
+            let Some(next) = self.segments.get(&last.next_offset) else { break };
+            let mut reader = ChunkReader::new(&mut *storage, &next.file, next.size);
+            end_pos = fit_batches(&mut reader, 0, next.size, max_bytes - bytes.len())?;
+            drop(reader);
+            if end_pos == 0 {
                 break;
             }
-            end_pos = next;
+            bytes.extend_from_slice(&storage.read(&next.file, 0, end_pos as usize)?);
+            last = next;
         }
-        let len = (end_pos.min(seg.size) - begin) as usize;
-        let bytes = storage.read(&seg.file, begin, len)?;
         verify_read(&bytes, first.base_offset)?;
         Ok(bytes)
     }
@@ -406,6 +415,21 @@ impl PartitionLog {
         }
         Ok(())
     }
+}
+
+/// The end of the whole batches from `from` that fit in `budget` bytes
+/// (`from` itself if none does), within the first `limit` bytes.
+fn fit_batches<S: Storage + ?Sized>(reader: &mut ChunkReader<'_, S>, from: u64, limit: u64, budget: usize) -> Result<u64, LogError> {
+    let mut end = from;
+    while end < limit {
+        let Some(bytes) = reader.bytes_at(end, HEADER_LEN)? else { break };
+        let next = end + BatchHeader::parse(bytes)?.total_len() as u64;
+        if next - from > budget as u64 {
+            break;
+        }
+        end = next;
+    }
+    Ok(end)
 }
 
 /// Validates the batches of one segment file up to `file_len`, tracking each
