@@ -396,7 +396,7 @@ impl Cleaner {
                 return Err(Abort::Log(RecordError::BadBaseOffset { found: h.base_offset, expected: out.expected }.into()));
             }
             out.expected = h.last_offset() + 1;
-            let verdict = decide(batch, h, &self.map, self.first_dirty, now, log.config().delete_retention_ms, &mut self.summary)?;
+            let verdict = decide(batch, h, &self.map, now, log.config().delete_retention_ms, &mut self.summary)?;
             match verdict {
                 Verdict::Keep => {
                     flush_run(&mut out, &mut chunk);
@@ -491,7 +491,6 @@ fn decide(
     batch: &[u8],
     h: &BatchHeader,
     map: &KeyMap,
-    first_dirty: i64,
     now: Millis,
     delete_retention_ms: i64,
     summary: &mut CleanSummary,
@@ -503,7 +502,7 @@ fn decide(
     let mut kept: Vec<RawRecord<'_>> = Vec::with_capacity(h.record_count as usize);
     for r in recs.iter() {
         let r = r?;
-        if keep(&r, h, map, first_dirty, now, delete_retention_ms, summary) {
+        if keep(&r, h, map, now, delete_retention_ms, summary) {
             kept.push(r);
         }
     }
@@ -521,7 +520,6 @@ fn keep(
     r: &RawRecord<'_>,
     h: &BatchHeader,
     map: &KeyMap,
-    first_dirty: i64,
     now: Millis,
     delete_retention_ms: i64,
     summary: &mut CleanSummary,
@@ -537,14 +535,14 @@ fn keep(
     if r.value.is_some() {
         return true;
     }
-    // A tombstone that is the latest of its key: it may go once it is old
-    // enough, provided no earlier record of the key can survive it. That
-    // holds if the key is in the map (every earlier record of it in the
-    // range goes in this pass) or the tombstone sits in the part earlier
-    // passes compacted (they removed what preceded it).
-    let removable = latest.is_some() || offset < first_dirty;
+    // A tombstone that is the latest of its key goes once it is old enough:
+    // no earlier record of the key can survive it. Its key is in the map if
+    // it sits in the dirty range (the plan stops before any key the map
+    // could not take), so every earlier record of it goes in this pass;
+    // otherwise it sits in the part earlier passes compacted, which removed
+    // what preceded it.
     let expires = r.timestamp(h).saturating_add(delete_retention_ms);
-    if removable && expires <= now {
+    if expires <= now {
         summary.tombstones_removed += 1;
         return false;
     }
