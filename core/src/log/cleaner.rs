@@ -77,8 +77,8 @@ pub struct CleanSummary {
     /// When the earliest tombstone this pass kept may go: a pass must run
     /// again then even if nothing new was written.
     pub next_tombstone_expiry: Option<Millis>,
-    /// The key map filled up inside the first dirty segment, so nothing
-    /// could be compacted (raise the cleaner limits or lower segment.bytes).
+    /// The key map filled up inside the first dirty segment, so the pass
+    /// could not move on (raise the cleaner limits or lower segment.bytes).
     pub stalled: bool,
 }
 
@@ -258,8 +258,7 @@ impl Cleaner {
                     return Ok(CleanProgress::Working);
                 }
                 State::Map { i, pos } => match self.map_step(log, storage, i, pos, budget - spent, &mut spent) {
-                    Ok(Some(state)) => state,
-                    Ok(None) => return Ok(CleanProgress::Done(self.summary.clone())),
+                    Ok(state) => state,
                     Err(Abort::Log(e)) => return Err(e),
                     Err(Abort::Changed(why)) => return Ok(CleanProgress::Aborted(why)),
                 },
@@ -309,8 +308,7 @@ impl Cleaner {
         }
     }
 
-    /// Maps keys of one chunk of segment `i`. Returns the next state, or
-    /// `None` when the pass ends without cleaning (stalled).
+    /// Maps keys of one chunk of segment `i`; returns the next state.
     fn map_step<S: Storage + ?Sized>(
         &mut self,
         log: &PartitionLog,
@@ -319,10 +317,10 @@ impl Cleaner {
         pos: u64,
         want: u64,
         spent: &mut u64,
-    ) -> Result<Option<State>, Abort> {
+    ) -> Result<State, Abort> {
         let (base, size) = self.plan[i];
         if let Check::Gone = self.check(log, i)? {
-            return Ok(Some(State::Map { i: i + 1, pos: 0 }));
+            return Ok(State::Map { i: i + 1, pos: 0 });
         }
         let file = super::segment_file(log.dir(), base);
         let (buf, headers) = read_batches(storage, &file, pos, size, want)?;
@@ -340,18 +338,18 @@ impl Cleaner {
                 }
                 // The map is full: clean only the segments it covers whole.
                 // Keys it took from this segment point at records that stay,
-                // so they are still right about what is superseded.
-                if i == self.first_mapped {
-                    self.summary.stalled = true;
-                    return Ok(None);
-                }
+                // so they are still right about what is superseded. If it
+                // did not cover even the first dirty segment, the pass still
+                // cleans the part earlier passes compacted (superseded
+                // records and expired tombstones there) but cannot advance.
+                self.summary.stalled = i == self.first_mapped;
                 self.plan.truncate(i);
                 self.end = base;
-                return Ok(Some(State::Map { i, pos: 0 }));
+                return Ok(State::Map { i, pos: 0 });
             }
         }
         let pos = pos + buf.len() as u64;
-        Ok(Some(if pos >= size { State::Map { i: i + 1, pos: 0 } } else { State::Map { i, pos } }))
+        Ok(if pos >= size { State::Map { i: i + 1, pos: 0 } } else { State::Map { i, pos } })
     }
 
     /// Rewrites one chunk of segment `i`; at its end, swaps the rewrite in.
@@ -936,7 +934,8 @@ mod tests {
             }
         }
         let before = contents(&log, &mut s);
-        // Room for a few keys: the first segment alone has more, so nothing.
+        // Room for a few keys: the first segment alone has more, so the pass
+        // stalls (with nothing compacted before it, it changes nothing).
         let tiny = CleanerLimits { max_keys: 2, ..CleanerLimits::default() };
         let summary = run_to_end(&mut Cleaner::new(0, tiny), &mut log, &mut s, 200, 1 << 20);
         assert!(summary.stalled);
