@@ -817,6 +817,9 @@ mod tests {
         assert_eq!(batches[0].0.base_offset, 0);
         assert!(batches.iter().any(|(h, _)| h.record_count > 0), "{:?}", batches.iter().map(|b| b.0).collect::<Vec<_>>());
         assert!(batches.last().unwrap().0.last_offset() >= first.next_offset, "crossed into the next segment");
+        // Lookup by time skips the empty batches to the first record left.
+        let first_left = contents(&log, &mut s)[0].offset;
+        assert_eq!(log.offset_for_timestamp(&mut s, 100).unwrap(), Some((first_left, 100)));
     }
 
     #[test]
