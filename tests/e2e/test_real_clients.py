@@ -8,6 +8,7 @@ Run from the repository root:  python3 -m pytest -q tests/e2e
 The binary defaults to target/release/millrace; override with MILLRACE_BIN.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -138,10 +139,18 @@ class Broker:
         assert self.proc.poll() is None, f"server died (exit {self.proc.returncode})\n{self.tail()}"
 
 
-@pytest.fixture
-def broker():
+@contextlib.contextmanager
+def running_broker(config_toml=None):
+    """A started server in a fresh directory, optionally with a TOML config
+    file; stopped and removed afterwards."""
     workdir = tempfile.mkdtemp(prefix="millrace-e2e-")
-    b = Broker(workdir)
+    extra_args = []
+    if config_toml is not None:
+        path = os.path.join(workdir, "millrace.toml")
+        with open(path, "w") as f:
+            f.write(config_toml)
+        extra_args = ["--config", path]
+    b = Broker(workdir, extra_args)
     try:
         b.start()
         log(f"server up on {b.addr}, data dir {b.data_dir}")
@@ -152,6 +161,12 @@ def broker():
             log(f"server exited with {rc} on SIGTERM")
             print(b.tail(), file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def broker():
+    with running_broker() as b:
+        yield b
 
 
 def server_log_on_failure(test):

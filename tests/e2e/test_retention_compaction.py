@@ -8,17 +8,14 @@ Run from the repository root:
   MILLRACE_BIN=target/debug/millrace python3 -m pytest -q tests/e2e/test_retention_compaction.py
 """
 
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 
 import pytest
 
-from test_real_clients import (MILLRACE_BIN, RDKAFKA_LOG, Broker, ck_create_topic, ck_produce_all, ck_producer, log,
-                               raw_fetch_batches, server_log_on_failure)
+from test_real_clients import (MILLRACE_BIN, RDKAFKA_LOG, ck_create_topic, ck_produce_all, ck_producer, log,
+                               raw_fetch_batches, running_broker, server_log_on_failure)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -32,21 +29,8 @@ log_cleaner_step_bytes = 65536
 
 @pytest.fixture
 def broker():
-    workdir = tempfile.mkdtemp(prefix="millrace-e2e-rc-")
-    config = os.path.join(workdir, "millrace.toml")
-    with open(config, "w") as f:
-        f.write(SERVER_CONFIG)
-    b = Broker(workdir, extra_args=["--config", config])
-    try:
-        b.start()
-        log(f"server up on {b.addr}, data dir {b.data_dir}")
+    with running_broker(SERVER_CONFIG) as b:
         yield b
-    finally:
-        rc = b.stop()
-        if rc not in (0, None):
-            log(f"server exited with {rc} on SIGTERM")
-            print(b.tail(), flush=True)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def admin_client(addr):

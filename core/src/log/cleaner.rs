@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use super::partition_log::{LogError, PartitionLog};
 use super::segment::Segment;
 use crate::Millis;
-use crate::records::{self, BatchFields, BatchHeader, BatchRecords, HEADER_LEN, RawRecord, RecordError};
+use crate::records::{self, BatchHeader, BatchRecords, HEADER_LEN, RawRecord, RecordError};
 use crate::storage::Storage;
 
 const SIDE_SUFFIX: &str = ".cleaned";
@@ -150,7 +150,7 @@ struct Output {
     side: String,
     seg: Segment,
     /// Emptied batches waiting to be merged into one.
-    run: Option<BatchFields>,
+    run: Option<BatchHeader>,
     /// The next batch must start here (offsets are dense).
     expected: i64,
     removed: bool,
@@ -160,7 +160,7 @@ struct Output {
 enum State {
     Plan,
     Map { i: usize, pos: u64 },
-    Rewrite { i: usize, pos: u64, out: Option<Output> },
+    Rewrite { i: usize, pos: u64, out: Option<Box<Output>> },
     Done,
 }
 
@@ -217,7 +217,46 @@ impl Cleaner {
         budget_bytes: u64,
         keep_stamp: &dyn Fn(&BatchHeader) -> bool,
     ) -> Result<CleanProgress, LogError> {
-        let result = self.run(log, storage, now, budget_bytes.max(1), keep_stamp);
+        let budget = budget_bytes.max(1);
+        let mut spent = 0u64;
+        let result = loop {
+            let next = match std::mem::replace(&mut self.state, State::Done) {
+                State::Plan => {
+                    self.plan(log, now);
+                    continue;
+                }
+                State::Done => break Ok(CleanProgress::Done(self.summary.clone())),
+                State::Map { i, .. } if i >= self.plan.len() => State::Rewrite { i: 0, pos: 0, out: None },
+                State::Rewrite { i, .. } if i >= self.plan.len() => {
+                    self.summary.cleaned_up_to = self.end.max(self.first_dirty);
+                    break Ok(CleanProgress::Done(self.summary.clone()));
+                }
+                state if spent >= budget => {
+                    self.state = state;
+                    break Ok(CleanProgress::Working);
+                }
+                State::Map { i, pos } => match self.map_step(log, storage, i, pos, budget - spent, &mut spent) {
+                    Ok(state) => state,
+                    Err(Abort::Log(e)) => break Err(e),
+                    Err(Abort::Changed(why)) => break Ok(CleanProgress::Aborted(why)),
+                },
+                State::Rewrite { i, pos, out } => {
+                    let side = side_file(&super::segment_file(log.dir(), self.plan[i].0));
+                    match self.rewrite_step(log, storage, now, (i, pos, out), budget - spent, &mut spent, keep_stamp) {
+                        Ok(state) => state,
+                        Err(abort) => {
+                            // Best effort: a leftover is removed at the next open.
+                            let _ = storage.remove(&side);
+                            match abort {
+                                Abort::Log(e) => break Err(e),
+                                Abort::Changed(why) => break Ok(CleanProgress::Aborted(why)),
+                            }
+                        }
+                    }
+                }
+            };
+            self.state = next;
+        };
         if !matches!(result, Ok(CleanProgress::Working)) {
             self.discard(storage);
         }
@@ -229,56 +268,6 @@ impl Cleaner {
         if let State::Rewrite { out: Some(out), .. } = std::mem::replace(&mut self.state, State::Done) {
             // Best effort: a leftover side file is removed at the next open.
             let _ = storage.remove(&out.side);
-        }
-    }
-
-    fn run<S: Storage + ?Sized>(
-        &mut self,
-        log: &mut PartitionLog,
-        storage: &mut S,
-        now: Millis,
-        budget: u64,
-        keep_stamp: &dyn Fn(&BatchHeader) -> bool,
-    ) -> Result<CleanProgress, LogError> {
-        let mut spent = 0u64;
-        loop {
-            let next = match std::mem::replace(&mut self.state, State::Done) {
-                State::Plan => {
-                    self.plan(log, now);
-                    continue;
-                }
-                State::Done => return Ok(CleanProgress::Done(self.summary.clone())),
-                State::Map { i, .. } if i >= self.plan.len() => State::Rewrite { i: 0, pos: 0, out: None },
-                State::Rewrite { i, .. } if i >= self.plan.len() => {
-                    self.summary.cleaned_up_to = self.end.max(self.first_dirty);
-                    return Ok(CleanProgress::Done(self.summary.clone()));
-                }
-                state if spent >= budget => {
-                    self.state = state;
-                    return Ok(CleanProgress::Working);
-                }
-                State::Map { i, pos } => match self.map_step(log, storage, i, pos, budget - spent, &mut spent) {
-                    Ok(state) => state,
-                    Err(Abort::Log(e)) => return Err(e),
-                    Err(Abort::Changed(why)) => return Ok(CleanProgress::Aborted(why)),
-                },
-                State::Rewrite { i, pos, out } => {
-                    let side = out.as_ref().map(|o| o.side.clone());
-                    match self.rewrite_step(log, storage, now, (i, pos, out), budget - spent, &mut spent, keep_stamp) {
-                        Ok(state) => state,
-                        Err(abort) => {
-                            if let Some(side) = side {
-                                let _ = storage.remove(&side);
-                            }
-                            match abort {
-                                Abort::Log(e) => return Err(e),
-                                Abort::Changed(why) => return Ok(CleanProgress::Aborted(why)),
-                            }
-                        }
-                    }
-                }
-            };
-            self.state = next;
         }
     }
 
@@ -360,7 +349,7 @@ impl Cleaner {
         log: &mut PartitionLog,
         storage: &mut S,
         now: Millis,
-        (i, pos, out): (usize, u64, Option<Output>),
+        (i, pos, out): (usize, u64, Option<Box<Output>>),
         want: u64,
         spent: &mut u64,
         keep_stamp: &dyn Fn(&BatchHeader) -> bool,
@@ -379,7 +368,7 @@ impl Cleaner {
                 let side = side_file(&seg.file);
                 // A side file from an abandoned pass: start it afresh.
                 storage.remove(&side).map_err(LogError::from)?;
-                Output { side, seg, run: None, expected: base, removed: false }
+                Box::new(Output { side, seg, run: None, expected: base, removed: false })
             }
         };
         let (buf, headers) = read_batches(storage, &out.seg.file, pos, size, want)?;
@@ -413,7 +402,7 @@ impl Cleaner {
                         flush_run(&mut out, &mut chunk);
                         match h.record_count {
                             0 => chunk.push(batch),
-                            _ => chunk.push(&records::empty_batch(&BatchFields::of(h))),
+                            _ => chunk.push(&records::empty_batch(h)),
                         }
                     } else {
                         extend_run(&mut out, h, &mut chunk);
@@ -561,16 +550,12 @@ fn extend_run(out: &mut Output, h: &BatchHeader, chunk: &mut Chunk) {
             run.partition_leader_epoch = h.partition_leader_epoch;
         }
         None => {
-            out.run = Some(BatchFields {
-                base_offset: h.base_offset,
-                partition_leader_epoch: h.partition_leader_epoch,
+            out.run = Some(BatchHeader {
                 attributes: 0,
-                last_offset_delta: h.last_offset_delta,
-                base_timestamp: h.base_timestamp,
-                max_timestamp: h.max_timestamp,
                 producer_id: -1,
                 producer_epoch: -1,
                 base_sequence: -1,
+                ..*h
             })
         }
     }

@@ -1,8 +1,8 @@
 //! Building v2 batches: what Millrace's own client and the tests produce.
 
-use super::raw::{BatchFields, encode_batch};
+use super::raw::encode_batch;
 use super::record::encode_one;
-use super::{Compression, Record};
+use super::{BatchHeader, Compression, MAGIC_V2, Record};
 
 /// Identity of an idempotent producer stamped on a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +55,13 @@ impl BatchBuilder {
             encode_one(&mut plain, i as i32, r.timestamp - base_timestamp, r);
         }
         let body = self.compression.compress(&plain);
-        let fields = BatchFields {
+        let count = self.records.len() as i32;
+        let header = BatchHeader {
             base_offset: 0,
+            batch_length: 0,
             partition_leader_epoch: -1,
+            magic: MAGIC_V2,
+            crc: 0,
             attributes: self.compression.attribute_bits(),
             last_offset_delta: self.records.len().saturating_sub(1) as i32,
             base_timestamp,
@@ -65,7 +69,8 @@ impl BatchBuilder {
             producer_id: self.producer.producer_id,
             producer_epoch: self.producer.producer_epoch,
             base_sequence: self.producer.base_sequence,
+            record_count: count,
         };
-        encode_batch(&fields, self.records.len() as i32, &body)
+        encode_batch(&header, count, &body)
     }
 }

@@ -14,7 +14,7 @@ pub use batch::{
 };
 pub use builder::{BatchBuilder, ProducerStamp};
 pub use compression::Compression;
-pub use raw::{BatchFields, BatchRecords, RawIter, RawRecord, empty_batch, encode_batch, rebuild_batch};
+pub use raw::{BatchRecords, RawIter, RawRecord, empty_batch, encode_batch, rebuild_batch};
 pub use record::{Header, Record, check_records, check_records_keyed, decode_records};
 
 /// Why bytes are not a valid record batch. Every decoder in this module

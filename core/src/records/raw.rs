@@ -154,54 +154,25 @@ fn parse_one<'a>(cur: &mut Cursor<'a>, index: usize, prev_delta: i32, last_delta
     Ok(RawRecord { bytes, timestamp_delta, offset_delta, key, value, headers, header_count })
 }
 
-/// The header fields of a batch to encode; lengths, count and CRC are
-/// computed by [`encode_batch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchFields {
-    pub base_offset: i64,
-    pub partition_leader_epoch: i32,
-    pub attributes: i16,
-    pub last_offset_delta: i32,
-    pub base_timestamp: i64,
-    pub max_timestamp: i64,
-    pub producer_id: i64,
-    pub producer_epoch: i16,
-    pub base_sequence: i32,
-}
-
-impl BatchFields {
-    pub fn of(h: &BatchHeader) -> Self {
-        Self {
-            base_offset: h.base_offset,
-            partition_leader_epoch: h.partition_leader_epoch,
-            attributes: h.attributes,
-            last_offset_delta: h.last_offset_delta,
-            base_timestamp: h.base_timestamp,
-            max_timestamp: h.max_timestamp,
-            producer_id: h.producer_id,
-            producer_epoch: h.producer_epoch,
-            base_sequence: h.base_sequence,
-        }
-    }
-}
-
-/// Encodes a whole v2 batch around an already encoded (and, if the
-/// attributes say so, compressed) records section.
-pub fn encode_batch(f: &BatchFields, record_count: i32, body: &[u8]) -> Vec<u8> {
+/// Encodes a whole v2 batch with the header fields of `h` around an
+/// already encoded (and, if the attributes say so, compressed) records
+/// section. The length, magic, CRC and record count are not taken from `h`
+/// but computed (the count is `record_count`).
+pub fn encode_batch(h: &BatchHeader, record_count: i32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&f.base_offset.to_be_bytes());
+    out.extend_from_slice(&h.base_offset.to_be_bytes());
     let batch_length = (HEADER_LEN - LOG_OVERHEAD + body.len()) as i32;
     out.extend_from_slice(&batch_length.to_be_bytes());
-    out.extend_from_slice(&f.partition_leader_epoch.to_be_bytes());
+    out.extend_from_slice(&h.partition_leader_epoch.to_be_bytes());
     out.push(MAGIC_V2 as u8);
     out.extend_from_slice(&[0; 4]); // CRC, filled below
-    out.extend_from_slice(&f.attributes.to_be_bytes());
-    out.extend_from_slice(&f.last_offset_delta.to_be_bytes());
-    out.extend_from_slice(&f.base_timestamp.to_be_bytes());
-    out.extend_from_slice(&f.max_timestamp.to_be_bytes());
-    out.extend_from_slice(&f.producer_id.to_be_bytes());
-    out.extend_from_slice(&f.producer_epoch.to_be_bytes());
-    out.extend_from_slice(&f.base_sequence.to_be_bytes());
+    out.extend_from_slice(&h.attributes.to_be_bytes());
+    out.extend_from_slice(&h.last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&h.base_timestamp.to_be_bytes());
+    out.extend_from_slice(&h.max_timestamp.to_be_bytes());
+    out.extend_from_slice(&h.producer_id.to_be_bytes());
+    out.extend_from_slice(&h.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&h.base_sequence.to_be_bytes());
     out.extend_from_slice(&record_count.to_be_bytes());
     out.extend_from_slice(body);
     let crc = crc32c::crc32c(&out[21..]);
@@ -219,15 +190,14 @@ pub fn rebuild_batch(h: &BatchHeader, kept: &[RawRecord<'_>]) -> Result<Vec<u8>,
         plain.extend_from_slice(r.bytes);
     }
     let body = h.compression()?.compress(&plain);
-    Ok(encode_batch(&BatchFields::of(h), kept.len() as i32, &body))
+    Ok(encode_batch(h, kept.len() as i32, &body))
 }
 
-/// A batch with no records covering `fields`' offset range: what a batch
-/// whose records were all removed becomes. It is never compressed (there
-/// is nothing to compress, and a codec would need a non-empty frame).
-pub fn empty_batch(fields: &BatchFields) -> Vec<u8> {
-    let f = BatchFields { attributes: fields.attributes & !CODEC_BITS, ..*fields };
-    encode_batch(&f, 0, &[])
+/// A batch with no records covering `h`'s offset range: what a batch whose
+/// records were all removed becomes. It is never compressed (there is
+/// nothing to compress, and a codec would need a non-empty frame).
+pub fn empty_batch(h: &BatchHeader) -> Vec<u8> {
+    encode_batch(&BatchHeader { attributes: h.attributes & !CODEC_BITS, ..*h }, 0, &[])
 }
 
 #[cfg(test)]
@@ -272,7 +242,7 @@ mod tests {
     fn empty_batches_validate_and_decode_to_nothing() {
         let bytes = batch(Compression::Zstd);
         let h = validate_batch(&bytes).unwrap();
-        let empty = empty_batch(&BatchFields::of(&h));
+        let empty = empty_batch(&h);
         let (h2, decoded) = decode_records(&empty).unwrap();
         assert!(decoded.is_empty());
         assert_eq!((h2.base_offset, h2.last_offset(), h2.record_count), (1000, 1004, 0));
@@ -290,15 +260,13 @@ mod tests {
         let swapped = rebuild_batch(&h, &[all[2], all[1]]).unwrap();
         assert!(decode_records(&swapped).is_err());
         // A delta past lastOffsetDelta: rejected.
-        let mut short = BatchFields::of(&h);
-        short.last_offset_delta = 2;
+        let short = BatchHeader { last_offset_delta: 2, ..h };
         let mut plain = Vec::new();
         plain.extend_from_slice(all[4].bytes);
         let past = encode_batch(&short, 1, &plain);
         assert!(decode_records(&past).is_err());
         // More records than offsets: rejected by the header check.
-        let mut over = BatchFields::of(&h);
-        over.last_offset_delta = 0;
+        let over = BatchHeader { last_offset_delta: 0, ..h };
         assert!(validate_batch(&encode_batch(&over, 2, &[])).is_err());
     }
 }

@@ -199,41 +199,33 @@ fn describe_configs(r: DescribeConfigsRequest) -> core::DescribeConfigsRequest {
     }
 }
 
+/// The two alter-configs requests carry the same resources in two
+/// generated types; `$entry` maps one config entry (`$c`) to the broker's
+/// `(name, operation, value)`, or `None` to leave it out.
+macro_rules! alter_configs_request {
+    ($r:expr, |$c:ident| $entry:expr) => {
+        core::AlterConfigsRequest {
+            validate_only: $r.validate_only,
+            resources: $r
+                .resources
+                .into_iter()
+                .map(|res| core::AlterConfigsResource {
+                    resource_type: res.resource_type,
+                    resource_name: res.resource_name.to_string(),
+                    configs: res.configs.into_iter().filter_map(|$c| $entry).collect(),
+                })
+                .collect(),
+        }
+    };
+}
+
 /// AlterConfigs sets every entry given (a null value counts as unset).
 fn alter_configs(r: AlterConfigsRequest) -> core::AlterConfigsRequest {
-    core::AlterConfigsRequest {
-        validate_only: r.validate_only,
-        resources: r
-            .resources
-            .into_iter()
-            .map(|res| core::AlterConfigsResource {
-                resource_type: res.resource_type,
-                resource_name: res.resource_name.to_string(),
-                configs: res
-                    .configs
-                    .into_iter()
-                    .filter_map(|c| Some((c.name.to_string(), Some(core::AlterOp::Set), Some(c.value?.to_string()))))
-                    .collect(),
-            })
-            .collect(),
-    }
+    alter_configs_request!(r, |c| Some((c.name.to_string(), Some(core::AlterOp::Set), Some(c.value?.to_string()))))
 }
 
 fn incremental_alter_configs(r: IncrementalAlterConfigsRequest) -> core::AlterConfigsRequest {
-    core::AlterConfigsRequest {
-        validate_only: r.validate_only,
-        resources: r
-            .resources
-            .into_iter()
-            .map(|res| core::AlterConfigsResource {
-                resource_type: res.resource_type,
-                resource_name: res.resource_name.to_string(),
-                configs: res
-                    .configs
-                    .into_iter()
-                    .map(|c| (c.name.to_string(), core::AlterOp::from_code(c.config_operation), c.value.map(|v| v.to_string())))
-                    .collect(),
-            })
-            .collect(),
-    }
+    alter_configs_request!(r, |c| {
+        Some((c.name.to_string(), core::AlterOp::from_code(c.config_operation), c.value.map(|v| v.to_string())))
+    })
 }

@@ -311,37 +311,37 @@ fn find_coordinator(r: core::FindCoordinatorResponse, v: i16) -> FindCoordinator
     resp
 }
 
-fn alter_configs(r: core::AlterConfigsResponse) -> AlterConfigsResponse {
-    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
-    let responses = r
-        .results
-        .iter()
-        .map(|res| {
-            AlterConfigsResourceResponse::default()
-                .with_error_code(res.error.code())
-                .with_error_message(res.error_message.as_deref().map(sb))
-                .with_resource_type(res.resource_type)
-                .with_resource_name(sb(&res.resource_name))
-        })
-        .collect();
-    AlterConfigsResponse::default().with_responses(responses)
+/// AlterConfigs and IncrementalAlterConfigs answer with the same fields,
+/// in two generated types.
+macro_rules! alter_configs_response {
+    ($name:ident, $response:ty, $entry:ty) => {
+        fn $name(r: core::AlterConfigsResponse) -> $response {
+            let responses = r
+                .results
+                .iter()
+                .map(|res| {
+                    <$entry>::default()
+                        .with_error_code(res.error.code())
+                        .with_error_message(res.error_message.as_deref().map(sb))
+                        .with_resource_type(res.resource_type)
+                        .with_resource_name(sb(&res.resource_name))
+                })
+                .collect();
+            <$response>::default().with_responses(responses)
+        }
+    };
 }
 
-fn incremental_alter_configs(r: core::AlterConfigsResponse) -> IncrementalAlterConfigsResponse {
-    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
-    let responses = r
-        .results
-        .iter()
-        .map(|res| {
-            AlterConfigsResourceResponse::default()
-                .with_error_code(res.error.code())
-                .with_error_message(res.error_message.as_deref().map(sb))
-                .with_resource_type(res.resource_type)
-                .with_resource_name(sb(&res.resource_name))
-        })
-        .collect();
-    IncrementalAlterConfigsResponse::default().with_responses(responses)
-}
+alter_configs_response!(
+    alter_configs,
+    AlterConfigsResponse,
+    kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse
+);
+alter_configs_response!(
+    incremental_alter_configs,
+    IncrementalAlterConfigsResponse,
+    kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse
+);
 
 /// The API key a broker response belongs to (for sanity checks).
 pub fn api_key_of(response: &Response) -> ApiKey {
