@@ -403,3 +403,24 @@ fn a_topic_deleted_mid_compaction_leaves_no_files() {
     assert!(n.broker.storage_mut().files().all(|(f, _)| !f.starts_with("c-0/")), "no segment or side file left");
     assert_eq!(n.broker.housekeeping_stats().cleaner_aborts, 1);
 }
+
+#[test]
+fn produce_refuses_batches_with_fewer_records_than_offsets() {
+    // Only compaction may leave gaps; a producer's batch must be dense.
+    let mut n = Node::new();
+    n.create("t", &[]);
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(Record { timestamp: 1, key: Some(b"k".to_vec()), value: Some(b"v".to_vec()), ..Record::default() });
+    let dense = b.build();
+    let h = records::validate_batch(&dense).unwrap();
+    let gappy = records::encode_batch(&records::BatchHeader { last_offset_delta: 3, ..h }, 1, &dense[records::HEADER_LEN..]);
+    let req = ProduceRequest {
+        acks: -1,
+        timeout_ms: 1000,
+        transactional_id: None,
+        topics: vec![("t".into(), vec![(0, Some(Bytes::from(gappy)))])],
+    };
+    let Response::Produce(p) = n.call(Request::Produce(req)) else { panic!() };
+    assert_eq!(p.topics[0].1[0].error, ErrorCode::InvalidRecord);
+    assert!(p.topics[0].1[0].error_message.as_deref().unwrap().contains("lastOffsetDelta"));
+}

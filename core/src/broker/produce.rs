@@ -154,7 +154,8 @@ impl<S: Storage> Broker<S> {
         }
         // Only compaction may leave offsets without records.
         if !h.is_dense() {
-            return Appended::error(ErrorCode::InvalidRecord, format!("record count {} does not match lastOffsetDelta {}", h.record_count, h.last_offset_delta));
+            let message = format!("record count {} does not match lastOffsetDelta {}", h.record_count, h.last_offset_delta);
+            return Appended::error(ErrorCode::InvalidRecord, message);
         }
         // A compacted topic keeps records by key: one without cannot be stored.
         let compacted = p.log.config().cleanup_policy.compacts();
