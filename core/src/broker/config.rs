@@ -58,8 +58,10 @@ pub struct BrokerConfig {
     /// Kafka's `log.retention.check.interval.ms`: how often retention runs
     /// and compaction looks for dirty logs.
     pub log_retention_check_interval_ms: i64,
-    /// Bytes the log cleaner reads and writes per step; one step runs per
-    /// timer tick, between requests, so this bounds the pause it causes.
+    /// Work per log-cleaner step: bytes read and written, plus the records
+    /// of compressed batches. One step runs per timer tick, between
+    /// requests, so this bounds the pause it causes (Kafka's
+    /// `log.cleaner.io.buffer.size` default, 512 KiB).
     pub log_cleaner_step_bytes: u64,
     /// Bounds of the cleaner's key map (Kafka's `log.cleaner.dedupe.buffer.size`).
     pub log_cleaner: crate::log::CleanerLimits,
@@ -80,7 +82,7 @@ impl Default for BrokerConfig {
             validate_records: true,
             max_partitions_per_topic: 10_000,
             log_retention_check_interval_ms: 300_000,
-            log_cleaner_step_bytes: 1 << 20,
+            log_cleaner_step_bytes: 512 << 10,
             log_cleaner: crate::log::CleanerLimits::default(),
         }
     }

@@ -313,12 +313,16 @@ impl Cleaner {
         }
         let file = super::segment_file(log.dir(), base);
         let (buf, headers) = read_batches(storage, &file, pos, size, want)?;
-        *spent += buf.len() as u64;
         let mut at = 0;
+        let mut work = 0;
         for h in &headers {
+            if work >= want {
+                break; // the rest of the chunk is read again next step
+            }
             let batch = &buf[at..at + h.total_len()];
             at += h.total_len();
             let recs = BatchRecords::new(batch, h).map_err(LogError::from)?;
+            work += cost(h, &recs);
             for r in recs.iter() {
                 let r = r.map_err(LogError::from)?;
                 let Some(key) = r.key else { continue };
@@ -337,7 +341,8 @@ impl Cleaner {
                 return Ok(State::Map { i, pos: 0 });
             }
         }
-        let pos = pos + buf.len() as u64;
+        *spent += work;
+        let pos = pos + at as u64;
         Ok(if pos >= size { State::Map { i: i + 1, pos: 0 } } else { State::Map { i, pos } })
     }
 
@@ -374,7 +379,11 @@ impl Cleaner {
         let (buf, headers) = read_batches(storage, &out.seg.file, pos, size, want)?;
         let mut chunk = Chunk::default();
         let mut at = 0;
+        let mut work = 0;
         for h in &headers {
+            if work + chunk.bytes.len() as u64 >= want {
+                break; // the rest of the chunk is read again next step
+            }
             let batch = &buf[at..at + h.total_len()];
             at += h.total_len();
             // Base offsets are outside the CRC: a misread one must not be
@@ -383,7 +392,8 @@ impl Cleaner {
                 return Err(Abort::Log(RecordError::BadBaseOffset { found: h.base_offset, expected: out.expected }.into()));
             }
             out.expected = h.last_offset() + 1;
-            let verdict = decide(batch, h, &self.map, now, log.config().delete_retention_ms, &mut self.summary)?;
+            let (verdict, batch_work) = decide(batch, h, &self.map, now, log.config().delete_retention_ms, &mut self.summary)?;
+            work += batch_work;
             match verdict {
                 Verdict::Keep => {
                     flush_run(&mut out, &mut chunk);
@@ -410,13 +420,13 @@ impl Cleaner {
                 }
             }
         }
-        let pos = pos + buf.len() as u64;
+        let pos = pos + at as u64;
         let finished = pos >= size;
         if finished {
             flush_run(&mut out, &mut chunk);
         }
         append_output(storage, &mut out, &chunk, log.config().index_interval_bytes)?;
-        *spent += (buf.len() + chunk.bytes.len()) as u64;
+        *spent += work + chunk.bytes.len() as u64;
         if !finished {
             return Ok(State::Rewrite { i, pos, out: Some(out) });
         }
@@ -473,7 +483,7 @@ enum Verdict {
     Empty,
 }
 
-/// What stays of one batch.
+/// What stays of one batch, and the work it took (see [`cost`]).
 fn decide(
     batch: &[u8],
     h: &BatchHeader,
@@ -481,11 +491,12 @@ fn decide(
     now: Millis,
     delete_retention_ms: i64,
     summary: &mut CleanSummary,
-) -> Result<Verdict, LogError> {
+) -> Result<(Verdict, u64), LogError> {
     if h.record_count == 0 {
-        return Ok(Verdict::Empty);
+        return Ok((Verdict::Empty, batch.len() as u64));
     }
     let recs = BatchRecords::new(batch, h)?;
+    let work = cost(h, &recs);
     let mut kept: Vec<RawRecord<'_>> = Vec::with_capacity(h.record_count as usize);
     for r in recs.iter() {
         let r = r?;
@@ -495,11 +506,21 @@ fn decide(
     }
     let removed = h.record_count as usize - kept.len();
     summary.records_removed += removed as u64;
-    Ok(match kept.len() {
+    let verdict = match kept.len() {
         0 => Verdict::Empty,
         _ if removed == 0 => Verdict::Keep,
         _ => Verdict::Smaller(records::rebuild_batch(h, &kept)?),
-    })
+    };
+    Ok((verdict, work))
+}
+
+/// The work of handling one batch, counted against a step's budget: its
+/// stored bytes, plus its records' bytes when it was compressed (a small
+/// zstd batch can hide ten times its size in records to decode and
+/// compress again).
+fn cost(h: &BatchHeader, recs: &BatchRecords<'_>) -> u64 {
+    let stored = h.total_len() as u64;
+    if h.compression().is_ok_and(|c| c != records::Compression::None) { stored + recs.plain_len() as u64 } else { stored }
 }
 
 /// Whether one record survives compaction.

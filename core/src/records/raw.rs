@@ -69,6 +69,11 @@ impl<'a> BatchRecords<'a> {
         &self.header
     }
 
+    /// Bytes of the (decompressed) records section.
+    pub fn plain_len(&self) -> usize {
+        self.plain.len()
+    }
+
     /// Every record in order; the last item is an error if anything is
     /// malformed, including bytes left over after the last record.
     pub fn iter(&self) -> RawIter<'_> {
