@@ -29,8 +29,9 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
     let mut timers: BTreeSet<i64> = BTreeSet::new();
     let mut out = Vec::new();
-    // A first tick, so state restored on open (group members' sessions,
-    // offset retention) gets its timers without waiting for a request.
+    // A first tick lets the machine arm its periodic timers (retention
+    // checks) and gives state restored on open (group members' sessions,
+    // offset retention) its timers, before any request arrives.
     broker.step(clock.now(), Input::Tick, &mut out);
     if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
         sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
@@ -54,7 +55,13 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                     if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
                         sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
                     }
-                    continue;
+                    // A timer armed for "now" (the log cleaner has more
+                    // steps) is due again at once: take the commands already
+                    // queued first, so background work never starves them.
+                    match commands.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => continue,
+                    }
                 }
                 c = commands.recv() => c,
             },

@@ -46,6 +46,7 @@ impl ServeConfig {
 mod tests {
     use super::*;
     use millrace_core::broker::FlushPolicy;
+    use millrace_core::log::CleanupPolicy;
 
     #[test]
     fn toml_overrides_defaults_and_rejects_typos() {
@@ -66,5 +67,39 @@ mod tests {
         assert!(err.contains("num_partitionz"), "{err}");
         let every = ServeConfig::from_toml("[broker]\nflush = \"every-batch\"").unwrap();
         assert_eq!(every.broker.flush, FlushPolicy::EveryBatch);
+    }
+
+    #[test]
+    fn retention_and_cleaner_settings() {
+        let c = ServeConfig::from_toml(
+            r#"
+            [broker]
+            log_retention_check_interval_ms = 500
+            log_cleaner_step_bytes = 65536
+            log_cleaner = { max_keys = 1000 }
+            [broker.log]
+            cleanup_policy = "compact,delete"
+            retention_ms = 3600000
+            retention_bytes = 1073741824
+            delete_retention_ms = 0
+            min_cleanable_dirty_ratio = 0.1
+            "#,
+        )
+        .unwrap();
+        let b = &c.broker;
+        assert_eq!(b.log_retention_check_interval_ms, 500);
+        assert_eq!(b.log.cleanup_policy, CleanupPolicy::CompactDelete);
+        assert_eq!((b.log.retention_ms, b.log.retention_bytes, b.log.delete_retention_ms), (3_600_000, 1 << 30, 0));
+        assert_eq!(b.log.min_cleanable_dirty_ratio.get(), 0.1);
+        assert_eq!(b.log.segment_ms, 7 * 24 * 3600 * 1000, "unset keys keep Kafka's defaults");
+        assert_eq!((b.log_cleaner.max_keys, b.log_cleaner.max_map_bytes), (1000, 128 << 20));
+        for bad in [
+            "[broker.log]\ncleanup_policy = \"compacted\"",
+            "[broker.log]\nmin_cleanable_dirty_ratio = 2.0",
+            "[broker.log]\nretention_hours = 1",
+            "[broker]\nlog_cleaner = { max_kees = 1 }",
+        ] {
+            assert!(ServeConfig::from_toml(bad).is_err(), "{bad}");
+        }
     }
 }

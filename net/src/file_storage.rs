@@ -189,6 +189,19 @@ impl Storage for FileStorage {
         }
         Ok(())
     }
+
+    fn replace_with_file(&mut self, file: &str, source: &str) -> StorageResult<()> {
+        // The content must be durable before the name points at it.
+        self.handle(source, false)?.file.sync_data().map_err(|e| err(source, "fsync", e))?;
+        self.files.remove(source);
+        self.files.remove(file);
+        let path = self.path(file);
+        fs::rename(self.path(source), &path).map_err(|e| err(file, "rename", e))?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +222,13 @@ mod tests {
         s.replace("meta/x", b"1").unwrap();
         s.replace("meta/x", b"2").unwrap();
         assert_eq!(s.read_all("meta/x").unwrap().unwrap(), b"2");
+        // Replacing with another file's content: a rename, old handles dropped.
+        s.append("meta/x.side", b"three").unwrap();
+        assert_eq!(s.read_all("meta/x").unwrap().unwrap(), b"2");
+        s.replace_with_file("meta/x", "meta/x.side").unwrap();
+        assert_eq!(s.read_all("meta/x").unwrap().unwrap(), b"three");
+        assert_eq!(s.len("meta/x").unwrap(), 5);
+        assert!(s.read_all("meta/x.side").unwrap().is_none());
         assert_eq!(s.list("").unwrap(), vec!["meta/x".to_string(), "t-0/a.log".to_string()]);
         assert!(matches!(s.read("missing", 0, 1), Err(StorageError::NotFound { .. })));
         // A fresh handle sees what the first one wrote.

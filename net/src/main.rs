@@ -109,6 +109,18 @@ enum TopicCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change a topic's configs (unspecified ones stay as they are).
+    Alter {
+        name: String,
+        /// Config to set, as key=value (repeatable), e.g. retention.ms=3600000.
+        #[arg(long = "config", short = 'c')]
+        configs: Vec<String>,
+        /// Config to return to its default (repeatable).
+        #[arg(long = "delete-config")]
+        delete: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Delete a topic and its data.
     Delete {
         name: String,
@@ -232,17 +244,21 @@ async fn shutdown_signal() {
 async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
         TopicCommand::Create { name, partitions, configs, conn } => {
-            let pairs = configs
-                .iter()
-                .map(|c| {
-                    c.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .with_context(|| format!("config {c:?} is not key=value"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let pairs = config_pairs(&configs)?;
             let mut client = Client::connect(&conn.bootstrap).await?;
             client.create_topic(&name, partitions, &pairs).await?;
             println!("created topic {name}");
+        }
+        TopicCommand::Alter { name, configs, delete, conn } => {
+            if configs.is_empty() && delete.is_empty() {
+                bail!("nothing to change: give --config key=value or --delete-config key");
+            }
+            let mut changes: Vec<(String, Option<String>)> =
+                config_pairs(&configs)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            changes.extend(delete.into_iter().map(|k| (k, None)));
+            let mut client = Client::connect(&conn.bootstrap).await?;
+            client.alter_topic_configs(&name, &changes).await?;
+            println!("altered topic {name}");
         }
         TopicCommand::List { conn } => {
             let mut client = Client::connect(&conn.bootstrap).await?;
@@ -272,6 +288,16 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `key=value` arguments as pairs.
+fn config_pairs(configs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    configs
+        .iter()
+        .map(|c| {
+            c.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("config {c:?} is not key=value"))
+        })
+        .collect()
 }
 
 async fn produce(args: ProduceArgs) -> anyhow::Result<()> {

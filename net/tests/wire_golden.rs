@@ -173,6 +173,20 @@ fn sample(key: ApiKey) -> Response {
         ApiKey::DeleteGroups => Response::Group(GroupResponse::DeleteGroups(DeleteGroupsResponse {
             results: vec![("g".into(), ErrorCode::NonEmptyGroup)],
         })),
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            let r = AlterConfigsResponse {
+                results: vec![
+                    AlterConfigsResult { resource_type: RESOURCE_TOPIC, resource_name: "events".into(), error: ErrorCode::None, error_message: None },
+                    AlterConfigsResult {
+                        resource_type: RESOURCE_TOPIC,
+                        resource_name: "gone".into(),
+                        error: ErrorCode::UnknownTopicOrPartition,
+                        error_message: Some("unknown topic gone".into()),
+                    },
+                ],
+            };
+            if key == ApiKey::AlterConfigs { Response::AlterConfigs(r) } else { Response::IncrementalAlterConfigs(r) }
+        }
         other => panic!("no sample for {other:?}"),
     }
 }
@@ -225,6 +239,8 @@ fn golden_responses() {
         (ApiKey::DescribeGroups, [0, 5]),
         (ApiKey::DeleteGroups, [0, 2]),
         (ApiKey::OffsetForLeaderEpoch, [2, 4]),
+        (ApiKey::AlterConfigs, [0, 2]),
+        (ApiKey::IncrementalAlterConfigs, [0, 1]),
     ] {
         for v in versions {
             let bytes = response::encode(&meta(key, v), sample(key)).unwrap();
@@ -260,6 +276,68 @@ fn requests_decode_into_broker_requests() {
                 assert!(expects_reply);
                 assert_eq!(p.acks, -1);
                 assert_eq!(p.topics, vec![("events".to_string(), vec![(2, Some(Bytes::from_static(b"batch")))])]);
+            }
+            other => panic!("v{v}: {other:?}"),
+        }
+    }
+}
+
+/// AlterConfigs and IncrementalAlterConfigs requests as clients encode
+/// them decode into the broker's request: operations, values, validate_only.
+#[test]
+fn alter_configs_requests_decode() {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::{AlterConfigsRequest as KAlter, IncrementalAlterConfigsRequest as KIncr, RequestHeader};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    fn frame<R: Encodable>(key: ApiKey, v: i16, req: &R) -> bytes::Bytes {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(v)
+            .with_correlation_id(9)
+            .encode(&mut buf, key.request_header_version(v))
+            .unwrap();
+        req.encode(&mut buf, v).unwrap();
+        buf.freeze()
+    }
+    let s = |x: &str| StrBytes::from_string(x.to_string());
+    for v in 0..=1 {
+        use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let req = KIncr::default().with_validate_only(true).with_resources(vec![AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s("events"))
+            .with_configs(vec![
+                AlterableConfig::default().with_name(s("retention.ms")).with_config_operation(0).with_value(Some(s("1000"))),
+                AlterableConfig::default().with_name(s("segment.ms")).with_config_operation(1).with_value(None),
+                AlterableConfig::default().with_name(s("cleanup.policy")).with_config_operation(9).with_value(Some(s("x"))),
+            ])]);
+        match kafka::decode(frame(ApiKey::IncrementalAlterConfigs, v, &req)).unwrap() {
+            Decoded::Broker { request: Request::IncrementalAlterConfigs(r), .. } => {
+                assert!(r.validate_only);
+                assert_eq!(r.resources[0].resource_name, "events");
+                assert_eq!(
+                    r.resources[0].configs,
+                    vec![
+                        ("retention.ms".into(), Some(AlterOp::Set), Some("1000".into())),
+                        ("segment.ms".into(), Some(AlterOp::Delete), None),
+                        ("cleanup.policy".into(), None, Some("x".into())),
+                    ]
+                );
+            }
+            other => panic!("v{v}: {other:?}"),
+        }
+    }
+    for v in 0..=2 {
+        use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let req = KAlter::default().with_resources(vec![AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s("events"))
+            .with_configs(vec![AlterableConfig::default().with_name(s("retention.bytes")).with_value(Some(s("10")))])]);
+        match kafka::decode(frame(ApiKey::AlterConfigs, v, &req)).unwrap() {
+            Decoded::Broker { request: Request::AlterConfigs(r), .. } => {
+                assert!(!r.validate_only);
+                assert_eq!(r.resources[0].configs, vec![("retention.bytes".into(), Some(AlterOp::Set), Some("10".into()))]);
             }
             other => panic!("v{v}: {other:?}"),
         }

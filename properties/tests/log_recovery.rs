@@ -13,7 +13,7 @@ const DIR: &str = "t-0";
 /// each stored batch's bytes, in offset order.
 fn build_log(sizes: &[usize], segment_bytes: u64) -> (MemStorage, Vec<Vec<u8>>) {
     let mut storage = MemStorage::new();
-    let config = LogConfig { segment_bytes, index_interval_bytes: 256 };
+    let config = LogConfig { segment_bytes, index_interval_bytes: 256, ..LogConfig::default() };
     let (mut log, _) = PartitionLog::open(&mut storage, DIR, config, &mut |_| {}).unwrap();
     let mut stored = Vec::new();
     let mut n = 0u64;
@@ -124,7 +124,7 @@ proptest! {
         };
         let _ = file;
         let keep = first_bad.unwrap_or(stored.len());
-        let config = LogConfig { segment_bytes, index_interval_bytes: 256 };
+        let config = LogConfig { segment_bytes, index_interval_bytes: 256, ..LogConfig::default() };
         let (log, report) = PartitionLog::open(&mut storage, DIR, config.clone(), &mut |_| {}).unwrap();
         let got = read_back(&mut storage, &log);
         prop_assert_eq!(got.len(), keep, "recovery report: {:?}", report);
@@ -148,7 +148,7 @@ proptest! {
         pick in any::<prop::sample::Index>(),
     ) {
         let (mut storage, _) = build_log(&sizes, 700);
-        let (log, _) = PartitionLog::open(&mut storage, DIR, LogConfig { segment_bytes: 700, index_interval_bytes: 256 }, &mut |_| {}).unwrap();
+        let (log, _) = PartitionLog::open(&mut storage, DIR, LogConfig { segment_bytes: 700, index_interval_bytes: 256, ..LogConfig::default() }, &mut |_| {}).unwrap();
         let total: usize = sizes.iter().sum();
         let offset = pick.index(total) as i64;
         let bytes = log.read(&mut storage, offset, max_bytes).unwrap();

@@ -231,6 +231,16 @@ impl Storage for SimDisk {
         s.files.insert(file.to_string(), SimFile { data: data.to_vec(), synced_len: data.len(), durable: true });
         Ok(())
     }
+
+    /// A rename, as the file storage does it: the source is synced first
+    /// (which can fail), then its name moves over the target durably.
+    fn replace_with_file(&mut self, file: &str, source: &str) -> StorageResult<()> {
+        self.sync(source)?;
+        let mut s = self.state();
+        let f = s.files.remove(source).ok_or_else(|| not_found(source))?;
+        s.files.insert(file.to_string(), f);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

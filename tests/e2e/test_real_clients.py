@@ -8,6 +8,7 @@ Run from the repository root:  python3 -m pytest -q tests/e2e
 The binary defaults to target/release/millrace; override with MILLRACE_BIN.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -69,7 +70,8 @@ class Broker:
     """One `millrace serve` process; can be SIGKILLed and restarted on the
     same port and data directory."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra_args=()):
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.data_dir = os.path.join(workdir, "data")
@@ -87,7 +89,7 @@ class Broker:
         logf = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [MILLRACE_BIN, "serve", "--listen", self.addr, "--data-dir", self.data_dir],
+                [MILLRACE_BIN, "serve", "--listen", self.addr, "--data-dir", self.data_dir, *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                 env={**os.environ, "MILLRACE_LOG": os.environ.get("MILLRACE_LOG", "info")},
             )
@@ -137,10 +139,18 @@ class Broker:
         assert self.proc.poll() is None, f"server died (exit {self.proc.returncode})\n{self.tail()}"
 
 
-@pytest.fixture
-def broker():
+@contextlib.contextmanager
+def running_broker(config_toml=None):
+    """A started server in a fresh directory, optionally with a TOML config
+    file; stopped and removed afterwards."""
     workdir = tempfile.mkdtemp(prefix="millrace-e2e-")
-    b = Broker(workdir)
+    extra_args = []
+    if config_toml is not None:
+        path = os.path.join(workdir, "millrace.toml")
+        with open(path, "w") as f:
+            f.write(config_toml)
+        extra_args = ["--config", path]
+    b = Broker(workdir, extra_args)
     try:
         b.start()
         log(f"server up on {b.addr}, data dir {b.data_dir}")
@@ -151,6 +161,12 @@ def broker():
             log(f"server exited with {rc} on SIGTERM")
             print(b.tail(), file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def broker():
+    with running_broker() as b:
+        yield b
 
 
 def server_log_on_failure(test):

@@ -199,6 +199,14 @@ impl<S: Storage> Broker<S> {
             ("message.max.bytes", c.message_max_bytes.to_string()),
             ("log.segment.bytes", c.log.segment_bytes.to_string()),
             ("log.index.interval.bytes", c.log.index_interval_bytes.to_string()),
+            ("log.roll.ms", c.log.segment_ms.to_string()),
+            ("log.cleanup.policy", c.log.cleanup_policy.name().to_string()),
+            ("log.retention.ms", c.log.retention_ms.to_string()),
+            ("log.retention.bytes", c.log.retention_bytes.to_string()),
+            ("log.retention.check.interval.ms", c.log_retention_check_interval_ms.to_string()),
+            ("log.cleaner.delete.retention.ms", c.log.delete_retention_ms.to_string()),
+            ("log.cleaner.min.compaction.lag.ms", c.log.min_compaction_lag_ms.to_string()),
+            ("log.cleaner.min.cleanable.ratio", c.log.min_cleanable_dirty_ratio.get().to_string()),
             ("millrace.flush.policy", flush),
         ]
         .into_iter()

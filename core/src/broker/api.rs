@@ -28,6 +28,8 @@ pub enum Request {
     OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
     /// The consumer-group APIs, served by the group coordinator.
     Group(crate::group::GroupRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(AlterConfigsRequest),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +45,8 @@ pub enum Response {
     FindCoordinator(FindCoordinatorResponse),
     OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
     Group(crate::group::GroupResponse),
+    AlterConfigs(AlterConfigsResponse),
+    IncrementalAlterConfigs(AlterConfigsResponse),
 }
 
 // ---- Metadata ----
@@ -276,6 +280,63 @@ pub struct DescribeConfigsResult {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeConfigsResponse {
     pub results: Vec<DescribeConfigsResult>,
+}
+
+// ---- AlterConfigs / IncrementalAlterConfigs ----
+
+/// IncrementalAlterConfigs' operations (AlterConfigs sets every entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlterOp {
+    Set,
+    /// Back to the default.
+    Delete,
+    /// Add to a list-valued config (`cleanup.policy`).
+    Append,
+    /// Remove from a list-valued config.
+    Subtract,
+}
+
+impl AlterOp {
+    /// Kafka's wire value.
+    pub fn from_code(code: i8) -> Option<Self> {
+        Some(match code {
+            0 => Self::Set,
+            1 => Self::Delete,
+            2 => Self::Append,
+            3 => Self::Subtract,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterConfigsResource {
+    pub resource_type: i8,
+    pub resource_name: String,
+    /// (name, operation or `None` for an unknown one, value).
+    pub configs: Vec<(String, Option<AlterOp>, Option<String>)>,
+}
+
+/// Both APIs: AlterConfigs replaces a resource's whole set of overrides
+/// with the entries given (all `Set`); IncrementalAlterConfigs applies each
+/// operation to the current set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterConfigsRequest {
+    pub resources: Vec<AlterConfigsResource>,
+    pub validate_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterConfigsResult {
+    pub resource_type: i8,
+    pub resource_name: String,
+    pub error: ErrorCode,
+    pub error_message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlterConfigsResponse {
+    pub results: Vec<AlterConfigsResult>,
 }
 
 // ---- FindCoordinator ----

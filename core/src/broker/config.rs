@@ -57,6 +57,16 @@ pub struct BrokerConfig {
     pub max_partitions_per_topic: i32,
     /// The group coordinator's settings (`[broker.group]` in TOML).
     pub group: crate::group::GroupConfig,
+    /// Kafka's `log.retention.check.interval.ms`: how often retention runs
+    /// and compaction looks for dirty logs.
+    pub log_retention_check_interval_ms: i64,
+    /// Work per log-cleaner step: bytes read and written, plus the records
+    /// of compressed batches. One step runs per timer tick, between
+    /// requests, so this bounds the pause it causes (Kafka's
+    /// `log.cleaner.io.buffer.size` default, 512 KiB).
+    pub log_cleaner_step_bytes: u64,
+    /// Bounds of the cleaner's key map (Kafka's `log.cleaner.dedupe.buffer.size`).
+    pub log_cleaner: crate::log::CleanerLimits,
 }
 
 impl Default for BrokerConfig {
@@ -74,18 +84,63 @@ impl Default for BrokerConfig {
             validate_records: true,
             max_partitions_per_topic: 10_000,
             group: crate::group::GroupConfig::default(),
+            log_retention_check_interval_ms: 300_000,
+            log_cleaner_step_bytes: 512 << 10,
+            log_cleaner: crate::log::CleanerLimits::default(),
         }
     }
 }
 
-/// Topic-level overrides a user may set at creation. Only settings that take
-/// effect are accepted; anything else is rejected with INVALID_CONFIG.
-pub const TOPIC_CONFIG_KEYS: [&str; 2] = ["max.message.bytes", "segment.bytes"];
+/// Topic-level overrides a user may set at creation or alter later. Only
+/// settings that take effect are accepted; anything else is rejected with
+/// INVALID_CONFIG.
+pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
+    "cleanup.policy",
+    "delete.retention.ms",
+    "max.message.bytes",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+];
 
-/// Validated topic-level overrides.
+/// Validated topic-level overrides (stored as given, normalised).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicConfig {
     pub overrides: BTreeMap<String, String>,
+}
+
+/// Checks that `key` is a topic config Millrace applies.
+pub fn check_topic_config_key(key: &str) -> Result<(), String> {
+    if TOPIC_CONFIG_KEYS.contains(&key) {
+        return Ok(());
+    }
+    Err(format!("unknown or unsupported topic config {key}; supported: {}", TOPIC_CONFIG_KEYS.join(", ")))
+}
+
+/// Checks one topic config value; returns it normalised.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<String, String> {
+    check_topic_config_key(key)?;
+    let int_at_least = |min: i64| value.trim().parse::<i64>().ok().filter(|v| *v >= min).map(|v| v.to_string());
+    let (normal, rule) = match key {
+        "max.message.bytes" => (value.parse::<i32>().ok().filter(|v| *v > 0).map(|v| v.to_string()), "an integer > 0"),
+        "segment.bytes" => (value.parse::<u64>().ok().filter(|v| *v >= 14).map(|v| v.to_string()), "an integer >= 14"),
+        "cleanup.policy" => (
+            crate::log::CleanupPolicy::parse(value).map(|p| p.name().to_string()),
+            "delete, compact or \"compact,delete\"",
+        ),
+        "retention.ms" | "retention.bytes" => (int_at_least(-1), "an integer >= -1 (-1: no limit)"),
+        "delete.retention.ms" | "min.compaction.lag.ms" => (int_at_least(0), "an integer >= 0"),
+        "segment.ms" => (int_at_least(1), "an integer >= 1"),
+        "min.cleanable.dirty.ratio" => (
+            value.trim().parse::<f64>().ok().and_then(crate::log::Ratio::new).map(|r| r.get().to_string()),
+            "a number between 0 and 1",
+        ),
+        _ => (Some(value.to_string()), ""),
+    };
+    normal.ok_or_else(|| format!("invalid value {value:?} for config {key}: must be {rule}"))
 }
 
 impl TopicConfig {
@@ -95,21 +150,7 @@ impl TopicConfig {
             let Some(value) = value else {
                 return Err(format!("config {key} has no value"));
             };
-            if !TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown or unsupported topic config {key}; supported: {}",
-                    TOPIC_CONFIG_KEYS.join(", ")
-                ));
-            }
-            let ok = match key.as_str() {
-                "max.message.bytes" => value.parse::<i32>().is_ok_and(|v| v > 0),
-                "segment.bytes" => value.parse::<u64>().is_ok_and(|v| v >= 14),
-                _ => true,
-            };
-            if !ok {
-                return Err(format!("invalid value {value:?} for config {key}"));
-            }
-            overrides.insert(key.clone(), value.clone());
+            overrides.insert(key.clone(), validate_topic_config(key, value)?);
         }
         Ok(Self { overrides })
     }
@@ -118,10 +159,30 @@ impl TopicConfig {
         self.overrides.get("max.message.bytes").and_then(|v| v.parse().ok()).unwrap_or(broker.message_max_bytes)
     }
 
+    /// The broker's log defaults with this topic's overrides applied.
     pub fn log_config(&self, broker: &BrokerConfig) -> crate::log::LogConfig {
         let mut log = broker.log.clone();
-        if let Some(v) = self.overrides.get("segment.bytes").and_then(|v| v.parse().ok()) {
+        let get = |k: &str| self.overrides.get(k);
+        let int = |k: &str| get(k).and_then(|v| v.parse::<i64>().ok());
+        if let Some(v) = get("segment.bytes").and_then(|v| v.parse().ok()) {
             log.segment_bytes = v;
+        }
+        if let Some(v) = get("cleanup.policy").and_then(|v| crate::log::CleanupPolicy::parse(v)) {
+            log.cleanup_policy = v;
+        }
+        if let Some(v) = get("min.cleanable.dirty.ratio").and_then(|v| v.parse().ok()).and_then(crate::log::Ratio::new) {
+            log.min_cleanable_dirty_ratio = v;
+        }
+        for (key, field) in [
+            ("retention.ms", &mut log.retention_ms),
+            ("retention.bytes", &mut log.retention_bytes),
+            ("delete.retention.ms", &mut log.delete_retention_ms),
+            ("min.compaction.lag.ms", &mut log.min_compaction_lag_ms),
+            ("segment.ms", &mut log.segment_ms),
+        ] {
+            if let Some(v) = int(key) {
+                *field = v;
+            }
         }
         log
     }
@@ -130,8 +191,15 @@ impl TopicConfig {
     pub fn effective(&self, broker: &BrokerConfig) -> Vec<(String, String, bool)> {
         let log = self.log_config(broker);
         [
+            ("cleanup.policy", log.cleanup_policy.name().to_string()),
+            ("delete.retention.ms", log.delete_retention_ms.to_string()),
             ("max.message.bytes", self.max_message_bytes(broker).to_string()),
+            ("min.cleanable.dirty.ratio", log.min_cleanable_dirty_ratio.get().to_string()),
+            ("min.compaction.lag.ms", log.min_compaction_lag_ms.to_string()),
+            ("retention.bytes", log.retention_bytes.to_string()),
+            ("retention.ms", log.retention_ms.to_string()),
             ("segment.bytes", log.segment_bytes.to_string()),
+            ("segment.ms", log.segment_ms.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v, !self.overrides.contains_key(k)))

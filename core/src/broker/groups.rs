@@ -111,6 +111,16 @@ pub(super) fn offsets_topic() -> NewTopic {
         num_partitions: 1,
         replication_factor: -1,
         has_assignments: false,
-        configs: Vec::new(),
+        configs: vec![("cleanup.policy".to_string(), Some("compact".to_string()))],
     }
+}
+
+/// Makes an offsets topic created before it was compacted (or altered by
+/// hand) compacted again; true if `meta` changed and must be saved.
+pub(super) fn upgrade_offsets_topic(meta: &mut super::topic::TopicMeta) -> bool {
+    if !is_internal_topic(&meta.name) || meta.config.overrides.get("cleanup.policy").is_some_and(|p| p == "compact") {
+        return false;
+    }
+    meta.config.overrides.insert("cleanup.policy".to_string(), "compact".to_string());
+    true
 }

@@ -8,8 +8,10 @@
 pub mod api;
 pub mod config;
 mod admin;
+mod alter_configs;
 mod fetch;
 pub mod groups;
+mod housekeeping;
 mod metadata;
 mod offsets;
 mod produce;
@@ -21,6 +23,7 @@ use std::collections::BTreeMap;
 
 pub use api::*;
 pub use config::{BrokerConfig, FlushPolicy, TopicConfig};
+pub use housekeeping::HousekeepingStats;
 use fetch::ParkedFetch;
 use producer_ids::ProducerIdAllocator;
 use topic::{Partition, Topic, TopicMeta};
@@ -88,6 +91,8 @@ pub struct Broker<S: Storage> {
     coordinator: GroupCoordinator,
     /// Coordinator appends waiting for the next sync.
     group_writes: Vec<WriteId>,
+    /// Retention and the log cleaner (see housekeeping.rs).
+    housekeeping: housekeeping::Housekeeping,
 }
 
 impl<S: Storage> Broker<S> {
@@ -99,8 +104,11 @@ impl<S: Storage> Broker<S> {
         let mut max_producer_id = -1i64;
         for file in storage.list("topics/")? {
             let Some(bytes) = crate::storage::read_checked(&mut storage, &file)? else { continue };
-            let meta: TopicMeta = serde_json::from_slice(&bytes)
+            let mut meta: TopicMeta = serde_json::from_slice(&bytes)
                 .map_err(|e| OpenError::DamagedMetadata { file: file.clone(), reason: e.to_string() })?;
+            if groups::upgrade_offsets_topic(&mut meta) {
+                meta.save(&mut storage)?;
+            }
             let mut partitions = Vec::new();
             for p in 0..meta.partitions {
                 let dir = topic::partition_dir(&meta.name, p);
@@ -142,6 +150,7 @@ impl<S: Storage> Broker<S> {
             // Its own stream of random choices (member ids), from the same seed.
             coordinator: GroupCoordinator::new(group_config, seed ^ 0x6772_6f75_7073),
             group_writes: Vec::new(),
+            housekeeping: Default::default(),
         };
         report.group_records_skipped = broker.replay_groups()?;
         report.groups = broker.coordinator.groups().count();
@@ -194,6 +203,7 @@ impl<S: Storage> Broker<S> {
                     self.next_flush_at = None;
                     self.sync_all(now, out);
                 }
+                self.housekeeping_tick(now, out);
             }
             Input::Sync => {
                 self.sync_requested = false;
@@ -203,6 +213,9 @@ impl<S: Storage> Broker<S> {
                 self.parked.retain(|id, _| id.conn != conn);
                 self.pending_acks.retain(|(id, _)| id.conn != conn);
             }
+        }
+        if self.failed.is_none() {
+            self.arm_housekeeping(now, out);
         }
     }
 
@@ -228,6 +241,8 @@ impl<S: Storage> Broker<S> {
                 self.group_request(now, id, r, out);
                 return;
             }
+            Request::AlterConfigs(r) => Response::AlterConfigs(self.alter_configs(r, false)),
+            Request::IncrementalAlterConfigs(r) => Response::IncrementalAlterConfigs(self.alter_configs(r, true)),
         };
         out.push(Effect::Reply { id, response });
     }

@@ -155,8 +155,17 @@ impl<S: Storage> Broker<S> {
         if h.record_count == 0 {
             return Appended::error(ErrorCode::InvalidRecord, "empty record batch");
         }
-        if validate_records && let Err(e) = records::check_records(data, &h) {
-            return Appended::error(record_error_code(&e), e.to_string());
+        // Only compaction may leave offsets without records.
+        if !h.is_dense() {
+            let message = format!("record count {} does not match lastOffsetDelta {}", h.record_count, h.last_offset_delta);
+            return Appended::error(ErrorCode::InvalidRecord, message);
+        }
+        // A compacted topic keeps records by key: one without cannot be stored.
+        let compacted = p.log.config().cleanup_policy.compacts();
+        if (validate_records || compacted)
+            && let Err(e) = records::check_records_keyed(data, &h, compacted)
+        {
+            return Appended::error(record_error_code(&e), format!("{topic}-{partition}: {e}"));
         }
         match p.producers.check(&h) {
             SequenceCheck::Reject(code) => {

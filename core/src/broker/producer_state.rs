@@ -105,6 +105,16 @@ impl ProducerStates {
         }
     }
 
+    /// Whether `h` is one of the batches remembered for its producer. The
+    /// log cleaner keeps such a batch's identity even when it removes all
+    /// its records, so a restart rebuilds the same state from the log.
+    pub fn remembers(&self, h: &BatchHeader) -> bool {
+        h.has_producer_id()
+            && self.producers.get(&h.producer_id).is_some_and(|e| {
+                e.epoch == h.producer_epoch && e.batches.iter().any(|b| b.base_offset == h.base_offset)
+            })
+    }
+
     pub fn len(&self) -> usize {
         self.producers.len()
     }

@@ -9,10 +9,15 @@
 use std::collections::BTreeMap;
 
 use super::reader::ChunkReader;
+use super::retention::{CleanupPolicy, Ratio};
 use super::segment::{Segment, parse_segment_file};
 use crate::records::{self, BatchHeader, HEADER_LEN, RecordError};
 use crate::storage::{Storage, StorageError};
 
+/// A log's settings. As broker defaults they sit under `[broker.log]` in
+/// the server's TOML file, named like Kafka's `log.*` settings; a topic's
+/// overrides replace them per topic (see the book's "Retention and
+/// compaction" chapter for the table).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -20,12 +25,44 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Add a sparse index entry after this many bytes of batches.
     pub index_interval_bytes: u64,
+    /// Kafka's `segment.ms` (`log.roll.ms`): roll the active segment once
+    /// its first batch is this old, so retention and compaction can reach
+    /// its records on a quiet topic.
+    pub segment_ms: i64,
+    /// Kafka's `cleanup.policy`: delete old segments, compact by key, or both.
+    pub cleanup_policy: CleanupPolicy,
+    /// Kafka's `retention.ms`: delete a segment once its newest record is
+    /// older than this; -1 keeps segments forever.
+    pub retention_ms: i64,
+    /// Kafka's `retention.bytes`: delete the oldest segments while the log
+    /// is larger than this; -1 means no limit.
+    pub retention_bytes: i64,
+    /// Kafka's `delete.retention.ms`: how long compaction keeps a tombstone
+    /// (a record with a null value), so consumers see the deletion.
+    pub delete_retention_ms: i64,
+    /// Kafka's `min.compaction.lag.ms`: segments with records younger than
+    /// this are not compacted yet.
+    pub min_compaction_lag_ms: i64,
+    /// Kafka's `min.cleanable.dirty.ratio`: compact once this share of the
+    /// closed segments was written since the last compaction.
+    pub min_cleanable_dirty_ratio: Ratio,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        // Kafka's defaults: log.segment.bytes and log.index.interval.bytes.
-        Self { segment_bytes: 1 << 30, index_interval_bytes: 4096 }
+        // Kafka's defaults.
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        Self {
+            segment_bytes: 1 << 30,
+            index_interval_bytes: 4096,
+            segment_ms: 7 * DAY_MS,
+            cleanup_policy: CleanupPolicy::Delete,
+            retention_ms: 7 * DAY_MS,
+            retention_bytes: -1,
+            delete_retention_ms: DAY_MS,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio: Ratio::HALF,
+        }
     }
 }
 
@@ -47,18 +84,23 @@ pub struct Recovery {
     /// Bytes cut from the end (torn or corrupt data and everything after it).
     pub truncated_bytes: u64,
     pub removed_segments: usize,
+    /// Half-written compaction outputs (`*.cleaned`) left by a crash and
+    /// removed; the segments they were meant to replace are intact.
+    pub removed_side_files: usize,
     /// Why the log was cut, if it was.
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct PartitionLog {
-    dir: String,
-    config: LogConfig,
-    segments: BTreeMap<i64, Segment>,
-    log_start_offset: i64,
+    pub(super) dir: String,
+    pub(super) config: LogConfig,
+    pub(super) segments: BTreeMap<i64, Segment>,
+    /// The base offset of the first segment: recovery derives it from the
+    /// first segment file, so retention moves it by deleting files.
+    pub(super) log_start_offset: i64,
     /// Segments written since their last sync, by base offset.
-    unsynced: BTreeMap<i64, ()>,
+    pub(super) unsynced: BTreeMap<i64, ()>,
 }
 
 impl PartitionLog {
@@ -71,11 +113,16 @@ impl PartitionLog {
         config: LogConfig,
         on_batch: &mut dyn FnMut(&BatchHeader),
     ) -> Result<(Self, Recovery), StorageError> {
-        let mut files: Vec<(i64, String)> = storage
-            .list(&format!("{dir}/"))?
-            .into_iter()
-            .filter_map(|f| parse_segment_file(&f).map(|base| (base, f)))
-            .collect();
+        let listed = storage.list(&format!("{dir}/"))?;
+        let mut report = Recovery::default();
+        // A crash during compaction leaves its output half-written; the
+        // segment it was to replace is still whole (the swap is atomic).
+        for side in listed.iter().filter(|f| super::cleaner::is_side_file(f)) {
+            storage.remove(side)?;
+            report.removed_side_files += 1;
+        }
+        let mut files: Vec<(i64, String)> =
+            listed.into_iter().filter_map(|f| parse_segment_file(&f).map(|base| (base, f))).collect();
         files.sort();
         let mut log = Self {
             dir: dir.to_string(),
@@ -84,7 +131,6 @@ impl PartitionLog {
             log_start_offset: files.first().map_or(0, |(base, _)| *base),
             unsynced: BTreeMap::new(),
         };
-        let mut report = Recovery::default();
         let mut expected = log.log_start_offset;
         let mut cut = false;
         for (base, file) in files {
@@ -127,6 +173,26 @@ impl PartitionLog {
 
     pub fn dir(&self) -> &str {
         &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// New settings (a topic's config was altered); they apply from the
+    /// next append, retention check or compaction.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    /// The segment starting at `base`, if there is one.
+    pub fn segment(&self, base: i64) -> Option<&Segment> {
+        self.segments.get(&base)
+    }
+
+    /// The segment appends go to (the last one).
+    pub fn active_segment(&self) -> Option<&Segment> {
+        self.segments.values().next_back()
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -174,7 +240,7 @@ impl PartitionLog {
 
     /// Starts a new active segment at `base`, syncing the old one first so
     /// only the active segment can ever hold unsynced bytes.
-    fn roll<S: Storage + ?Sized>(&mut self, storage: &mut S, base: i64) -> Result<(), LogError> {
+    pub(super) fn roll<S: Storage + ?Sized>(&mut self, storage: &mut S, base: i64) -> Result<(), LogError> {
         self.sync(storage)?;
         let seg = Segment::new(&self.dir, base);
         storage.append(&seg.file, &[])?;
@@ -251,19 +317,28 @@ impl PartitionLog {
             expected_base = h.last_offset() + 1;
             pos += h.total_len() as u64;
         };
-        // Take whole batches while they fit in `max_bytes`.
+        // Take whole batches while they fit in `max_bytes`, going on into
+        // the next segments once this one is used up: compaction can leave
+        // segments that hold little but empty batches, and a response
+        // without a single record makes librdkafka take the batch for one
+        // too large for its buffer (it doubles the buffer, then errors).
         let begin = pos;
-        let mut end_pos = pos + first.total_len() as u64;
-        while end_pos < seg.size {
-            let Some(bytes) = reader.bytes_at(end_pos, HEADER_LEN)? else { break };
-            let next = end_pos + BatchHeader::parse(bytes)?.total_len() as u64;
-            if next - begin > max_bytes as u64 {
+        let first_end = pos + first.total_len() as u64;
+        let mut end_pos = fit_batches(&mut reader, first_end, seg.size, max_bytes.saturating_sub(first.total_len()))?;
+        drop(reader);
+        let mut bytes = storage.read(&seg.file, begin, (end_pos - begin) as usize)?;
+        let mut last = seg;
+        while end_pos == last.size && bytes.len() < max_bytes {
+            let Some(next) = self.segments.get(&last.next_offset) else { break };
+            let mut reader = ChunkReader::new(&mut *storage, &next.file, next.size);
+            end_pos = fit_batches(&mut reader, 0, next.size, max_bytes - bytes.len())?;
+            drop(reader);
+            if end_pos == 0 {
                 break;
             }
-            end_pos = next;
+            bytes.extend_from_slice(&storage.read(&next.file, 0, end_pos as usize)?);
+            last = next;
         }
-        let len = (end_pos.min(seg.size) - begin) as usize;
-        let bytes = storage.read(&seg.file, begin, len)?;
         verify_read(&bytes, first.base_offset)?;
         Ok(bytes)
     }
@@ -333,18 +408,33 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Removes every file of this log.
+    /// Removes every file of this log, a compaction's side file included.
     pub fn delete<S: Storage + ?Sized>(self, storage: &mut S) -> Result<(), StorageError> {
-        for seg in self.segments.values() {
-            storage.remove(&seg.file)?;
+        for file in storage.list(&format!("{}/", self.dir))? {
+            storage.remove(&file)?;
         }
         Ok(())
     }
 }
 
+/// The end of the whole batches from `from` that fit in `budget` bytes
+/// (`from` itself if none does), within the first `limit` bytes.
+fn fit_batches<S: Storage + ?Sized>(reader: &mut ChunkReader<'_, S>, from: u64, limit: u64, budget: usize) -> Result<u64, LogError> {
+    let mut end = from;
+    while end < limit {
+        let Some(bytes) = reader.bytes_at(end, HEADER_LEN)? else { break };
+        let next = end + BatchHeader::parse(bytes)?.total_len() as u64;
+        if next - from > budget as u64 {
+            break;
+        }
+        end = next;
+    }
+    Ok(end)
+}
+
 /// Validates the batches of one segment file up to `file_len`, tracking each
 /// in `seg`. Returns why it stopped early, if it did.
-fn scan_segment<S: Storage + ?Sized>(
+pub(super) fn scan_segment<S: Storage + ?Sized>(
     storage: &mut S,
     seg: &mut Segment,
     file_len: u64,

@@ -12,8 +12,11 @@ pub struct Segment {
     pub size: u64,
     /// One past the last offset stored here (== base_offset when empty).
     pub next_offset: i64,
-    /// Largest batch max-timestamp seen, for lookups by time.
+    /// Largest batch max-timestamp seen, for lookups by time and retention.
     pub max_timestamp: i64,
+    /// The first batch's max-timestamp, -1 while empty: `segment.ms` rolls
+    /// count from it, as Kafka's do.
+    pub first_timestamp: i64,
     /// Sparse (first offset of a batch, file position) pairs, ascending.
     index: Vec<(i64, u64)>,
     bytes_since_index: u64,
@@ -27,6 +30,7 @@ impl Segment {
             size: 0,
             next_offset: base_offset,
             max_timestamp: -1,
+            first_timestamp: -1,
             index: Vec::new(),
             bytes_since_index: 0,
         }
@@ -35,6 +39,9 @@ impl Segment {
     /// Records a batch appended at `position`; indexes it every
     /// `index_interval` bytes (and always the first batch).
     pub fn track(&mut self, h: &BatchHeader, position: u64, index_interval: u64) {
+        if self.size == 0 {
+            self.first_timestamp = h.max_timestamp;
+        }
         if self.index.is_empty() || self.bytes_since_index >= index_interval {
             self.index.push((h.base_offset, position));
             self.bytes_since_index = 0;

@@ -71,6 +71,12 @@ impl BatchHeader {
         self.attributes & 0x20 != 0
     }
 
+    /// Whether every offset of the batch holds a record, as producers send
+    /// them (compaction may leave gaps, or no records at all).
+    pub fn is_dense(&self) -> bool {
+        i64::from(self.record_count) == i64::from(self.last_offset_delta) + 1
+    }
+
     /// Whether the batch carries an idempotent producer's identity.
     pub fn has_producer_id(&self) -> bool {
         self.producer_id >= 0
@@ -133,9 +139,10 @@ pub fn validate_batch(bytes: &[u8]) -> Result<BatchHeader, RecordError> {
     if h.record_count < 0 || h.last_offset_delta < 0 {
         return Err(RecordError::BadRecordCount(h.record_count));
     }
-    // Kafka's producers always number records densely from delta 0, so the
-    // last delta is count - 1. An empty batch is only legal after compaction.
-    if h.record_count > 0 && h.last_offset_delta != h.record_count - 1 {
+    // Producers number records densely from delta 0 (the produce path
+    // checks `is_dense`); compaction may leave fewer records than offsets,
+    // down to none, but never more.
+    if i64::from(h.record_count) > i64::from(h.last_offset_delta) + 1 {
         return Err(RecordError::BadRecordCount(h.record_count));
     }
     Ok(h)

@@ -1,7 +1,8 @@
 //! Building v2 batches: what Millrace's own client and the tests produce.
 
+use super::raw::encode_batch;
 use super::record::encode_one;
-use super::{Compression, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2, Record};
+use super::{BatchHeader, Compression, MAGIC_V2, Record};
 
 /// Identity of an idempotent producer stamped on a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,25 +55,22 @@ impl BatchBuilder {
             encode_one(&mut plain, i as i32, r.timestamp - base_timestamp, r);
         }
         let body = self.compression.compress(&plain);
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&0i64.to_be_bytes());
-        let batch_length = (HEADER_LEN - LOG_OVERHEAD + body.len()) as i32;
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
-        out.push(MAGIC_V2 as u8);
-        out.extend_from_slice(&[0; 4]); // CRC, filled below
-        out.extend_from_slice(&self.compression.attribute_bits().to_be_bytes());
-        let last_delta = self.records.len().saturating_sub(1) as i32;
-        out.extend_from_slice(&last_delta.to_be_bytes());
-        out.extend_from_slice(&base_timestamp.to_be_bytes());
-        out.extend_from_slice(&max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.producer.base_sequence.to_be_bytes());
-        out.extend_from_slice(&(self.records.len() as i32).to_be_bytes());
-        out.extend_from_slice(&body);
-        let crc = crc32c::crc32c(&out[21..]);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
-        out
+        let count = self.records.len() as i32;
+        let header = BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            partition_leader_epoch: -1,
+            magic: MAGIC_V2,
+            crc: 0,
+            attributes: self.compression.attribute_bits(),
+            last_offset_delta: self.records.len().saturating_sub(1) as i32,
+            base_timestamp,
+            max_timestamp,
+            producer_id: self.producer.producer_id,
+            producer_epoch: self.producer.producer_epoch,
+            base_sequence: self.producer.base_sequence,
+            record_count: count,
+        };
+        encode_batch(&header, count, &body)
     }
 }

@@ -4,6 +4,7 @@
 mod batch;
 mod builder;
 mod compression;
+mod raw;
 mod record;
 pub mod varint;
 
@@ -13,7 +14,8 @@ pub use batch::{
 };
 pub use builder::{BatchBuilder, ProducerStamp};
 pub use compression::Compression;
-pub use record::{Header, Record, check_records, decode_records};
+pub use raw::{BatchRecords, RawIter, RawRecord, empty_batch, encode_batch, rebuild_batch};
+pub use record::{Header, Record, check_records, check_records_keyed, decode_records};
 
 /// Why bytes are not a valid record batch. Every decoder in this module
 /// returns one of these rather than panicking on hostile input.
@@ -43,4 +45,6 @@ pub enum RecordError {
     Decompression { codec: &'static str, reason: String },
     #[error("decompressed batch exceeds {limit} bytes")]
     DecompressedTooLarge { limit: usize },
+    #[error("record {index} has no key; a compacted topic keeps records by key")]
+    MissingKey { index: usize },
 }

@@ -1,7 +1,8 @@
 //! Individual records inside a v2 batch.
 
+use super::raw::{BatchRecords, RawRecord};
 use super::varint::{Cursor, put_nullable_bytes, put_varint, put_varlong};
-use super::{BatchHeader, HEADER_LEN, RecordError, validate_batch};
+use super::{BatchHeader, RecordError, validate_batch};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Header {
@@ -23,18 +24,15 @@ pub struct Record {
 pub const MAX_DECOMPRESSED_BATCH: usize = 256 * 1024 * 1024;
 
 /// Validates a whole batch and decodes its records, decompressing if needed.
+/// Accepts what compaction leaves: offset deltas with gaps, and empty
+/// batches.
 pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<Record>), RecordError> {
     let h = validate_batch(batch)?;
-    let body = &batch[HEADER_LEN..h.total_len()];
-    let plain = h.compression()?.decompress(body, MAX_DECOMPRESSED_BATCH)?;
-    let mut cur = Cursor::new(&plain);
+    let recs = BatchRecords::new(batch, &h)?;
     // Each record takes at least 7 bytes, so a huge count cannot allocate much.
-    let mut records = Vec::with_capacity((h.record_count as usize).min(plain.len() / 7 + 1));
-    for index in 0..h.record_count as usize {
-        records.push(decode_one(&mut cur, &h, index)?);
-    }
-    if cur.remaining() != 0 {
-        return Err(RecordError::BadRecord { index: records.len(), reason: "trailing bytes after the last record" });
+    let mut records = Vec::with_capacity((h.record_count as usize).min(batch.len() / 7 + 1));
+    for (index, raw) in recs.iter().enumerate() {
+        records.push(to_record(&raw?, &h, index)?);
     }
     Ok((h, records))
 }
@@ -42,88 +40,37 @@ pub fn decode_records(batch: &[u8]) -> Result<(BatchHeader, Vec<Record>), Record
 /// Checks every record of a validated batch without copying any of them:
 /// the produce path's deep validation (decompressing if needed).
 pub fn check_records(batch: &[u8], h: &BatchHeader) -> Result<(), RecordError> {
-    let body = &batch[HEADER_LEN..h.total_len()];
-    let compression = h.compression()?;
-    let plain;
-    let bytes = if compression == super::Compression::None {
-        body
-    } else {
-        plain = compression.decompress(body, MAX_DECOMPRESSED_BATCH)?;
-        &plain[..]
-    };
-    let mut cur = Cursor::new(bytes);
-    for index in 0..h.record_count as usize {
-        skip_one(&mut cur, index)?;
-    }
-    if cur.remaining() != 0 {
-        return Err(RecordError::BadRecord { index: h.record_count as usize, reason: "trailing bytes after the last record" });
+    check_records_keyed(batch, h, false)
+}
+
+/// [`check_records`], and with `require_keys` also that every record has a
+/// key (a compacted topic cannot place a record without one). Returns the
+/// index of the first record without a key as an error.
+pub fn check_records_keyed(batch: &[u8], h: &BatchHeader, require_keys: bool) -> Result<(), RecordError> {
+    let recs = BatchRecords::new(batch, h)?;
+    for (index, raw) in recs.iter().enumerate() {
+        let raw = raw?;
+        if require_keys && raw.key.is_none() {
+            return Err(RecordError::MissingKey { index });
+        }
     }
     Ok(())
 }
 
-fn skip_one(cur: &mut Cursor<'_>, index: usize) -> Result<(), RecordError> {
+fn to_record(raw: &RawRecord<'_>, h: &BatchHeader, index: usize) -> Result<Record, RecordError> {
     let bad = |reason| RecordError::BadRecord { index, reason };
-    let len = cur.varint()?;
-    if len < 0 {
-        return Err(bad("negative record length"));
-    }
-    let mut body = Cursor::new(cur.take(len as usize)?);
-    body.u8()?;
-    body.varlong()?;
-    if body.varint()? as i64 != index as i64 {
-        return Err(bad("offset delta out of sequence"));
-    }
-    body.nullable_bytes()?;
-    body.nullable_bytes()?;
-    let header_count = body.varint()?;
-    if header_count < 0 {
-        return Err(bad("negative header count"));
-    }
-    for _ in 0..header_count {
-        body.nullable_bytes()?.ok_or(bad("null header key"))?;
-        body.nullable_bytes()?;
-    }
-    if body.remaining() != 0 {
-        return Err(bad("record length does not match its fields"));
-    }
-    Ok(())
-}
-
-fn decode_one(cur: &mut Cursor<'_>, h: &BatchHeader, index: usize) -> Result<Record, RecordError> {
-    let bad = |reason| RecordError::BadRecord { index, reason };
-    let len = cur.varint()?;
-    if len < 0 {
-        return Err(bad("negative record length"));
-    }
-    let start = cur.position();
-    let mut body = Cursor::new(cur.take(len as usize)?);
-    let _attributes = body.u8()?;
-    let timestamp_delta = body.varlong()?;
-    let offset_delta = body.varint()?;
-    if offset_delta as i64 != index as i64 {
-        return Err(bad("offset delta out of sequence"));
-    }
-    let key = body.nullable_bytes()?.map(<[u8]>::to_vec);
-    let value = body.nullable_bytes()?.map(<[u8]>::to_vec);
-    let header_count = body.varint()?;
-    if header_count < 0 {
-        return Err(bad("negative header count"));
-    }
-    let mut headers = Vec::with_capacity((header_count as usize).min(body.remaining() / 2 + 1));
-    for _ in 0..header_count {
-        let key = body.nullable_bytes()?.ok_or(bad("null header key"))?.to_vec();
-        let value = body.nullable_bytes()?.map(<[u8]>::to_vec);
+    let mut cur = Cursor::new(raw.headers);
+    let mut headers = Vec::with_capacity((raw.header_count as usize).min(raw.headers.len() / 2 + 1));
+    for _ in 0..raw.header_count {
+        let key = cur.nullable_bytes()?.ok_or(bad("null header key"))?.to_vec();
+        let value = cur.nullable_bytes()?.map(<[u8]>::to_vec);
         headers.push(Header { key, value });
     }
-    if body.remaining() != 0 {
-        return Err(bad("record length does not match its fields"));
-    }
-    debug_assert_eq!(cur.position(), start + len as usize);
     Ok(Record {
-        offset: h.base_offset + offset_delta as i64,
-        timestamp: h.base_timestamp.wrapping_add(timestamp_delta),
-        key,
-        value,
+        offset: raw.offset(h),
+        timestamp: h.base_timestamp.wrapping_add(raw.timestamp_delta),
+        key: raw.key.map(<[u8]>::to_vec),
+        value: raw.value.map(<[u8]>::to_vec),
         headers,
     })
 }

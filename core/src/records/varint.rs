@@ -22,6 +22,11 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// The bytes read since position `start`.
+    pub fn since(&self, start: usize) -> &'a [u8] {
+        &self.bytes[start.min(self.pos)..self.pos]
+    }
+
     pub fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }

@@ -71,4 +71,10 @@ impl Storage for MemStorage {
         self.files.insert(file.to_string(), data.to_vec());
         Ok(())
     }
+
+    fn replace_with_file(&mut self, file: &str, source: &str) -> StorageResult<()> {
+        let data = self.files.remove(source).ok_or_else(|| StorageError::NotFound { file: source.to_string() })?;
+        self.files.insert(file.to_string(), data);
+        Ok(())
+    }
 }

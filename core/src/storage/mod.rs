@@ -57,6 +57,17 @@ pub trait Storage {
     /// crash a reader sees either the old content or the new one.
     fn replace(&mut self, file: &str, data: &[u8]) -> StorageResult<()>;
 
+    /// Replaces the whole content of `file` with that of `source`, which is
+    /// gone afterwards: atomically and durably, like [`Storage::replace`],
+    /// but without holding the content in memory where the storage can
+    /// rename (a compacted segment can be as large as a segment). `source`
+    /// need not be synced first.
+    fn replace_with_file(&mut self, file: &str, source: &str) -> StorageResult<()> {
+        let data = self.read_all(source)?.ok_or_else(|| StorageError::NotFound { file: source.to_string() })?;
+        self.replace(file, &data)?;
+        self.remove(source)
+    }
+
     /// Reads a whole small file, or `None` if it does not exist.
     fn read_all(&mut self, file: &str) -> StorageResult<Option<Vec<u8>>> {
         match self.len(file) {

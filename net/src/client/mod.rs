@@ -12,13 +12,14 @@ pub mod producer;
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use millrace_core::ErrorCode;
@@ -33,6 +34,7 @@ const CREATE_TOPICS_V: i16 = 7;
 const DELETE_TOPICS_V: i16 = 5;
 const INIT_PRODUCER_ID_V: i16 = 4;
 const DESCRIBE_CONFIGS_V: i16 = 4;
+const INCREMENTAL_ALTER_CONFIGS_V: i16 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -171,6 +173,31 @@ impl Client {
             }
         }
         Ok(out)
+    }
+
+    /// Changes a topic's configs with IncrementalAlterConfigs: each
+    /// `(key, Some(value))` is set, each `(key, None)` goes back to the default.
+    pub async fn alter_topic_configs(&mut self, name: &str, changes: &[(String, Option<String>)]) -> Result<(), ClientError> {
+        let configs = changes
+            .iter()
+            .map(|(k, v)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string(k.clone()))
+                    .with_config_operation(if v.is_some() { 0 } else { 1 })
+                    .with_value(v.clone().map(StrBytes::from_string))
+            })
+            .collect();
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(name.to_string()))
+            .with_configs(configs)]);
+        let resp = self.conn.call(&req, INCREMENTAL_ALTER_CONFIGS_V).await?;
+        for r in resp.responses {
+            if r.error_code != 0 {
+                return Err(ClientError::kafka(format!("altering {name}"), r.error_code, r.error_message.map(|m| m.to_string())));
+            }
+        }
+        Ok(())
     }
 
     /// A fresh idempotent producer identity: (producer id, epoch).

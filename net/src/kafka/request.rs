@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest,
-    InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+    AlterConfigsRequest, ApiKey, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, FetchRequest,
+    FindCoordinatorRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    ProduceRequest, RequestHeader,
 };
 use kafka_protocol::protocol::Decodable;
 use millrace_core::broker::{self as core, Request};
@@ -106,6 +106,12 @@ pub fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
             let client_id = header.client_id.as_deref().map(|s| s.to_string()).unwrap_or_default();
             Request::Group(super::group::decode(key, &mut frame, version, &client_id).map_err(malformed)?)
         }
+        ApiKey::AlterConfigs => {
+            Request::AlterConfigs(alter_configs(AlterConfigsRequest::decode(&mut frame, version).map_err(malformed)?))
+        }
+        ApiKey::IncrementalAlterConfigs => Request::IncrementalAlterConfigs(incremental_alter_configs(
+            IncrementalAlterConfigsRequest::decode(&mut frame, version).map_err(malformed)?,
+        )),
         _ => return Err(FrameError::UnsupportedVersion { key, version }),
     };
     Ok(Decoded::Broker { meta, request, expects_reply })
@@ -215,4 +221,35 @@ fn describe_configs(r: DescribeConfigsRequest) -> core::DescribeConfigsRequest {
             })
             .collect(),
     }
+}
+
+/// The two alter-configs requests carry the same resources in two
+/// generated types; `$entry` maps one config entry (`$c`) to the broker's
+/// `(name, operation, value)`, or `None` to leave it out.
+macro_rules! alter_configs_request {
+    ($r:expr, |$c:ident| $entry:expr) => {
+        core::AlterConfigsRequest {
+            validate_only: $r.validate_only,
+            resources: $r
+                .resources
+                .into_iter()
+                .map(|res| core::AlterConfigsResource {
+                    resource_type: res.resource_type,
+                    resource_name: res.resource_name.to_string(),
+                    configs: res.configs.into_iter().filter_map(|$c| $entry).collect(),
+                })
+                .collect(),
+        }
+    };
+}
+
+/// AlterConfigs sets every entry given (a null value counts as unset).
+fn alter_configs(r: AlterConfigsRequest) -> core::AlterConfigsRequest {
+    alter_configs_request!(r, |c| Some((c.name.to_string(), Some(core::AlterOp::Set), Some(c.value?.to_string()))))
+}
+
+fn incremental_alter_configs(r: IncrementalAlterConfigsRequest) -> core::AlterConfigsRequest {
+    alter_configs_request!(r, |c| {
+        Some((c.name.to_string(), core::AlterOp::from_code(c.config_operation), c.value.map(|v| v.to_string())))
+    })
 }

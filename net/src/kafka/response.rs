@@ -15,7 +15,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
+    AlterConfigsResponse, ApiKey, ApiVersionsResponse, IncrementalAlterConfigsResponse, BrokerId, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
     FetchResponse, FindCoordinatorResponse, InitProducerIdResponse, ListOffsetsResponse, MetadataResponse, ProduceResponse, ProducerId,
     ResponseHeader, TopicName,
 };
@@ -76,6 +76,8 @@ pub fn encode(meta: &RequestMeta, response: Response) -> anyhow::Result<Bytes> {
         Response::FindCoordinator(r) => frame(meta, hv, v, &find_coordinator(r, v)),
         Response::Group(r) => super::group::frame(meta, hv, r),
         Response::OffsetForLeaderEpoch(r) => frame(meta, hv, v, &offset_for_leader_epoch(r)),
+        Response::AlterConfigs(r) => frame(meta, hv, v, &alter_configs(r)),
+        Response::IncrementalAlterConfigs(r) => frame(meta, hv, v, &incremental_alter_configs(r)),
     }
 }
 
@@ -328,6 +330,38 @@ fn find_coordinator(r: core::FindCoordinatorResponse, v: i16) -> FindCoordinator
     resp
 }
 
+/// AlterConfigs and IncrementalAlterConfigs answer with the same fields,
+/// in two generated types.
+macro_rules! alter_configs_response {
+    ($name:ident, $response:ty, $entry:ty) => {
+        fn $name(r: core::AlterConfigsResponse) -> $response {
+            let responses = r
+                .results
+                .iter()
+                .map(|res| {
+                    <$entry>::default()
+                        .with_error_code(res.error.code())
+                        .with_error_message(res.error_message.as_deref().map(sb))
+                        .with_resource_type(res.resource_type)
+                        .with_resource_name(sb(&res.resource_name))
+                })
+                .collect();
+            <$response>::default().with_responses(responses)
+        }
+    };
+}
+
+alter_configs_response!(
+    alter_configs,
+    AlterConfigsResponse,
+    kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse
+);
+alter_configs_response!(
+    incremental_alter_configs,
+    IncrementalAlterConfigsResponse,
+    kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse
+);
+
 /// The API key a broker response belongs to (for sanity checks).
 pub fn api_key_of(response: &Response) -> ApiKey {
     match response {
@@ -355,5 +389,7 @@ pub fn api_key_of(response: &Response) -> ApiKey {
                 G::DeleteGroups(_) => ApiKey::DeleteGroups,
             }
         }
+        Response::AlterConfigs(_) => ApiKey::AlterConfigs,
+        Response::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
     }
 }

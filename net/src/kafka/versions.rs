@@ -8,15 +8,16 @@
 //! message formats it dropped.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::Message;
 
 /// (API, advertised min, advertised max, lowest version we decode).
-pub const SUPPORTED: [(ApiKey, i16, i16, i16); 20] = [
+pub const SUPPORTED: [(ApiKey, i16, i16, i16); 22] = [
     (ApiKey::Produce, 0, 11, ProduceRequest::VERSIONS.min),
     (ApiKey::Fetch, 4, 12, FetchRequest::VERSIONS.min),
     (ApiKey::ListOffsets, 1, 7, ListOffsetsRequest::VERSIONS.min),
@@ -40,6 +41,8 @@ pub const SUPPORTED: [(ApiKey, i16, i16, i16); 20] = [
     (ApiKey::DescribeGroups, 0, 5, DescribeGroupsRequest::VERSIONS.min),
     (ApiKey::DeleteGroups, 0, 2, DeleteGroupsRequest::VERSIONS.min),
     (ApiKey::OffsetForLeaderEpoch, 2, 4, OffsetForLeaderEpochRequest::VERSIONS.min),
+    (ApiKey::AlterConfigs, 0, 2, AlterConfigsRequest::VERSIONS.min),
+    (ApiKey::IncrementalAlterConfigs, 0, 1, IncrementalAlterConfigsRequest::VERSIONS.min),
 ];
 
 /// Whether Millrace can decode and answer `key` at `version`.
