@@ -27,7 +27,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 
 import pytest
 
@@ -701,6 +701,11 @@ def test_admin_list_describe_offsets_delete(broker):
         assert groups[simple].state == ConsumerGroupState.EMPTY and groups[simple].is_simple_consumer_group
         stable_only = listed_groups(adm, states={ConsumerGroupState.STABLE})
         assert group in stable_only and simple not in stable_only, sorted(stable_only)
+        # Every group here speaks the classic protocol (ListGroups v5 types).
+        from confluent_kafka import ConsumerGroupType
+        assert groups[group].type == ConsumerGroupType.CLASSIC, groups[group].type
+        assert group in listed_groups(adm, types={ConsumerGroupType.CLASSIC})
+        assert group not in listed_groups(adm, types={ConsumerGroupType.CONSUMER})
 
         desc = describe_group(adm, group)
         assert desc.state == ConsumerGroupState.STABLE and desc.partition_assignor == "range", desc
@@ -714,6 +719,15 @@ def test_admin_list_describe_offsets_delete(broker):
         assert group_offsets(adm, group) == {(topic, p): 25 for p in parts}
         assert group_offsets(adm, simple) == {(topic, 0): 5}
 
+        # Nor may an admin rewrite the offsets of a group with members.
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        res = adm.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 3)])], request_timeout=10)
+        refused = res[group].result(timeout=15).topic_partitions
+        assert [(tp.partition, tp.error and tp.error.code()) for tp in refused] == [(0, KafkaError.UNKNOWN_MEMBER_ID)], \
+            refused
+        assert group_offsets(adm, group) == {(topic, p): 25 for p in parts}
+
         # A group with members cannot be deleted.
         fut = adm.delete_consumer_groups([group], request_timeout=10)[group]
         with pytest.raises(KafkaException) as err:
@@ -725,8 +739,13 @@ def test_admin_list_describe_offsets_delete(broker):
             m.close()
         wait_for(lambda: describe_group(adm, group).state == ConsumerGroupState.EMPTY, 15, "the group to be empty",
                  poll=0.2)
-        # Offsets outlive the members.
+        # Offsets outlive the members, and an admin may rewrite them.
         assert group_offsets(adm, group) == {(topic, p): 25 for p in parts}
+        res = adm.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 3)])], request_timeout=10)
+        altered = res[group].result(timeout=15)
+        assert [(tp.partition, tp.offset, tp.error) for tp in altered.topic_partitions] == [(0, 3, None)]
+        assert group_offsets(adm, group) == {(topic, 0): 3, **{(topic, p): 25 for p in parts[1:]}}
 
         fs = adm.delete_consumer_groups([group, simple], request_timeout=10)
         for g, f in fs.items():
@@ -1056,11 +1075,11 @@ def test_active_group_survives_server_sigkill(broker):
             commit_sync(m)
         calls = [(len(m.assigned_calls), len(m.revoked_calls)) for m in members]
         member_ids = [m.c.memberid() for m in members]
+        since = {m.name: len(m.records) for m in members}
 
         broker.kill()
         broker.start()
         second = produce(broker.addr, topic, parts, 20, "l2")
-        since = {m.name: len(first) and sum(1 for r in m.records if r in first) for m in members}
         drive(members, lambda: sum(len(m.records) - since[m.name] for m in members) >= len(second), 30,
               "every record produced after the restart")
         assert_read_once(members, second, since=since)
@@ -1306,7 +1325,7 @@ def test_churn_reads_every_record_once(broker, strategy):
     what it read when it gives partitions up (on_revoke, also on close), so
     the next owner starts exactly there: every acknowledged record is read
     once, across a dozen generations."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
     topic = "churn-" + uuid.uuid4().hex[:8]
     group = "g-churn-" + uuid.uuid4().hex[:8]
@@ -1331,8 +1350,6 @@ def test_churn_reads_every_record_once(broker, strategy):
         m.c.subscribe([topic], on_assign=m._on_assign, on_revoke=on_revoke, on_lost=m._on_lost)
         all_members.append(m)
         return m
-
-    from confluent_kafka import KafkaError
 
     producer = BackgroundProducer(broker.addr, topic, parts)
     producer.start()
@@ -1426,3 +1443,114 @@ def test_restart_with_dead_member_resumes_at_commit(broker):
         assert_read_once([m], {r for r in expected if r[1] >= {0: 10, 1: 20}[r[0]]})
     finally:
         m.close()
+
+
+@server_log_on_failure
+def test_kafka_python_static_members_and_admin(broker):
+    """kafka-python static members (group_instance_id) and its admin client:
+    list, describe, offsets, removing members by instance id (LeaveGroup
+    v3+ batch, per-member errors), and deleting the group once empty."""
+    from kafka.admin import KafkaAdminClient, MemberToRemove
+    from kafka.errors import NoError, UnknownMemberIdError
+
+    topic = "kpadm-" + uuid.uuid4().hex[:8]
+    group = "g-kpadm-" + uuid.uuid4().hex[:8]
+    parts = [0, 1, 2, 3]
+    create_topic(broker.addr, topic, 4)
+    a = KpMember(broker.addr, group, [topic], "kpa", group_instance_id="kp-a")
+    b = KpMember(broker.addr, group, [topic], "kpb", group_instance_id="kp-b")
+    adm = KafkaAdminClient(bootstrap_servers=broker.addr, request_timeout_ms=15000)
+    try:
+        drive([a, b], lambda: split_evenly([a, b], parts, 2), 30, "a 2/2 split of static members")
+        first = produce(broker.addr, topic, parts, 10, "ka")
+        drive([a, b], lambda: len(a.records) + len(b.records) >= len(first), 30, "every record")
+        assert_read_once([a, b], first)
+        a.c.commit()
+        b.c.commit()
+
+        listed = {g["group_id"]: g for g in adm.list_groups()}
+        assert listed[group]["group_state"] == "Stable" and listed[group]["protocol_type"] == "consumer", listed
+        desc = adm.describe_groups([group])[group]
+        assert desc["group_state"] == "Stable" and desc["protocol_data"] == "range", desc
+        got = {m["group_instance_id"]: sorted(p for t in m["member_assignment"]["assigned_partitions"]
+                                               for p in t["partitions"]) for m in desc["members"]}
+        assert got == {"kp-a": a.assignment(), "kp-b": b.assignment()}, got
+        offsets = adm.list_group_offsets({group: None})[group]
+        assert {tp.partition: om.offset for tp, om in offsets.items()} == {p: 10 for p in parts}, offsets
+
+        # Remove kp-a by instance id (it is not polled from here on).
+        res = adm.remove_group_members(group, [MemberToRemove(group_instance_id="kp-a"),
+                                               MemberToRemove(group_instance_id="kp-nobody")])
+        assert res == {"kp-a": NoError, "kp-nobody": UnknownMemberIdError}, res
+        drive([b], lambda: b.assignment() == parts, 30, "kp-b to take every partition")
+        more = produce(broker.addr, topic, parts, 5, "kb")
+        since = {"kpb": len(b.records)}
+        drive([b], lambda: len(b.records) - since["kpb"] >= len(more), 30, "the new records")
+        assert_read_once([b], more, since=since)
+        b.c.commit()
+
+        assert adm.delete_groups([group]) == {group: "NonEmptyGroupError"}
+        assert adm.remove_group_members(group, [MemberToRemove(group_instance_id="kp-b")]) == {"kp-b": NoError}
+        wait_for(lambda: adm.describe_groups([group])[group]["group_state"] == "Empty", 10, "an empty group")
+        offsets = adm.list_group_offsets({group: None})[group]
+        assert {tp.partition: om.offset for tp, om in offsets.items()} == {p: 15 for p in parts}, offsets
+        result = adm.delete_groups([group])
+        assert result == {group: "OK"}, result
+        assert group not in {g["group_id"] for g in adm.list_groups()}
+        assert not adm.list_group_offsets({group: None})[group]
+    finally:
+        adm.close()
+        a.close()
+        b.close()
+
+
+@server_log_on_failure
+def test_regex_subscription_picks_up_new_topic(broker):
+    """A pattern subscription: a topic created later that matches joins the
+    group's assignment (the members see it in metadata and rejoin)."""
+    prefix = "rx" + uuid.uuid4().hex[:6]
+    group = "g-rx-" + uuid.uuid4().hex[:8]
+    create_topic(broker.addr, f"{prefix}-a", 2)
+    pattern = f"^{prefix}-.*"
+    members = [CkMember(broker.addr, group, [pattern], f"rx{i}") for i in range(2)]
+    try:
+        def owned():
+            return sorted((tp.topic, tp.partition) for m in members for tp in m.c.assignment())
+
+        drive(members, lambda: owned() == [(f"{prefix}-a", 0), (f"{prefix}-a", 1)], 30, "the first topic's partitions")
+        create_topic(broker.addr, f"{prefix}-b", 2)
+        want = sorted([(f"{prefix}-a", p) for p in (0, 1)] + [(f"{prefix}-b", p) for p in (0, 1)])
+        drive(members, lambda: owned() == want and all(len(m.c.assignment()) == 2 for m in members), 30,
+              "the new topic's partitions in the assignment")
+        expected = produce(broker.addr, f"{prefix}-b", [0, 1], 10, "rx")
+        drive(members, lambda: sum(len(m.records) for m in members) >= len(expected), 30, "the new topic's records")
+        assert_read_once(members, expected)
+    finally:
+        for m in members:
+            m.close()
+
+
+@server_log_on_failure
+def test_initial_rebalance_delay_forms_one_generation(broker_with):
+    """initial_rebalance_delay_ms: consumers that start together form the
+    group's first generation together (one assignment each, no revocation),
+    instead of a rebalance per arrival."""
+    delay_ms = 1500
+    broker = broker_with(initial_rebalance_delay_ms=delay_ms)
+    topic = "delay-" + uuid.uuid4().hex[:8]
+    group = "g-delay-" + uuid.uuid4().hex[:8]
+    parts = list(range(6))
+    create_topic(broker.addr, topic, 6)
+    t0 = time.monotonic()
+    members = [CkMember(broker.addr, group, [topic], f"d{i}") for i in range(3)]
+    try:
+        drive(members, lambda: split_evenly(members, parts, 2), 30, "a 2/2/2 split")
+        took = time.monotonic() - t0
+        assert took >= delay_ms / 1000 - 0.1, f"the group formed after {took:.2f}s, before the initial delay"
+        drive(members, lambda: True, 0.5, "")
+        for m in members:
+            assert len(m.assigned_calls) == 1 and not m.revoked_calls, \
+                f"{m.name}: assigned {m.assigned_calls} revoked {m.revoked_calls}"
+    finally:
+        for m in members:
+            m.close()
