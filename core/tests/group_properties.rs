@@ -29,7 +29,7 @@
 //! Also: a Tick never asks for another Tick at the same instant over and
 //! over (a timer the adapter would fire in a busy loop).
 //!
-//! `PROPTEST_CASES` raises the number of cases (default 256).
+//! `PROPTEST_CASES` sets the number of cases (default 1024, about 5 s).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -50,9 +50,11 @@ fn config() -> GroupConfig {
         max_session_timeout_ms: 1_000,
         initial_rebalance_delay_ms: 5,
         max_size: 64,
-        // Far beyond any run: retention is tested on its own below.
+        // Far beyond any run: retention is tested on its own below. (Its
+        // periodic check would also wake the coordinator and hide a
+        // missing session or rebalance timer.)
         offsets_retention_ms: 1 << 40,
-        offsets_retention_check_interval_ms: 50,
+        offsets_retention_check_interval_ms: 1 << 40,
         offset_metadata_max_bytes: 4096,
     }
 }
@@ -105,6 +107,10 @@ enum Op {
     Commit(usize, bool),
     /// A crashed client's old incarnation commits its stale position.
     ZombieCommit(usize),
+    /// A commit that is held up in the network ...
+    DelayedCommit(usize),
+    /// ... until it arrives (the oldest first).
+    Deliver,
     Leave(usize),
     /// The client process dies (no LeaveGroup); it restarts on its next Act.
     Crash(usize),
@@ -114,6 +120,8 @@ enum Op {
     /// The coordinator restarts; this picks how many writes in flight a
     /// crash keeps (a prefix, as the log is appended in order).
     Restart(u8),
+    /// Normal operation on a slow disk: one write completes per round.
+    SlowRun(u8),
     /// A stretch of normal operation: `rounds` heartbeat intervals in which
     /// every client not in the `stalled` mask takes its next step (and
     /// commits, if `commit`), and every write completes.
@@ -154,6 +162,7 @@ struct Client {
     session_ms: i32,
     rebalance_ms: i32,
     protocols: Vec<(String, Bytes)>,
+    old_join: bool,
     incarnation: u32,
     member_id: String,
     generation: i32,
@@ -177,11 +186,14 @@ enum Pending {
         client: usize,
         incarnation: u32,
         generation: i32,
+        member_id: String,
     },
     Commit {
         who: Owned,
         offsets: Vec<(i32, i64)>,
         expect_reject: Option<String>,
+        /// Held up in the network: it may go below a later commit.
+        delayed: bool,
     },
     Leave,
     /// Answered within the same step (fetches, describes, heartbeats).
@@ -194,6 +206,8 @@ pub struct ClientSpec {
     session_ms: i32,
     rebalance_ms: i32,
     prefers_roundrobin: bool,
+    /// A JoinGroup before v4: no MEMBER_ID_REQUIRED round trip.
+    old_join: bool,
 }
 
 struct Sim {
@@ -213,10 +227,14 @@ struct Sim {
     probe: Option<GroupResponse>,
     clients: Vec<Client>,
     zombies: Vec<Owned>,
+    /// Commits held up in the network, delivered by `Op::Deliver`.
+    delayed: VecDeque<(Owned, Vec<(i32, i64)>)>,
     // --- what the clients have seen, for the properties
     /// Property 1: generation → owner → partitions, from SyncGroup replies.
     stable: BTreeMap<i32, BTreeMap<Owner, Vec<i32>>>,
     max_stable_generation: i32,
+    /// (coordinator life, generation) → what its leader assigned, by owner.
+    leader_assignments: BTreeMap<(u64, i32), BTreeMap<Owner, Vec<i32>>>,
     /// Member ids (that had joined) the current coordinator called unknown
     /// or fenced.
     dead_ids: BTreeSet<String>,
@@ -249,6 +267,7 @@ impl Sim {
                     session_ms: s.session_ms,
                     rebalance_ms: s.rebalance_ms,
                     protocols,
+                    old_join: s.old_join,
                     incarnation: 0,
                     member_id: String::new(),
                     generation: -1,
@@ -270,8 +289,10 @@ impl Sim {
             probe: None,
             clients,
             zombies: Vec::new(),
+            delayed: VecDeque::new(),
             stable: BTreeMap::new(),
             max_stable_generation: -1,
+            leader_assignments: BTreeMap::new(),
             dead_ids: BTreeSet::new(),
             joined_ids: BTreeSet::new(),
             synced_incarnation: BTreeMap::new(),
@@ -386,7 +407,24 @@ impl Sim {
             Phase::NeedJoin => self.send_join(c),
             Phase::Joining | Phase::Syncing => {}
             Phase::NeedSync { members, protocol } => {
-                let assignments = members.map(|m| assign(&protocol, &m)).unwrap_or_default();
+                let assignments = members.as_ref().map(|m| assign(&protocol, m)).unwrap_or_default();
+                let mut decided = None;
+                if let Some(members) = &members {
+                    // What the leader decided, by owner, for property 1.
+                    let mut by_owner = BTreeMap::new();
+                    let mut all = Vec::new();
+                    for (m, (_, a)) in members.iter().zip(&assignments) {
+                        let owner = match &m.group_instance_id {
+                            Some(i) => Owner::Static(i.clone()),
+                            None => Owner::Dynamic(m.member_id.clone()),
+                        };
+                        all.extend(decode_assignment(a));
+                        by_owner.insert(owner, decode_assignment(a));
+                    }
+                    all.sort();
+                    assert_eq!(all, (0..PARTITIONS).collect::<Vec<_>>(), "the assignor covers every partition once");
+                    decided = Some(by_owner);
+                }
                 let client = &mut self.clients[c];
                 client.phase = Phase::Syncing;
                 let generation = client.generation;
@@ -397,11 +435,19 @@ impl Sim {
                     group_instance_id: client.instance.clone(),
                     assignments,
                 };
-                let pending = Pending::Sync { client: c, incarnation: client.incarnation, generation };
+                let pending =
+                    Pending::Sync { client: c, incarnation: client.incarnation, generation, member_id: client.member_id.clone() };
                 let conn = Self::conn(c, client.incarnation);
                 let msg = format!("c{c} sync gen {generation} as {}", client.member_id);
                 self.log_event(msg);
                 self.request(conn, GroupRequest::Sync(request), pending);
+                // A leader's SyncGroup refused at once (say, a join reply of a
+                // generation the coordinator lost in a restart) decides nothing.
+                if let Some(by_owner) = decided
+                    && matches!(self.clients[c].phase, Phase::Syncing | Phase::Stable)
+                {
+                    self.leader_assignments.insert((self.epoch, generation), by_owner);
+                }
             }
             Phase::Stable => {
                 let request = HeartbeatRequest {
@@ -433,7 +479,7 @@ impl Sim {
             group_instance_id: client.instance.clone(),
             protocol_type: "consumer".into(),
             protocols: client.protocols.clone(),
-            require_known_member_id: true,
+            require_known_member_id: !client.old_join,
             client_id: client.client_id.clone(),
             client_host: "/127.0.0.1".into(),
         };
@@ -517,7 +563,7 @@ impl Sim {
 
     /// Commits forward from the consumed positions of `who` (fetching the
     /// committed offsets first where the position is unknown).
-    fn commit(&mut self, mut who: Owned, all: bool, zombie: bool) -> Owned {
+    fn commit(&mut self, mut who: Owned, all: bool, zombie: bool, delay: bool) -> Owned {
         if who.partitions.is_empty() {
             return who;
         }
@@ -555,6 +601,22 @@ impl Sim {
             }
             offsets.push((*p, *pos));
         }
+        if delay {
+            let msg = format!(
+                "c{}.{} commit {offsets:?} gen {} as {}: held up",
+                who.client, who.incarnation, who.generation, who.member_id
+            );
+            self.log_event(msg);
+            self.delayed.push_back((who.clone(), offsets));
+        } else {
+            self.send_commit(who.clone(), offsets, zombie, false);
+        }
+        who
+    }
+
+    /// Sends a commit; `delayed` if it was held up on the way (it may then
+    /// carry a lower offset than a commit the same client made since).
+    fn send_commit(&mut self, who: Owned, offsets: Vec<(i32, i64)>, zombie: bool, delayed: bool) {
         let expect_reject = self.must_refuse(&who);
         let request = OffsetCommitRequest {
             group_id: GROUP.into(),
@@ -568,14 +630,20 @@ impl Sim {
         };
         self.log_event(format!(
             "{}c{}.{} commit {offsets:?} gen {} as {} (must refuse: {expect_reject:?})",
-            if zombie { "zombie " } else { "" },
+            if zombie {
+                "zombie "
+            } else if delayed {
+                "delayed "
+            } else {
+                ""
+            },
             who.client,
             who.incarnation,
             who.generation,
             who.member_id
         ));
         let conn = Self::conn(who.client, who.incarnation) | 1 << 31;
-        let pending = Pending::Commit { who: who.clone(), offsets, expect_reject: expect_reject.clone() };
+        let pending = Pending::Commit { who, offsets, expect_reject: expect_reject.clone(), delayed };
         let (id, write) = self.request(conn, GroupRequest::OffsetCommit(request), pending);
         if let Some(w) = write {
             if let Some(why) = expect_reject {
@@ -583,7 +651,6 @@ impl Sim {
             }
             self.commit_writes.insert(w, id);
         }
-        who
     }
 
     // ---- replies
@@ -624,15 +691,13 @@ impl Sim {
                     e => self.client_error(client, e, "join"),
                 }
             }
-            (Pending::Sync { client, incarnation, generation }, GroupResponse::Sync(r)) => {
+            (Pending::Sync { client, incarnation, generation, member_id }, GroupResponse::Sync(r)) => {
                 self.log_event(format!(
                     "c{client}.{incarnation} sync reply {:?} gen {generation}: {:?}",
                     r.error,
                     decode_assignment(&r.assignment)
                 ));
-                let c = &self.clients[client];
-                let member_id = c.member_id.clone();
-                let instance = c.instance.clone();
+                let instance = self.clients[client].instance.clone();
                 if r.error.is_ok() {
                     // Property 1 looks at every successful SyncGroup reply,
                     // whoever it reaches.
@@ -666,7 +731,7 @@ impl Sim {
                     self.client_error(client, r.error, "sync");
                 }
             }
-            (Pending::Commit { who, offsets, expect_reject }, GroupResponse::OffsetCommit(r)) => {
+            (Pending::Commit { who, offsets, expect_reject, delayed }, GroupResponse::OffsetCommit(r)) => {
                 self.log_event(format!("c{}.{} commit reply {:?}", who.client, who.incarnation, r.partitions));
                 for ((_, p, error), &(p2, offset)) in r.partitions.iter().zip(&offsets) {
                     assert_eq!(*p, p2);
@@ -683,7 +748,7 @@ impl Sim {
                         }
                     } else if error.is_ok() {
                         self.count("commit acknowledged");
-                        self.apply_commit(*p, offset, "acknowledged");
+                        self.apply_commit(*p, offset, if delayed { "acknowledged, delayed" } else { "acknowledged" });
                     }
                 }
                 let errors: Vec<ErrorCode> = r.partitions.iter().map(|p| p.2).collect();
@@ -706,6 +771,23 @@ impl Sim {
     }
 
     fn check_ownership(&mut self, generation: i32, owner: Owner, partitions: Vec<i32>) {
+        // What the leader of this generation assigned (in this coordinator's
+        // life, or the last one before that formed this generation: a later
+        // one re-forms a generation only if the earlier one's was lost).
+        let leader =
+            self.leader_assignments.range((0, generation)..=(self.epoch, generation)).rev().find(|((_, g), _)| *g == generation);
+        match leader {
+            None => self
+                .fail(format!("property 1: {owner:?} got {partitions:?} in generation {generation}, which no leader assigned")),
+            Some((_, by_owner)) => {
+                let expected = by_owner.get(&owner).cloned().unwrap_or_default();
+                if expected != partitions {
+                    self.fail(format!(
+                        "property 1: {owner:?} got {partitions:?} in generation {generation}; its leader assigned it {expected:?}"
+                    ));
+                }
+            }
+        }
         let gen_map = self.stable.entry(generation).or_default();
         if let Some(prev) = gen_map.get(&owner) {
             if *prev != partitions {
@@ -729,7 +811,12 @@ impl Sim {
 
     fn apply_commit(&mut self, p: i32, offset: i64, how: &str) {
         let before = self.committed.get(&p).copied().unwrap_or(-1);
-        if offset < before {
+        if offset < before && how.ends_with("delayed") {
+            // The client committed a lower value itself (a commit that
+            // overtook an older one on its way).
+            self.count("delayed commit lowered an offset");
+            self.last_fetched.insert(p, offset);
+        } else if offset < before {
             self.fail(format!("property 2: partition {p} committed offset goes back from {before} to {offset} ({how})"));
         }
         self.committed.insert(p, offset);
@@ -760,11 +847,11 @@ impl Sim {
             }
             self.log.extend(records);
             if let Some(id) = commit
-                && let Some(Pending::Commit { offsets, .. }) = self.requests.get(&id).cloned()
+                && let Some(Pending::Commit { offsets, delayed, .. }) = self.requests.get(&id).cloned()
             {
                 for (p, o) in offsets {
                     self.count("commit kept by crash");
-                    self.apply_commit(p, o, "kept by the crash");
+                    self.apply_commit(p, o, if delayed { "kept by the crash, delayed" } else { "kept by the crash" });
                 }
             }
         }
@@ -780,6 +867,8 @@ impl Sim {
                 _ => {}
             }
         }
+        // Connections drop: commits still on their way are lost.
+        self.delayed.clear();
         self.epoch += 1;
         self.count("restart");
         self.dead_ids.clear();
@@ -829,7 +918,7 @@ impl Sim {
             Op::Commit(c, all) => {
                 let c = c % n;
                 if let Some(owned) = self.clients[c].owned.take() {
-                    let owned = self.commit(owned, all, false);
+                    let owned = self.commit(owned, all, false, false);
                     // The reply may have made the client rejoin (and revoke).
                     if self.clients[c].incarnation == owned.incarnation
                         && self.clients[c].member_id == owned.member_id
@@ -845,7 +934,18 @@ impl Sim {
                 if !self.zombies.is_empty() {
                     let z = z % self.zombies.len();
                     let zombie = self.zombies[z].clone();
-                    self.zombies[z] = self.commit(zombie, true, true);
+                    self.zombies[z] = self.commit(zombie, true, true, false);
+                }
+            }
+            Op::DelayedCommit(c) => {
+                let c = c % n;
+                if let Some(owned) = self.clients[c].owned.take() {
+                    self.clients[c].owned = Some(self.commit(owned, true, false, true));
+                }
+            }
+            Op::Deliver => {
+                if let Some((who, offsets)) = self.delayed.pop_front() {
+                    self.send_commit(who, offsets, false, true);
                 }
             }
             Op::Leave(c) => self.leave(c % n),
@@ -853,6 +953,16 @@ impl Sim {
             Op::Advance(ms) => self.advance(ms),
             Op::Complete(ok) => self.complete(ok),
             Op::Restart(keep) => self.restart(keep),
+            Op::SlowRun(rounds) => {
+                for _ in 0..rounds {
+                    for c in 0..n {
+                        self.act(c);
+                        self.apply(&Op::Commit(c, true));
+                    }
+                    self.complete(true);
+                    self.advance(HEARTBEAT_MS);
+                }
+            }
             Op::Run { rounds, stalled, commit } => {
                 for _ in 0..rounds {
                     for c in (0..n).filter(|c| stalled & (1 << c) == 0) {
@@ -951,6 +1061,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         30 => (0usize..6).prop_map(Op::Act),
         12 => (0usize..6, any::<bool>()).prop_map(|(c, all)| Op::Commit(c, all)),
         4 => (0usize..8).prop_map(Op::ZombieCommit),
+        3 => (0usize..6).prop_map(Op::DelayedCommit),
+        3 => Just(Op::Deliver),
         2 => (0usize..6).prop_map(Op::Leave),
         3 => (0usize..6).prop_map(Op::Crash),
         12 => (1i64..=10).prop_map(Op::Advance),
@@ -958,6 +1070,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         10 => Just(Op::Complete(true)),
         2 => Just(Op::Complete(false)),
         2 => any::<u8>().prop_map(Op::Restart),
+        3 => (1u8..=12).prop_map(Op::SlowRun),
         8 => (1u8..=12, prop::bool::weighted(0.3), any::<bool>()).prop_map(|(rounds, stall, commit)| Op::Run {
             rounds,
             stalled: if stall { 1 << (rounds % 6) } else { 0 },
@@ -967,12 +1080,13 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn spec_strategy() -> impl Strategy<Value = ClientSpec> {
-    (any::<bool>(), 12i32..=40, 20i32..=80, prop::bool::weighted(0.25)).prop_map(
-        |(is_static, session_ms, rebalance_ms, prefers_roundrobin)| ClientSpec {
+    (any::<bool>(), 12i32..=40, 20i32..=80, prop::bool::weighted(0.25), prop::bool::weighted(0.2)).prop_map(
+        |(is_static, session_ms, rebalance_ms, prefers_roundrobin, old_join)| ClientSpec {
             is_static,
             session_ms,
             rebalance_ms,
             prefers_roundrobin,
+            old_join,
         },
     )
 }
@@ -997,7 +1111,7 @@ fn run(specs: &[ClientSpec], ops: &[Op]) {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1024)
 }
 
 proptest! {
@@ -1016,7 +1130,7 @@ proptest! {
 // focused examples
 
 fn spec(is_static: bool) -> ClientSpec {
-    ClientSpec { is_static, session_ms: 30, rebalance_ms: 60, prefers_roundrobin: false }
+    ClientSpec { is_static, session_ms: 30, rebalance_ms: 60, prefers_roundrobin: false, old_join: false }
 }
 
 impl Sim {
@@ -1182,27 +1296,31 @@ fn static_member_restart_keeps_generation_and_assignment() {
 }
 
 #[test]
-fn static_member_restart_whose_new_id_fails_to_persist_keeps_the_old_id() {
-    // Client 0 joins first and leads; client 1 is a static follower (a
-    // leader's restart rebalances, so that it can assign anew).
+fn static_member_restart_whose_new_id_fails_to_persist_retries() {
     const C: usize = 1;
     let mut sim = Sim::new(&[spec(true), spec(true), spec(false)]);
     sim.rounds(10);
     sim.check(sim.coord.group(GROUP).unwrap().leader.as_deref() != Some(sim.owned(C).member_id.as_str()), "client 1 follows");
     sim.check(sim.stable_with(3), "Stable with 3 members");
+    let generation = sim.generation();
     let before = sim.owned(C);
     sim.crash(C);
     sim.act(C);
     sim.complete(false);
     sim.check(matches!(sim.clients[C].phase, Phase::NeedJoin), "the join failed");
-    // The old id is what the log has, so it is the member again.
-    let g = sim.coord.group(GROUP).unwrap();
-    assert!(g.members.contains_key(&before.member_id));
-    assert_eq!(g.static_members.get("instance-1"), Some(&before.member_id));
-    assert_eq!(g.members.len(), 3);
+    sim.check(sim.clients[C].member_id.is_empty(), "with no member id");
+    // The replaced process stays fenced, though the log still names it.
+    assert_eq!(sim.raw_commit(&before, &[(before.partitions[0], 1)]), vec![ErrorCode::FencedInstanceId]);
+    // The client retries and gets its partitions back, same generation.
     sim.rounds(3);
     sim.check(sim.stable_with(3), "Stable with 3 members");
+    assert_eq!(sim.generation(), generation);
+    assert_eq!(sim.owned(C).partitions, before.partitions);
+    sim.restart(0);
     assert_eq!(sim.raw_commit(&before, &[(before.partitions[0], 1)]), vec![ErrorCode::FencedInstanceId]);
+    sim.rounds(3);
+    sim.check(sim.stable_with(3), "Stable with 3 members");
+    assert_eq!(sim.generation(), generation);
 }
 
 #[test]
@@ -1400,7 +1518,8 @@ fn offsets_of_a_group_empty_for_the_retention_period_expire() {
 /// the very join it waited for, until the pending id expired).
 #[test]
 fn regression_initial_delay_timer_busy_loop() {
-    let specs = [ClientSpec { is_static: false, session_ms: 12, rebalance_ms: 20, prefers_roundrobin: false }; 3];
+    let specs =
+        [ClientSpec { is_static: false, session_ms: 12, rebalance_ms: 20, prefers_roundrobin: false, old_join: false }; 3];
     run(&specs, &[Op::Act(1), Op::Act(2), Op::Act(1), Op::Advance(5)]);
 }
 
@@ -1412,9 +1531,9 @@ fn regression_initial_delay_timer_busy_loop() {
 #[test]
 fn regression_static_rejoin_answered_before_durable() {
     let specs = [
-        ClientSpec { is_static: true, session_ms: 12, rebalance_ms: 20, prefers_roundrobin: false },
-        ClientSpec { is_static: true, session_ms: 17, rebalance_ms: 20, prefers_roundrobin: false },
-        ClientSpec { is_static: false, session_ms: 12, rebalance_ms: 20, prefers_roundrobin: false },
+        ClientSpec { is_static: true, session_ms: 12, rebalance_ms: 20, prefers_roundrobin: false, old_join: false },
+        ClientSpec { is_static: true, session_ms: 17, rebalance_ms: 20, prefers_roundrobin: false, old_join: false },
+        ClientSpec { is_static: false, session_ms: 12, rebalance_ms: 20, prefers_roundrobin: false, old_join: false },
     ];
     let ops = [
         Op::Act(2),

@@ -120,11 +120,10 @@ impl GroupCoordinator {
             reply(out, old, GroupResponse::Sync(super::SyncGroupResponse::error(ErrorCode::FencedInstanceId)));
         }
         let unchanged = member.protocols == r.protocols;
-        let before = member.clone();
         member.id = new_id.clone();
         update_member(&mut member, &r);
         member.touch(now);
-        group.static_members.insert(instance.clone(), new_id.clone());
+        group.static_members.insert(instance, new_id.clone());
         let was_leader = group.leader.as_deref() == Some(old_id.as_str());
         if was_leader {
             group.leader = Some(new_id.clone());
@@ -142,8 +141,7 @@ impl GroupCoordinator {
                     group.members.values().map(|m| (m.id.clone(), m.assignment.clone())).collect();
                 let stored = group.to_stored(&assignments);
                 let key = StoredKey::Group { group: r.group_id.clone() }.encode();
-                let job = StaticJoin { id, group: r.group_id.clone(), instance, before, response };
-                self.append(vec![(key, Some(stored.encode()))], PendingWrite::StaticJoin(Box::new(job)), out);
+                self.append(vec![(key, Some(stored.encode()))], PendingWrite::StaticJoin { id, response }, out);
             }
             GroupState::PreparingRebalance => {
                 group.members.get_mut(&new_id).expect("inserted").awaiting_join = Some(id);
@@ -154,36 +152,6 @@ impl GroupCoordinator {
                 self.prepare_rebalance(now, &r.group_id, out);
             }
         }
-    }
-
-    /// The new id of a replaced static member is durable (answer the join),
-    /// or could not be written: then the old id is what a restart would
-    /// see, so it stays the member (as long as the group has not moved on)
-    /// and the join fails; the client retries.
-    pub(super) fn static_join_done(
-        &mut self,
-        now: Millis,
-        job: StaticJoin,
-        result: Result<(), ErrorCode>,
-        out: &mut Vec<GroupEffect>,
-    ) {
-        let StaticJoin { id, group: group_id, instance, mut before, response } = job;
-        let code = match result {
-            Ok(()) => return reply(out, id, GroupResponse::Join(response)),
-            Err(code) => code,
-        };
-        if let Some(group) = self.groups.get_mut(&group_id)
-            && group.state == GroupState::Stable
-            && group.generation == response.generation_id
-            && group.static_members.get(&instance) == Some(&response.member_id)
-            && group.members.get(&response.member_id).is_some_and(|m| !m.is_waiting())
-        {
-            group.members.remove(&response.member_id);
-            group.static_members.insert(instance, before.id.clone());
-            before.touch(now);
-            group.members.insert(before.id.clone(), before);
-        }
-        reply(out, id, GroupResponse::Join(JoinGroupResponse::error(code, "")));
     }
 
     fn add_member(&mut self, now: Millis, id: RequestId, r: &JoinGroupRequest, member_id: String, out: &mut Vec<GroupEffect>) {
@@ -310,17 +278,6 @@ impl GroupCoordinator {
             reply(out, waiting, GroupResponse::Join(response));
         }
     }
-}
-
-/// A restarted static member's join, answered once its new id is durable.
-#[derive(Debug, Clone)]
-pub(super) struct StaticJoin {
-    id: RequestId,
-    group: String,
-    instance: String,
-    /// The member as it was before, to revert to if the write fails.
-    before: Member,
-    response: JoinGroupResponse,
 }
 
 /// The join answer for a member of the current generation (no rebalance).

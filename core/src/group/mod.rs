@@ -76,7 +76,7 @@ enum PendingWrite {
     Assignment { group: String, generation: i32, assignments: BTreeMap<String, Bytes> },
     Delete { id: RequestId, response: DeleteGroupsResponse },
     /// A restarted static member's new id (it keeps the generation).
-    StaticJoin(Box<join::StaticJoin>),
+    StaticJoin { id: RequestId, response: JoinGroupResponse },
     /// Bookkeeping with nobody waiting (an empty generation, expired offsets).
     Background,
 }
@@ -243,7 +243,17 @@ impl GroupCoordinator {
                 }
                 reply(out, id, GroupResponse::DeleteGroups(response));
             }
-            PendingWrite::StaticJoin(job) => self.static_join_done(now, *job, result, out),
+            PendingWrite::StaticJoin { id, response } => {
+                // If the new id could not be written, the join fails and the
+                // client retries (replacing this id in turn). The old id
+                // stays fenced: its process was told so and must not get a
+                // second life.
+                let response = match result {
+                    Ok(()) => response,
+                    Err(code) => JoinGroupResponse::error(code, ""),
+                };
+                reply(out, id, GroupResponse::Join(response));
+            }
             PendingWrite::Background => {}
         }
     }
