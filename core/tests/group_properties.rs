@@ -56,6 +56,7 @@ fn config() -> GroupConfig {
         offsets_retention_ms: 1 << 40,
         offsets_retention_check_interval_ms: 1 << 40,
         offset_metadata_max_bytes: 4096,
+        ..GroupConfig::default()
     }
 }
 
@@ -112,6 +113,9 @@ enum Op {
     /// ... until it arrives (the oldest first).
     Deliver,
     Leave(usize),
+    /// An admin removes a static member by its instance id (the client does
+    /// not know; it finds out on its next heartbeat).
+    AdminRemove(usize),
     /// The client process dies (no LeaveGroup); it restarts on its next Act.
     Crash(usize),
     Advance(i64),
@@ -949,6 +953,13 @@ impl Sim {
                 }
             }
             Op::Leave(c) => self.leave(c % n),
+            Op::AdminRemove(c) => {
+                if let Some(instance) = self.clients[c % n].instance.clone() {
+                    self.log_event(format!("admin removes {instance}"));
+                    let request = LeaveGroupRequest { group_id: GROUP.into(), members: vec![(String::new(), Some(instance))] };
+                    self.probe(GroupRequest::Leave(request));
+                }
+            }
             Op::Crash(c) => self.crash(c % n),
             Op::Advance(ms) => self.advance(ms),
             Op::Complete(ok) => self.complete(ok),
@@ -1064,6 +1075,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (0usize..6).prop_map(Op::DelayedCommit),
         3 => Just(Op::Deliver),
         2 => (0usize..6).prop_map(Op::Leave),
+        1 => (0usize..6).prop_map(Op::AdminRemove),
         3 => (0usize..6).prop_map(Op::Crash),
         12 => (1i64..=10).prop_map(Op::Advance),
         3 => (20i64..=90).prop_map(Op::Advance),
@@ -1547,4 +1559,38 @@ fn regression_static_rejoin_answered_before_durable() {
         Op::ZombieCommit(0),
     ];
     run(&specs, &ops);
+}
+
+#[test]
+fn delete_groups_whose_tombstones_fail_to_persist_keeps_the_group() {
+    let mut sim = Sim::new(&[spec(false), spec(false), spec(false)]);
+    sim.apply(&Op::Run { rounds: 10, stalled: 0, commit: true });
+    sim.check(sim.stable_with(3), "Stable with 3 members");
+    for c in 0..3 {
+        sim.leave(c);
+    }
+    while !sim.in_flight.is_empty() {
+        sim.complete(true);
+    }
+    sim.fire_due();
+    assert_eq!(sim.state(), GroupState::Empty);
+    let committed: Vec<i64> = (0..PARTITIONS).map(|p| sim.fetch(p)).collect();
+    let generation = sim.generation();
+    sim.request(9, GroupRequest::DeleteGroups(DeleteGroupsRequest { groups: vec![GROUP.into()] }), Pending::Probe);
+    sim.complete(false);
+    let Some(GroupResponse::DeleteGroups(r)) = sim.probe.take() else { panic!("answer after the write") };
+    assert_eq!(r.results, vec![(GROUP.to_string(), ErrorCode::KafkaStorageError)]);
+    // Not deleted: the group and its offsets are there, as a restart would
+    // find them, and a retry can delete it.
+    assert_eq!((0..PARTITIONS).map(|p| sim.fetch(p)).collect::<Vec<_>>(), committed);
+    assert_eq!(sim.generation(), generation);
+    sim.restart(0);
+    assert_eq!((0..PARTITIONS).map(|p| sim.fetch(p)).collect::<Vec<_>>(), committed);
+    sim.request(9, GroupRequest::DeleteGroups(DeleteGroupsRequest { groups: vec![GROUP.into()] }), Pending::Probe);
+    sim.complete(true);
+    let Some(GroupResponse::DeleteGroups(r)) = sim.probe.take() else { panic!("answer after the write") };
+    assert_eq!(r.results, vec![(GROUP.to_string(), ErrorCode::None)]);
+    sim.committed.clear();
+    sim.last_fetched.clear();
+    assert_eq!(sim.fetch(0), -1);
 }

@@ -73,6 +73,7 @@ impl GroupCoordinator {
     pub(super) fn delete(&mut self, id: RequestId, r: DeleteGroupsRequest, out: &mut Vec<GroupEffect>) {
         let mut results = Vec::new();
         let mut records = Vec::new();
+        let mut deleted = Vec::new();
         for group_id in r.groups {
             let error = match self.groups.get(&group_id) {
                 _ if group_id.is_empty() => ErrorCode::InvalidGroupId,
@@ -85,7 +86,7 @@ impl GroupCoordinator {
                         records.push((key.encode(), None));
                     }
                     records.push((StoredKey::Group { group: group_id.clone() }.encode(), None));
-                    self.groups.remove(&group_id);
+                    deleted.extend(self.groups.remove(&group_id));
                     ErrorCode::None
                 }
             };
@@ -95,7 +96,7 @@ impl GroupCoordinator {
         if records.is_empty() {
             reply(out, id, GroupResponse::DeleteGroups(response));
         } else {
-            self.append(records, PendingWrite::Delete { id, response }, out);
+            self.append(records, PendingWrite::Delete { id, response, deleted }, out);
         }
     }
 }

@@ -74,7 +74,8 @@ impl Default for GroupConfig {
 enum PendingWrite {
     Commit { id: RequestId, group: String, offsets: Vec<((String, i32), CommittedOffset)>, response: OffsetCommitResponse },
     Assignment { group: String, generation: i32, assignments: BTreeMap<String, Bytes> },
-    Delete { id: RequestId, response: DeleteGroupsResponse },
+    /// With the groups as they were, to put back if the tombstones fail.
+    Delete { id: RequestId, response: DeleteGroupsResponse, deleted: Vec<Group> },
     /// A restarted static member's new id (it keeps the generation).
     StaticJoin { id: RequestId, response: JoinGroupResponse },
     /// Bookkeeping with nobody waiting (an empty generation, expired offsets).
@@ -235,8 +236,15 @@ impl GroupCoordinator {
             PendingWrite::Assignment { group, generation, assignments } => {
                 self.assignment_done(now, &group, generation, assignments, result, out)
             }
-            PendingWrite::Delete { id, mut response } => {
+            PendingWrite::Delete { id, mut response, deleted } => {
                 if let Err(code) = result {
+                    // Not deleted after all: the log still has the groups
+                    // (a restart would bring them back), so they stay, and
+                    // a retry finds them. (A group of the same name created
+                    // meanwhile is left alone.)
+                    for g in deleted {
+                        self.groups.entry(g.id.clone()).or_insert(g);
+                    }
                     for r in response.results.iter_mut().filter(|r| r.1.is_ok()) {
                         r.1 = code;
                     }
