@@ -10,13 +10,17 @@
 //!
 //! Checked after every operation:
 //!
-//! 1. One owner per partition per Stable generation: the assignments the
-//!    clients received in successful SyncGroup replies never give one
-//!    partition to two owners of the same generation, and a generation is
-//!    never reused for another assignment, across restarts too.
+//! 1. One owner per partition per Stable generation: every successful
+//!    SyncGroup reply carries exactly what that generation's leader assigned
+//!    to the member (by instance id for static members, whose restarted
+//!    process keeps the assignment), the leader's assignment covers every
+//!    partition once, no partition goes to two owners of one generation, and
+//!    a generation is never reused for another assignment, across restarts.
 //! 2. Committed offsets (as OffsetFetch shows them) equal the last
 //!    acknowledged commit (or a commit whose write a crash kept), and never
-//!    go backwards: clients commit forward from what they fetched.
+//!    go backwards: clients commit forward from what they fetched (with
+//!    require_stable), except a commit held up in the network that lands
+//!    after a later one of the same client (Kafka allows that too).
 //! 3. A member fenced by a newer Stable generation, a member the
 //!    coordinator already called unknown, or an older incarnation of a
 //!    static instance whose newer incarnation synced, cannot commit: it
