@@ -22,7 +22,9 @@ struct Node {
 }
 
 fn config() -> BrokerConfig {
-    BrokerConfig { log_retention_check_interval_ms: CHECK_MS, log_cleaner_step_bytes: 512, ..BrokerConfig::default() }
+    let mut c = BrokerConfig { log_retention_check_interval_ms: CHECK_MS, log_cleaner_step_bytes: 512, ..BrokerConfig::default() };
+    c.group.offsets_topic_segment_bytes = 1024;
+    c
 }
 
 impl Node {
@@ -423,4 +425,44 @@ fn produce_refuses_batches_with_fewer_records_than_offsets() {
     let Response::Produce(p) = n.call(Request::Produce(req)) else { panic!() };
     assert_eq!(p.topics[0].1[0].error, ErrorCode::InvalidRecord);
     assert!(p.topics[0].1[0].error_message.as_deref().unwrap().contains("lastOffsetDelta"));
+}
+
+/// Commits through the group coordinator land in the compacted offsets
+/// topic; the cleaner shrinks it and a restart still finds the latest
+/// commit of every partition.
+#[test]
+fn the_offsets_topic_is_compacted_and_replays_the_latest_commits() {
+    use millrace_core::group::*;
+    let mut node = Node::new();
+    let commit = |node: &mut Node, round: i64| {
+        let partitions =
+            (0..3).map(|p| CommitPartition { topic: "t".into(), partition: p, offset: round * 10 + i64::from(p), leader_epoch: -1, metadata: None }).collect();
+        let req = OffsetCommitRequest { group_id: "g".into(), generation_id: -1, member_id: String::new(), group_instance_id: None, partitions };
+        match node.call(Request::Group(GroupRequest::OffsetCommit(req))) {
+            Response::Group(GroupResponse::OffsetCommit(r)) => assert!(r.partitions.iter().all(|p| p.2 == ErrorCode::None), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    };
+    for round in 0..200 {
+        commit(&mut node, round);
+    }
+    let before = node.read_all("__consumer_offsets").len();
+    assert_eq!(before, 600);
+    let described = node.describe("__consumer_offsets");
+    assert_eq!(described["cleanup.policy"].0, "compact");
+    node.advance(20 * CHECK_MS);
+    let after = node.read_all("__consumer_offsets").len();
+    assert!(after < before / 4, "compaction kept {after} of {before} records");
+    let mut node = node.restart();
+    let req = OffsetFetchRequest { groups: vec![OffsetFetchGroup { group_id: "g".into(), partitions: None }], require_stable: false };
+    match node.call(Request::Group(GroupRequest::OffsetFetch(req))) {
+        Response::Group(GroupResponse::OffsetFetch(r)) => {
+            let got: Vec<(i32, i64)> = r.groups[0].partitions.iter().map(|p| (p.partition, p.offset)).collect();
+            assert_eq!(got, vec![(0, 1990), (1, 1991), (2, 1992)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its configs are not the client's to change.
+    let r = node.alter(true, "__consumer_offsets", &[("cleanup.policy", AlterOp::Set, Some("delete"))], false);
+    assert_eq!(r.error, ErrorCode::InvalidRequest);
 }

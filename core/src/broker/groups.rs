@@ -53,7 +53,7 @@ impl<S: Storage> Broker<S> {
 
     fn append_group_records(&mut self, now: Millis, records: Vec<crate::group::StoredRecord>) -> Result<(), ErrorCode> {
         if !self.topics.contains_key(OFFSETS_TOPIC) {
-            let created = self.create_topic(&offsets_topic(), false);
+            let created = self.create_topic(&offsets_topic(&self.config), false);
             if !created.error.is_ok() {
                 return Err(ErrorCode::CoordinatorNotAvailable);
             }
@@ -105,13 +105,16 @@ impl<S: Storage> Broker<S> {
 
 /// How the offsets topic is created: one partition (one coordinator), and
 /// compacted so only the latest commit of each partition is kept.
-pub(super) fn offsets_topic() -> NewTopic {
+pub(super) fn offsets_topic(config: &super::BrokerConfig) -> NewTopic {
     NewTopic {
         name: OFFSETS_TOPIC.to_string(),
         num_partitions: 1,
         replication_factor: -1,
         has_assignments: false,
-        configs: vec![("cleanup.policy".to_string(), Some("compact".to_string()))],
+        configs: vec![
+            ("cleanup.policy".to_string(), Some("compact".to_string())),
+            ("segment.bytes".to_string(), Some(config.group.offsets_topic_segment_bytes.to_string())),
+        ],
     }
 }
 

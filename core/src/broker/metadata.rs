@@ -15,7 +15,7 @@ impl<S: Storage> Broker<S> {
         for name in names {
             if !self.topics.contains_key(&name) && req.allow_auto_topic_creation && self.config.auto_create_topics {
                 let new = if super::groups::is_internal_topic(&name) {
-                    super::groups::offsets_topic()
+                    super::groups::offsets_topic(&self.config)
                 } else {
                     NewTopic {
                         name: name.clone(),

@@ -25,6 +25,10 @@ impl GroupCoordinator {
         let group = self.groups.entry(r.group_id.clone()).or_insert_with(|| Group::new(&r.group_id, now));
         let except = (!r.member_id.is_empty()).then_some(r.member_id.as_str());
         if !group.accepts_protocols(&r.protocol_type, &r.protocols, except) {
+            if group.members.is_empty() && group.offsets.is_empty() && group.generation == 0 {
+                // Created by this request only: leave no trace of it.
+                self.groups.remove(&r.group_id);
+            }
             return fail(out, ErrorCode::InconsistentGroupProtocol);
         }
         if r.member_id.is_empty() {

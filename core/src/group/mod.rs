@@ -53,6 +53,10 @@ pub struct GroupConfig {
     pub offsets_retention_check_interval_ms: i64,
     /// `offset.metadata.max.bytes`
     pub offset_metadata_max_bytes: usize,
+    /// `offsets.topic.segment.bytes`: smaller than other topics' segments
+    /// so the cleaner (which never touches the active segment) keeps the
+    /// offsets topic short.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 impl Default for GroupConfig {
@@ -65,6 +69,7 @@ impl Default for GroupConfig {
             offsets_retention_ms: 7 * 24 * 3_600_000,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
+            offsets_topic_segment_bytes: 100 << 20,
         }
     }
 }
@@ -277,10 +282,14 @@ impl GroupCoordinator {
             for &d in g.pending_members.values() {
                 consider(d);
             }
-            if g.state == GroupState::PreparingRebalance {
-                if let Some(d) = g.rebalance_deadline {
+            if matches!(g.state, GroupState::PreparingRebalance | GroupState::CompletingRebalance) {
+                // (A deadline already past while the assignment is being
+                // written waits for that write, not for a timer.)
+                if let Some(d) = g.rebalance_deadline.filter(|&d| d > now) {
                     consider(d);
                 }
+            }
+            if g.state == GroupState::PreparingRebalance {
                 // Once the initial delay is over it wakes nobody: what the
                 // rebalance still waits for (a join, a pending member's or
                 // the rebalance deadline) has its own event or deadline. A

@@ -137,7 +137,11 @@ impl GroupCoordinator {
                             Some(current) if !member_id.is_empty() && *current != member_id => Err(ErrorCode::FencedInstanceId),
                             Some(current) => Ok(current.clone()),
                         },
-                        None if group.pending_members.remove(&member_id).is_some() => Err(ErrorCode::None),
+                        None if group.pending_members.remove(&member_id).is_some() => {
+                            // A rebalance may have been waiting for it.
+                            removed = true;
+                            Err(ErrorCode::None)
+                        }
                         None if group.members.contains_key(&member_id) => Ok(member_id.clone()),
                         None => Err(ErrorCode::UnknownMemberId),
                     };
