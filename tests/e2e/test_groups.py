@@ -1610,7 +1610,7 @@ def test_compacted_offsets_topic_replays_latest_commits(broker_with):
     server rebuilt from what is left has the latest commit of every group
     and partition, and no trace of a deleted group."""
     broker = broker_with(broker={"log_retention_check_interval_ms": 100}, group={"offsets_topic_segment_bytes": 4096})
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     topic = "cmp-" + uuid.uuid4().hex[:8]
     create_topic(broker.addr, topic, 2)
@@ -1698,11 +1698,11 @@ def test_commit_to_unknown_partition_is_refused(broker):
     assert group_offsets(admin(broker.addr), group) == {(topic, 0): 1}
 
 
-@pytest.mark.xfail(strict=True, reason="Kafka deletes a group's committed offsets for a topic when the topic is "
-                                       "deleted; Millrace keeps them, so a topic recreated under the same name is "
-                                       "resumed at the old offsets and its first records are skipped")
 @server_log_on_failure
 def test_deleting_a_topic_deletes_its_committed_offsets(broker):
+    """As in Kafka, deleting a topic deletes the offsets groups committed
+    for it (durably); otherwise a topic recreated under the same name would
+    be resumed at the old offsets and its first records skipped."""
     topic = "del-" + uuid.uuid4().hex[:8]
     group = "g-del-" + uuid.uuid4().hex[:8]
     create_topic(broker.addr, topic, 1)
@@ -1717,6 +1717,12 @@ def test_deleting_a_topic_deletes_its_committed_offsets(broker):
     adm.delete_topics([topic], operation_timeout=10)[topic].result(timeout=15)
     wait_for(lambda: topic not in adm.list_topics(timeout=10).topics, 10, "the topic to be gone")
     assert not group_offsets(adm, group), "offsets of the deleted topic are still committed"
+    # An empty group left with no offsets is gone with them, as in Kafka.
+    assert group not in listed_groups(adm)
+    broker.kill()
+    broker.start()
+    adm = admin(broker.addr)
+    assert not group_offsets(adm, group), "offsets of the deleted topic came back after a restart"
     create_topic(broker.addr, topic, 1)
     fresh = produce(broker.addr, topic, [0], 10, "new")
     m = CkMember(broker.addr, group, [topic], "new")

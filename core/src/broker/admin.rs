@@ -132,6 +132,7 @@ impl<S: Storage> Broker<S> {
             }
             let touched: Vec<(String, i32)> = (0..count).map(|p| (name.clone(), p)).collect();
             self.wake_parked(now, &touched, out);
+            self.group_step(now, crate::group::GroupInput::TopicDeleted { topic: name.clone() }, out);
             match result {
                 Ok(()) => topics.push((name, ErrorCode::None, None)),
                 Err(e) => topics.push((name, ErrorCode::KafkaStorageError, Some(e))),

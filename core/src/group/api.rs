@@ -283,6 +283,10 @@ pub enum GroupInput {
     Tick,
     /// An [`GroupEffect::Append`] is durable (`Ok`) or could not be written.
     WriteDone { write: WriteId, result: Result<(), ErrorCode> },
+    /// A topic was deleted: every group's committed offsets for it go too
+    /// (as in Kafka), or a topic recreated under that name would be resumed
+    /// at the old offsets and its first records skipped.
+    TopicDeleted { topic: String },
 }
 
 /// One record for the offsets topic: key and value (`None` = tombstone).

@@ -183,6 +183,7 @@ impl GroupCoordinator {
             GroupInput::Request { id, request } => self.handle(now, id, request, out),
             GroupInput::Tick => self.tick(now, out),
             GroupInput::WriteDone { write, result } => self.write_done(now, write, result, out),
+            GroupInput::TopicDeleted { topic } => self.topic_deleted(&topic, out),
         }
         self.arm_timer(now, out);
     }

@@ -45,6 +45,34 @@ impl GroupCoordinator {
         self.append(records, PendingWrite::Commit { id, group: r.group_id, offsets, response }, out);
     }
 
+    /// Drops every committed offset of a deleted topic, with tombstones; an
+    /// empty group left with no offsets goes too (Kafka's cleanup of deleted
+    /// partitions).
+    pub(super) fn topic_deleted(&mut self, topic: &str, out: &mut Vec<GroupEffect>) {
+        let mut records = Vec::new();
+        let mut dead = Vec::new();
+        for g in self.groups.values_mut() {
+            let gone: Vec<(String, i32)> = g.offsets.keys().filter(|(t, _)| t == topic).cloned().collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for (t, partition) in gone {
+                g.offsets.remove(&(t.clone(), partition));
+                records.push((StoredKey::Offset { group: g.id.clone(), topic: t, partition }.encode(), None));
+            }
+            if g.state == GroupState::Empty && g.offsets.is_empty() && g.commits_in_flight == 0 {
+                records.push((StoredKey::Group { group: g.id.clone() }.encode(), None));
+                dead.push(g.id.clone());
+            }
+        }
+        for id in dead {
+            self.groups.remove(&id);
+        }
+        if !records.is_empty() {
+            self.append(records, PendingWrite::Background, out);
+        }
+    }
+
     /// Whether this member may commit now (Kafka's order of checks).
     fn check_commit(&mut self, now: Millis, r: &OffsetCommitRequest) -> ErrorCode {
         if r.group_id.is_empty() {
@@ -105,5 +133,93 @@ impl GroupCoordinator {
             })
             .collect();
         OffsetFetchResponse { groups }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        CommitPartition, GroupConfig, GroupCoordinator, GroupEffect, GroupInput, GroupRequest, GroupResponse,
+        OffsetCommitRequest, OffsetFetchGroup, OffsetFetchRequest, StoredRecord,
+    };
+    use crate::broker::RequestId;
+
+    /// Steps the coordinator, completing every append at once; returns the
+    /// replies and every record it asked to persist.
+    fn step(c: &mut GroupCoordinator, now: i64, input: GroupInput, log: &mut Vec<StoredRecord>) -> Vec<GroupResponse> {
+        let mut replies = Vec::new();
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let mut out = Vec::new();
+            c.step(now, input, &mut out);
+            for e in out {
+                match e {
+                    GroupEffect::Reply { response, .. } => replies.push(response),
+                    GroupEffect::Append { write, records } => {
+                        log.extend(records);
+                        queue.push(GroupInput::WriteDone { write, result: Ok(()) });
+                    }
+                    GroupEffect::Timer { .. } => {}
+                }
+            }
+        }
+        replies
+    }
+
+    fn commit(c: &mut GroupCoordinator, group: &str, offsets: &[(&str, i32, i64)], log: &mut Vec<StoredRecord>) {
+        let partitions = offsets
+            .iter()
+            .map(|&(t, p, o)| CommitPartition { topic: t.into(), partition: p, offset: o, leader_epoch: -1, metadata: None })
+            .collect();
+        let request = OffsetCommitRequest {
+            group_id: group.into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            partitions,
+        };
+        let id = RequestId { conn: 1, seq: log.len() as u64 };
+        let replies = step(c, 0, GroupInput::Request { id, request: GroupRequest::OffsetCommit(request) }, log);
+        assert!(matches!(&replies[..], [GroupResponse::OffsetCommit(r)] if r.partitions.iter().all(|p| p.2.is_ok())));
+    }
+
+    fn offsets(c: &mut GroupCoordinator, group: &str) -> Vec<(String, i32, i64)> {
+        let request = OffsetFetchRequest {
+            groups: vec![OffsetFetchGroup { group_id: group.into(), partitions: None }],
+            require_stable: false,
+        };
+        let id = RequestId { conn: 2, seq: 0 };
+        match &step(c, 0, GroupInput::Request { id, request: GroupRequest::OffsetFetch(request) }, &mut Vec::new())[..] {
+            [GroupResponse::OffsetFetch(r)] => r.groups[0].partitions.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deleting_a_topic_deletes_its_offsets_durably() {
+        let mut c = GroupCoordinator::new(GroupConfig::default(), 1);
+        let mut log = Vec::new();
+        commit(&mut c, "both", &[("a", 0, 5), ("a", 1, 6), ("b", 0, 7)], &mut log);
+        commit(&mut c, "only-a", &[("a", 0, 9)], &mut log);
+        commit(&mut c, "only-b", &[("b", 0, 3)], &mut log);
+        step(&mut c, 0, GroupInput::TopicDeleted { topic: "a".into() }, &mut log);
+        assert_eq!(offsets(&mut c, "both"), vec![("b".into(), 0, 7)]);
+        assert_eq!(offsets(&mut c, "only-a"), vec![]);
+        assert_eq!(offsets(&mut c, "only-b"), vec![("b".into(), 0, 3)]);
+        // An empty group left with no offsets is gone, as in Kafka.
+        assert!(c.group("only-a").is_none() && c.group("both").is_some());
+        // A topic nobody committed to changes nothing and writes nothing.
+        let before = log.len();
+        step(&mut c, 0, GroupInput::TopicDeleted { topic: "zzz".into() }, &mut log);
+        assert_eq!(log.len(), before);
+
+        // What was persisted replays to the same state.
+        let mut replayed = GroupCoordinator::new(GroupConfig::default(), 2);
+        for (key, value) in &log {
+            replayed.replay(key, value.as_deref()).unwrap();
+        }
+        assert_eq!(offsets(&mut replayed, "both"), vec![("b".into(), 0, 7)]);
+        assert_eq!(offsets(&mut replayed, "only-a"), vec![]);
+        assert!(replayed.group("only-a").is_none());
     }
 }
