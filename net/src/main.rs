@@ -387,7 +387,7 @@ async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::List { conn } => {
             let mut client = Client::connect(&conn.bootstrap).await?;
-            println!("{:<30}  {:<20}  {}", "GROUP", "STATE", "PROTOCOL TYPE");
+            println!("{:<30}  {:<20}  PROTOCOL TYPE", "GROUP", "STATE");
             for (id, protocol_type, state) in client.list_groups().await? {
                 println!("{id:<30}  {state:<20}  {protocol_type}");
             }
@@ -404,8 +404,8 @@ async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
             rows.sort();
             rows.dedup();
             println!(
-                "{:<24} {:>9} {:>16} {:>14} {:>8}  {:<40} {}",
-                "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST/CLIENT-ID"
+                "{:<24} {:>9} {:>16} {:>14} {:>8}  {:<40} HOST/CLIENT-ID",
+                "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID"
             );
             for (topic, partition) in rows {
                 let current = committed.iter().find(|(t, p, _)| *t == topic && *p == partition).map_or(-1, |c| c.2);

@@ -23,11 +23,13 @@ use millrace_sim::history::{Event, EventKind};
 
 use crate::checkers::Report;
 
+/// node -> partition -> (ack time, offset, sent time) of acknowledged commits.
+type Commits = BTreeMap<usize, BTreeMap<i32, Vec<(u64, i64, u64)>>>;
+
 pub(crate) fn check(events: &[Event], durable_acks: bool, r: &mut Report) {
     // node -> generation -> partition -> member
     let mut owners: BTreeMap<usize, BTreeMap<i32, BTreeMap<i32, &str>>> = BTreeMap::new();
-    // node -> partition -> (ack time, offset, sent time)
-    let mut commits: BTreeMap<usize, BTreeMap<i32, Vec<(u64, i64, u64)>>> = BTreeMap::new();
+    let mut commits: Commits = BTreeMap::new();
     let mut final_hw: BTreeMap<(usize, i32), i64> = BTreeMap::new();
     let mut any_group = false;
     for e in events {

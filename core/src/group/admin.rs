@@ -1,6 +1,6 @@
 //! ListGroups, DescribeGroups and DeleteGroups.
 
-use super::group::GroupState;
+use super::state::GroupState;
 use super::store::StoredKey;
 use super::{
     DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, DescribedGroup, DescribedMember,

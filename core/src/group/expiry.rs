@@ -1,7 +1,7 @@
 //! What happens when time passes: sessions expire, rebalances time out,
 //! and offsets of groups that stayed empty too long are deleted.
 
-use super::group::GroupState;
+use super::state::GroupState;
 use super::store::StoredKey;
 use super::sync::remove_and_answer;
 use super::{GroupCoordinator, GroupEffect, PendingWrite};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::group::{Group, GroupState};
+use super::state::{Group, GroupState};
 use super::member::Member;
 use super::store::StoredKey;
 use super::{GroupCoordinator, GroupEffect, GroupResponse, JoinGroupRequest, JoinGroupResponse, JoinedMember, PendingWrite, reply};

@@ -13,7 +13,7 @@
 pub mod api;
 mod admin;
 mod expiry;
-mod group;
+mod state;
 mod join;
 pub mod member;
 mod offsets;
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use api::*;
-pub use group::{CommittedOffset, Group, GroupState};
+pub use state::{CommittedOffset, Group, GroupState};
 
 use crate::Millis;
 use crate::broker::RequestId;

@@ -3,7 +3,7 @@
 //! commit), written to the offsets topic, and applied and acknowledged only
 //! once durable.
 
-use super::group::{CommittedOffset, Group, GroupState};
+use super::state::{CommittedOffset, Group, GroupState};
 use super::store::{StoredKey, StoredOffset};
 use super::{
     FetchedOffset, GroupCoordinator, GroupEffect, GroupResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchGroupResponse,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::group::GroupState;
+use super::state::GroupState;
 use super::store::StoredKey;
 use super::{
     GroupCoordinator, GroupEffect, GroupResponse, HeartbeatRequest, HeartbeatResponse, LeaveGroupRequest, LeaveGroupResponse,
