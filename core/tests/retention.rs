@@ -434,6 +434,12 @@ fn produce_refuses_batches_with_fewer_records_than_offsets() {
 fn the_offsets_topic_is_compacted_and_replays_the_latest_commits() {
     use millrace_core::group::*;
     let mut node = Node::new();
+    // Commits are only for partitions that exist.
+    let topic = NewTopic { name: "t".into(), num_partitions: 3, replication_factor: -1, has_assignments: false, configs: Vec::new() };
+    match node.call(Request::CreateTopics(CreateTopicsRequest { topics: vec![topic], validate_only: false })) {
+        Response::CreateTopics(c) => assert_eq!(c.topics[0].error, ErrorCode::None),
+        other => panic!("{other:?}"),
+    }
     let commit = |node: &mut Node, round: i64| {
         let partitions =
             (0..3).map(|p| CommitPartition { topic: "t".into(), partition: p, offset: round * 10 + i64::from(p), leader_epoch: -1, metadata: None }).collect();

@@ -41,7 +41,21 @@ impl<S: Storage> Broker<S> {
     }
 
     pub(super) fn group_request(&mut self, now: Millis, id: super::RequestId, request: GroupRequest, out: &mut Vec<Effect>) {
-        self.group_step(now, GroupInput::Request { id, request }, out);
+        let input = match request {
+            // Offsets only for partitions that exist, as Kafka checks (or a
+            // commit racing a topic's deletion would bring its offsets back).
+            GroupRequest::OffsetCommit(request) => {
+                let unknown = request
+                    .partitions
+                    .iter()
+                    .filter(|p| self.topics.get(&p.topic).is_none_or(|t| usize::try_from(p.partition).map_or(true, |i| i >= t.partitions.len())))
+                    .map(|p| (p.topic.clone(), p.partition))
+                    .collect();
+                GroupInput::CheckedCommit { id, request, unknown }
+            }
+            request => GroupInput::Request { id, request },
+        };
+        self.group_step(now, input, out);
     }
 
     /// Everything appended for the coordinator is durable now.

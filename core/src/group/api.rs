@@ -287,6 +287,11 @@ pub enum GroupInput {
     /// (as in Kafka), or a topic recreated under that name would be resumed
     /// at the old offsets and its first records skipped.
     TopicDeleted { topic: String },
+    /// An OffsetCommit whose partitions the broker checked against its
+    /// topics: those in `unknown` do not exist and are refused with
+    /// UNKNOWN_TOPIC_OR_PARTITION whatever the group's state (as Kafka
+    /// does), so no offset is ever stored for a partition that is not there.
+    CheckedCommit { id: RequestId, request: OffsetCommitRequest, unknown: Vec<(String, i32)> },
 }
 
 /// One record for the offsets topic: key and value (`None` = tombstone).

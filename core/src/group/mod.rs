@@ -184,6 +184,7 @@ impl GroupCoordinator {
             GroupInput::Tick => self.tick(now, out),
             GroupInput::WriteDone { write, result } => self.write_done(now, write, result, out),
             GroupInput::TopicDeleted { topic } => self.topic_deleted(&topic, out),
+            GroupInput::CheckedCommit { id, request, unknown } => self.commit(now, id, request, &unknown, out),
         }
         self.arm_timer(now, out);
     }
@@ -200,7 +201,7 @@ impl GroupCoordinator {
                 let response = self.leave(now, r, out);
                 reply(out, id, GroupResponse::Leave(response));
             }
-            GroupRequest::OffsetCommit(r) => self.commit(now, id, r, out),
+            GroupRequest::OffsetCommit(r) => self.commit(now, id, r, &[], out),
             GroupRequest::OffsetFetch(r) => {
                 let response = self.fetch_offsets(r);
                 reply(out, id, GroupResponse::OffsetFetch(response));

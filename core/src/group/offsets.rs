@@ -13,13 +13,22 @@ use crate::broker::RequestId;
 use crate::{ErrorCode, Millis};
 
 impl GroupCoordinator {
-    pub(super) fn commit(&mut self, now: Millis, id: RequestId, r: OffsetCommitRequest, out: &mut Vec<GroupEffect>) {
+    pub(super) fn commit(
+        &mut self,
+        now: Millis,
+        id: RequestId,
+        r: OffsetCommitRequest,
+        unknown: &[(String, i32)],
+        out: &mut Vec<GroupEffect>,
+    ) {
         let group_error = self.check_commit(now, &r);
         let mut response = OffsetCommitResponse { partitions: Vec::with_capacity(r.partitions.len()) };
         let mut records = Vec::new();
         let mut offsets = Vec::new();
         for p in r.partitions {
-            let error = if !group_error.is_ok() {
+            let error = if unknown.iter().any(|(t, n)| *t == p.topic && *n == p.partition) {
+                ErrorCode::UnknownTopicOrPartition
+            } else if !group_error.is_ok() {
                 group_error
             } else if p.metadata.as_ref().is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes) {
                 ErrorCode::OffsetMetadataTooLarge
@@ -193,6 +202,40 @@ mod tests {
             [GroupResponse::OffsetFetch(r)] => r.groups[0].partitions.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect(),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn partitions_the_broker_does_not_know_are_refused_first() {
+        let mut c = GroupCoordinator::new(GroupConfig::default(), 1);
+        let mut log = Vec::new();
+        let partitions = vec![
+            CommitPartition { topic: "a".into(), partition: 0, offset: 5, leader_epoch: -1, metadata: None },
+            CommitPartition { topic: "a".into(), partition: 9, offset: 5, leader_epoch: -1, metadata: None },
+            CommitPartition { topic: "gone".into(), partition: 0, offset: 5, leader_epoch: -1, metadata: None },
+        ];
+        let unknown = vec![("a".to_string(), 9), ("gone".to_string(), 0)];
+        let errors = |c: &mut GroupCoordinator, generation: i32, log: &mut Vec<StoredRecord>| {
+            let request = OffsetCommitRequest {
+                group_id: "g".into(),
+                generation_id: generation,
+                member_id: String::new(),
+                group_instance_id: None,
+                partitions: partitions.clone(),
+            };
+            let id = RequestId { conn: 1, seq: 1 };
+            match &step(c, 0, GroupInput::CheckedCommit { id, request, unknown: unknown.clone() }, log)[..] {
+                [GroupResponse::OffsetCommit(r)] => r.partitions.iter().map(|p| p.2).collect::<Vec<_>>(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        use crate::ErrorCode::{IllegalGeneration, None as Ok, UnknownTopicOrPartition as Unknown};
+        // Unknown partitions get their own error even when the group refuses
+        // the commit for another reason.
+        assert_eq!(errors(&mut c, 7, &mut log), vec![IllegalGeneration, Unknown, Unknown]);
+        assert!(log.is_empty());
+        assert_eq!(errors(&mut c, -1, &mut log), vec![Ok, Unknown, Unknown]);
+        assert_eq!(offsets(&mut c, "g"), vec![("a".into(), 0, 5)]);
+        assert_eq!(log.len(), 1, "only the known partition was written");
     }
 
     #[test]
