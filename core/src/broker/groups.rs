@@ -45,10 +45,13 @@ impl<S: Storage> Broker<S> {
             // Offsets only for partitions that exist, as Kafka checks (or a
             // commit racing a topic's deletion would bring its offsets back).
             GroupRequest::OffsetCommit(request) => {
+                let exists = |topic: &str, partition: i32| {
+                    self.topics.get(topic).is_some_and(|t| usize::try_from(partition).is_ok_and(|i| i < t.partitions.len()))
+                };
                 let unknown = request
                     .partitions
                     .iter()
-                    .filter(|p| self.topics.get(&p.topic).is_none_or(|t| usize::try_from(p.partition).map_or(true, |i| i >= t.partitions.len())))
+                    .filter(|p| !exists(&p.topic, p.partition))
                     .map(|p| (p.topic.clone(), p.partition))
                     .collect();
                 GroupInput::CheckedCommit { id, request, unknown }

@@ -58,6 +58,13 @@ impl GroupCoordinator {
     /// empty group left with no offsets goes too (Kafka's cleanup of deleted
     /// partitions).
     pub(super) fn topic_deleted(&mut self, topic: &str, out: &mut Vec<GroupEffect>) {
+        // A commit still being written was appended before the tombstones
+        // below, so replay drops it: it must not come back in memory either.
+        for pending in self.pending.values_mut() {
+            if let PendingWrite::Commit { offsets, .. } = pending {
+                offsets.retain(|((t, _), _)| t != topic);
+            }
+        }
         let mut records = Vec::new();
         let mut dead = Vec::new();
         for g in self.groups.values_mut() {
@@ -251,6 +258,29 @@ mod tests {
         assert_eq!(offsets(&mut c, "only-b"), vec![("b".into(), 0, 3)]);
         // An empty group left with no offsets is gone, as in Kafka.
         assert!(c.group("only-a").is_none() && c.group("both").is_some());
+        // A commit in flight when its topic goes is not applied afterwards.
+        let mut out = Vec::new();
+        let request = OffsetCommitRequest {
+            group_id: "both".into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            partitions: vec![CommitPartition { topic: "b".into(), partition: 0, offset: 8, leader_epoch: -1, metadata: None }],
+        };
+        let id = RequestId { conn: 3, seq: 0 };
+        c.step(0, GroupInput::Request { id, request: GroupRequest::OffsetCommit(request) }, &mut out);
+        let write = out.iter().find_map(|e| match e {
+            GroupEffect::Append { write, records } => {
+                log.extend(records.clone());
+                Some(*write)
+            }
+            _ => None,
+        });
+        step(&mut c, 0, GroupInput::TopicDeleted { topic: "b".into() }, &mut log);
+        step(&mut c, 0, GroupInput::WriteDone { write: write.expect("the commit is written"), result: Ok(()) }, &mut log);
+        assert_eq!(offsets(&mut c, "both"), vec![]);
+        assert!(c.group("only-b").is_none());
+        commit(&mut c, "both", &[("b", 0, 7)], &mut log);
         // A topic nobody committed to changes nothing and writes nothing.
         let before = log.len();
         step(&mut c, 0, GroupInput::TopicDeleted { topic: "zzz".into() }, &mut log);
@@ -261,8 +291,8 @@ mod tests {
         for (key, value) in &log {
             replayed.replay(key, value.as_deref()).unwrap();
         }
-        assert_eq!(offsets(&mut replayed, "both"), vec![("b".into(), 0, 7)]);
+        assert_eq!(offsets(&mut replayed, "both"), vec![("b".into(), 0, 7)], "(after its topic came back)");
         assert_eq!(offsets(&mut replayed, "only-a"), vec![]);
-        assert!(replayed.group("only-a").is_none());
+        assert!(replayed.group("only-a").is_none() && replayed.group("only-b").is_none());
     }
 }
