@@ -8,6 +8,7 @@
 //! `millrace-net` and under the deterministic simulator in `millrace-sim`.
 
 pub mod broker;
+pub mod controller;
 pub mod error;
 pub mod group;
 pub mod log;

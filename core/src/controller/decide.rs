@@ -1,0 +1,72 @@
+//! What the active controller decides, as pure functions of the image: the
+//! records to propose when a topic is created or a broker is fenced or
+//! comes back. Leaders are only ever chosen from the ISR (no unclean
+//! election), so a fenced last in-sync replica leaves its partition offline
+//! until it returns, rather than losing acknowledged records.
+
+use super::image::MetadataImage;
+use super::records::{BrokerId, MetadataRecord};
+
+/// Rack-unaware round-robin: partition p gets `rf` consecutive live
+/// brokers starting at `start + p`, so leaders spread over the brokers.
+pub fn assign_replicas(live: &[BrokerId], partitions: i32, rf: usize, start: usize) -> Result<Vec<Vec<BrokerId>>, String> {
+    if partitions < 1 {
+        return Err(format!("number of partitions must be at least 1, got {partitions}"));
+    }
+    if rf == 0 || rf > live.len() {
+        return Err(format!("replication factor {rf} needs {rf} live brokers, {} are live", live.len()));
+    }
+    Ok((0..partitions as usize).map(|p| (0..rf).map(|k| live[(start + p + k) % live.len()]).collect()).collect())
+}
+
+/// Fences `broker`: it leaves every ISR (unless it is the last member) and
+/// every partition it led gets the next in-sync replica as leader.
+pub fn fence(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
+    let Some(b) = image.brokers.get(&broker) else { return Vec::new() };
+    if b.fenced {
+        return Vec::new();
+    }
+    let mut out = vec![MetadataRecord::FenceBroker { broker, epoch: b.epoch }];
+    let live = |id: &BrokerId| *id != broker && image.brokers.get(id).is_some_and(|x| !x.fenced);
+    for (topic, t) in &image.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if !p.isr.contains(&broker) {
+                continue;
+            }
+            let rest: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
+            // The last in-sync replica stays in the ISR: it holds data no
+            // other replica is known to have.
+            let isr = if rest.is_empty() { p.isr.clone() } else { rest };
+            let leader = if p.leader == Some(broker) || p.leader.is_none() { isr.iter().copied().find(live) } else { p.leader };
+            let leader_epoch = if leader != p.leader { p.leader_epoch + 1 } else { p.leader_epoch };
+            if isr != p.isr || leader != p.leader {
+                out.push(MetadataRecord::PartitionChange { topic: topic.clone(), partition: i as i32, leader, leader_epoch, isr });
+            }
+        }
+    }
+    out
+}
+
+/// Unfences `broker` and gives it the lead of offline partitions whose ISR
+/// it is in.
+pub fn unfence(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
+    let Some(b) = image.brokers.get(&broker) else { return Vec::new() };
+    if !b.fenced {
+        return Vec::new();
+    }
+    let mut out = vec![MetadataRecord::UnfenceBroker { broker, epoch: b.epoch }];
+    for (topic, t) in &image.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.leader.is_none() && p.isr.contains(&broker) {
+                out.push(MetadataRecord::PartitionChange {
+                    topic: topic.clone(),
+                    partition: i as i32,
+                    leader: Some(broker),
+                    leader_epoch: p.leader_epoch + 1,
+                    isr: p.isr.clone(),
+                });
+            }
+        }
+    }
+    out
+}

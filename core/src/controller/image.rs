@@ -1,0 +1,144 @@
+//! The metadata image: the cluster's metadata as of some point of the
+//! metadata log. Applying the same records in the same order gives the
+//! same image on every node; a record that does not fit the image (it
+//! names an unknown broker or topic, or an epoch goes back) is refused
+//! with a typed error, never applied half-way.
+
+use std::collections::BTreeMap;
+
+use super::records::{BrokerId, MetadataRecord};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerImage {
+    pub epoch: u64,
+    pub host: String,
+    pub port: i32,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionImage {
+    pub replicas: Vec<BrokerId>,
+    pub isr: Vec<BrokerId>,
+    pub leader: Option<BrokerId>,
+    /// Goes up with every change of leader.
+    pub leader_epoch: i32,
+    /// Goes up with every change of the partition (leader or ISR).
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicImage {
+    pub topic_id: [u8; 16],
+    pub partitions: Vec<PartitionImage>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    pub brokers: BTreeMap<BrokerId, BrokerImage>,
+    pub topics: BTreeMap<String, TopicImage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("unknown broker {0}")]
+    UnknownBroker(BrokerId),
+    #[error("broker {broker}: epoch {got} is not its current epoch {current}")]
+    StaleBrokerEpoch { broker: BrokerId, got: u64, current: u64 },
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("{topic}-{partition} does not exist")]
+    UnknownPartition { topic: String, partition: i32 },
+    #[error("{topic}-{partition}: {reason}")]
+    BadPartitionChange { topic: String, partition: i32, reason: String },
+    #[error("topic {topic}: {reason}")]
+    BadAssignment { topic: String, reason: String },
+}
+
+impl MetadataImage {
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionImage> {
+        self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)
+    }
+
+    /// Brokers that are registered and not fenced, in id order.
+    pub fn live_brokers(&self) -> Vec<BrokerId> {
+        self.brokers.iter().filter(|(_, b)| !b.fenced).map(|(id, _)| *id).collect()
+    }
+
+    pub fn apply(&mut self, record: &MetadataRecord) -> Result<(), ImageError> {
+        match record {
+            MetadataRecord::RegisterBroker { broker, epoch, host, port } => {
+                if let Some(b) = self.brokers.get(broker)
+                    && *epoch <= b.epoch
+                {
+                    return Err(ImageError::StaleBrokerEpoch { broker: *broker, got: *epoch, current: b.epoch });
+                }
+                // A new incarnation starts fenced: it must catch up first.
+                self.brokers.insert(*broker, BrokerImage { epoch: *epoch, host: host.clone(), port: *port, fenced: true });
+            }
+            MetadataRecord::FenceBroker { broker, epoch } | MetadataRecord::UnfenceBroker { broker, epoch } => {
+                let b = self.brokers.get_mut(broker).ok_or(ImageError::UnknownBroker(*broker))?;
+                if b.epoch != *epoch {
+                    return Err(ImageError::StaleBrokerEpoch { broker: *broker, got: *epoch, current: b.epoch });
+                }
+                b.fenced = matches!(record, MetadataRecord::FenceBroker { .. });
+            }
+            MetadataRecord::CreateTopic { name, topic_id, replicas } => {
+                if self.topics.contains_key(name) {
+                    return Err(ImageError::TopicExists(name.clone()));
+                }
+                let bad = |reason: String| ImageError::BadAssignment { topic: name.clone(), reason };
+                if replicas.is_empty() {
+                    return Err(bad("no partitions".into()));
+                }
+                let mut partitions = Vec::with_capacity(replicas.len());
+                for (p, rs) in replicas.iter().enumerate() {
+                    let mut sorted = rs.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    if rs.is_empty() || sorted.len() != rs.len() {
+                        return Err(bad(format!("partition {p} has replicas {rs:?}")));
+                    }
+                    if let Some(unknown) = rs.iter().find(|b| !self.brokers.contains_key(b)) {
+                        return Err(bad(format!("partition {p} names unknown broker {unknown}")));
+                    }
+                    // The first live replica leads; everyone starts in sync.
+                    let leader = rs.iter().copied().find(|b| self.brokers.get(b).is_some_and(|x| !x.fenced));
+                    partitions.push(PartitionImage { replicas: rs.clone(), isr: rs.clone(), leader, leader_epoch: 0, partition_epoch: 0 });
+                }
+                self.topics.insert(name.clone(), TopicImage { topic_id: *topic_id, partitions });
+            }
+            MetadataRecord::DeleteTopic { name } => {
+                self.topics.remove(name).ok_or_else(|| ImageError::UnknownTopic(name.clone()))?;
+            }
+            MetadataRecord::PartitionChange { topic, partition, leader, leader_epoch, isr } => {
+                let unknown = || ImageError::UnknownPartition { topic: topic.clone(), partition: *partition };
+                let p = self
+                    .topics
+                    .get_mut(topic)
+                    .ok_or_else(|| ImageError::UnknownTopic(topic.clone()))?
+                    .partitions
+                    .get_mut(usize::try_from(*partition).map_err(|_| unknown())?)
+                    .ok_or_else(unknown)?;
+                let bad = |reason: String| ImageError::BadPartitionChange { topic: topic.clone(), partition: *partition, reason };
+                if let Some(outsider) = isr.iter().find(|b| !p.replicas.contains(b)) {
+                    return Err(bad(format!("ISR member {outsider} is not a replica")));
+                }
+                if leader.is_some_and(|l| !isr.contains(&l)) {
+                    return Err(bad(format!("leader {leader:?} is not in the ISR {isr:?}")));
+                }
+                let expected = if *leader != p.leader { p.leader_epoch + 1 } else { p.leader_epoch };
+                if *leader_epoch != expected {
+                    return Err(bad(format!("leader epoch {leader_epoch}, expected {expected}")));
+                }
+                p.leader = *leader;
+                p.leader_epoch = *leader_epoch;
+                p.isr = isr.clone();
+                p.partition_epoch += 1;
+            }
+        }
+        Ok(())
+    }
+}
