@@ -1,12 +1,13 @@
 //! The controller's metadata: the records of the metadata log
 //! ([`records`]), the image they build ([`image`]), and the decisions the
-//! active controller proposes ([`decide`]). The Raft core that replicates
-//! the log is [`crate::raft`]; the controller machine that joins them is
-//! the next step (see the book's "The controller quorum").
+//! active controller proposes ([`decide`]), and the controller machine that
+//! runs them over the Raft core ([`machine`], [`crate::raft`]).
 
 pub mod decide;
 pub mod image;
+pub mod machine;
 pub mod records;
 
 pub use image::{ImageError, MetadataImage, PartitionImage};
+pub use machine::{Controller, ControllerConfig, ControllerEffect, ControllerInput, ControllerReply, ControllerRequest};
 pub use records::{BrokerId, MetadataRecord};
