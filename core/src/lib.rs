@@ -14,6 +14,7 @@ pub mod group;
 pub mod log;
 pub mod raft;
 pub mod records;
+pub mod replication;
 pub mod rng;
 pub mod storage;
 
