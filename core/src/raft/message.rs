@@ -21,7 +21,9 @@ pub enum Message {
     /// "Would you vote for me in `term`?" — asked before disrupting anyone
     /// (Raft thesis §9.6): the sender's own term does not change.
     PreVote { term: Term, last_index: Index, last_term: Term },
-    PreVoteResponse { term: Term, granted: bool },
+    /// `term` is the term asked about; `current` the responder's own term,
+    /// so a pre-candidate left behind learns the term it must reach.
+    PreVoteResponse { term: Term, granted: bool, current: Term },
     RequestVote { term: Term, last_index: Index, last_term: Term },
     RequestVoteResponse { term: Term, granted: bool },
     /// Entries after (`prev_index`, `prev_term`); empty as a heartbeat.

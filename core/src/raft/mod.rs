@@ -336,9 +336,19 @@ impl RaftNode {
             let leased = self.role == Role::Leader
                 || self.last_leader_contact.is_some_and(|t| now - t < self.config.election_timeout_min_ms);
             let granted = term > self.hard.term && !leased && self.log.up_to_date(last_index, last_term);
-            return self.send(from, Message::PreVoteResponse { term, granted }, out);
+            let current = self.hard.term;
+            return self.send(from, Message::PreVoteResponse { term, granted, current }, out);
         }
-        if let Message::PreVoteResponse { term: asked, granted } = message {
+        if let Message::PreVoteResponse { term: asked, granted, current } = message {
+            if current > self.hard.term {
+                // We are behind: without this, a node with the most
+                // up-to-date log but an old term could never win a
+                // pre-vote, and nobody else could win its vote (etcd's
+                // raft does the same).
+                self.persist(current, None, out);
+                self.become_follower(now, current, None);
+                return;
+            }
             if self.role == Role::PreCandidate && asked == self.hard.term + 1 {
                 self.votes.insert(from, granted);
                 if self.votes.values().filter(|g| **g).count() >= self.quorum() {
