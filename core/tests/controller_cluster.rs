@@ -1,6 +1,7 @@
 //! Three controllers (a Raft quorum over the metadata log) and four brokers
 //! on a seeded in-memory network. Brokers register, heartbeat, die and come
-//! back; controllers crash and restart from what they made durable. Checked
+//! back; controllers crash, restart from what they made durable, and the
+//! active one is cut off from everyone while it keeps running. Checked
 //! throughout: the controllers' applied metadata records agree (each is a
 //! prefix of the longest); every (partition, leader epoch) has one leader;
 //! and once faults stop, every broker is registered and unfenced and every
@@ -26,7 +27,9 @@ struct Broker {
     alive: bool,
     epoch: Option<u64>,
     next_heartbeat: Millis,
-    waiting: bool,
+    /// Since when it waits for an answer (it gives up after a while, as a
+    /// request timeout would: requests and answers can be lost).
+    waiting: Option<Millis>,
 }
 
 enum Msg {
@@ -42,6 +45,8 @@ struct Cluster {
     seq: u64,
     now: Millis,
     rng: Rng,
+    /// Controllers cut off from everyone (brokers included).
+    isolated: Vec<u64>,
     leaders: BTreeMap<(String, i32, i32), BrokerId>,
 }
 
@@ -63,11 +68,12 @@ impl Cluster {
     fn new(seed: u64) -> Self {
         let mut c = Self {
             controllers: BTreeMap::new(),
-            brokers: (0..4).map(|b| (b, Broker { alive: true, epoch: None, next_heartbeat: 0, waiting: false })).collect(),
+            brokers: (0..4).map(|b| (b, Broker { alive: true, epoch: None, next_heartbeat: 0, waiting: None })).collect(),
             queue: BTreeMap::new(),
             seq: 0,
             now: 0,
             rng: Rng::new(seed),
+            isolated: Vec::new(),
             leaders: BTreeMap::new(),
         };
         for id in 1..=3 {
@@ -86,6 +92,14 @@ impl Cluster {
     }
 
     fn send(&mut self, msg: Msg) {
+        let cut = match &msg {
+            Msg::Raft(env) => self.isolated.contains(&env.from) || self.isolated.contains(&env.to),
+            Msg::Request { controller, .. } => self.isolated.contains(controller),
+            Msg::Reply { .. } => false,
+        };
+        if cut {
+            return;
+        }
         let delay = 1 + (self.rng.next_u64() % 10) as Millis;
         self.seq += 1;
         self.queue.insert((self.now + delay, self.seq), msg);
@@ -105,7 +119,12 @@ impl Cluster {
                 ControllerEffect::Raft(raft::Effect::Timer { at }) => node.timer = Some(at),
                 ControllerEffect::Raft(raft::Effect::Send(env)) => self.send(Msg::Raft(env)),
                 ControllerEffect::Raft(_) => {}
-                ControllerEffect::Reply { to, reply } => self.send(Msg::Reply { broker: to as BrokerId, reply }),
+                // Cut off, the answer is lost: the broker times out and asks again.
+            ControllerEffect::Reply { to, reply } => {
+                if !self.isolated.contains(&id) {
+                    self.send(Msg::Reply { broker: to as BrokerId, reply });
+                }
+            }
             }
         }
         self.check();
@@ -122,11 +141,14 @@ impl Cluster {
     fn broker_turn(&mut self, b: BrokerId) {
         let Some(active) = self.active() else { return };
         let broker = self.brokers.get_mut(&b).unwrap();
-        if !broker.alive || broker.waiting || self.now < broker.next_heartbeat {
+        if broker.waiting.is_some_and(|since| self.now - since > 500) {
+            broker.waiting = None;
+        }
+        if !broker.alive || broker.waiting.is_some() || self.now < broker.next_heartbeat {
             return;
         }
         broker.next_heartbeat = self.now + 200;
-        broker.waiting = true;
+        broker.waiting = Some(self.now);
         let request = match broker.epoch {
             None => ControllerRequest::Register { broker: b, host: format!("b{b}"), port: 9092 },
             Some(epoch) => ControllerRequest::Heartbeat { broker: b, epoch, caught_up: true },
@@ -142,7 +164,7 @@ impl Cluster {
             }
             Msg::Request { broker, controller, request } => {
                 if self.controllers[&controller].machine.is_none() {
-                    self.brokers.get_mut(&broker).unwrap().waiting = false;
+                    self.brokers.get_mut(&broker).unwrap().waiting = None;
                     return;
                 }
                 self.step_controller(controller, ControllerInput::Request { from: broker as u64, request });
@@ -150,7 +172,7 @@ impl Cluster {
             Msg::Reply { broker, reply } => {
                 // (Replies to the test's own admin requests go nowhere.)
                 let Some(b) = self.brokers.get_mut(&broker) else { return };
-                b.waiting = false;
+                b.waiting = None;
                 if !b.alive {
                     return;
                 }
@@ -247,7 +269,7 @@ fn brokers_register_and_a_dead_leader_is_replaced_from_the_isr() {
 
 #[test]
 fn the_controller_quorum_survives_crashes_with_one_story() {
-    for seed in 0..12u64 {
+    for seed in 0..24u64 {
         let mut c = Cluster::new(seed);
         let mut rng = Rng::new(seed ^ 0xc0);
         c.run(2_000);
@@ -255,7 +277,14 @@ fn the_controller_quorum_survives_crashes_with_one_story() {
         for _ in 0..15 {
             let until = c.now + 200 + (rng.next_u64() % 800) as Millis;
             c.run(until);
-            match rng.next_u64() % 5 {
+            match rng.next_u64() % 7 {
+                5 => {
+                    // The active controller is cut off (it keeps running).
+                    if let Some(a) = c.active() {
+                        c.isolated.push(a);
+                    }
+                }
+                6 => c.isolated.clear(),
                 0 => {
                     if let Some(a) = c.active() {
                         c.controllers.get_mut(&a).unwrap().machine = None;
@@ -281,7 +310,8 @@ fn the_controller_quorum_survives_crashes_with_one_story() {
                 }
             }
         }
-        // Heal: every controller and broker up.
+        // Heal: every controller and broker up, the network whole.
+        c.isolated.clear();
         for id in 1..=3 {
             if c.controllers[&id].machine.is_none() {
                 c.start_controller(id);
