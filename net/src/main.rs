@@ -360,12 +360,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         for r in readers.iter_mut() {
             while let Some(rec) = r.next(&mut client, wait).await? {
                 idle = false;
-                if args.print_key {
-                    out.write_all(rec.key.as_deref().unwrap_or_default())?;
-                    out.write_all(b"\t")?;
-                }
-                out.write_all(rec.value.as_deref().unwrap_or_default())?;
-                out.write_all(b"\n")?;
+                print_record(&mut out, &rec, args.print_key)?;
                 count += 1;
                 if args.max_messages.is_some_and(|m| count >= m) {
                     out.flush()?;
@@ -460,12 +455,7 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
             match consumer.poll(500).await? {
                 Some((_, _, rec)) => {
                     idle_polls = 0;
-                    if args.print_key {
-                        out.write_all(rec.key.as_deref().unwrap_or_default())?;
-                        out.write_all(b"\t")?;
-                    }
-                    out.write_all(rec.value.as_deref().unwrap_or_default())?;
-                    out.write_all(b"\n")?;
+                    print_record(&mut out, &rec, args.print_key)?;
                     count += 1;
                     if args.max_messages.is_some_and(|m| count >= m) {
                         return Ok(());
@@ -489,4 +479,14 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     consumer.close().await?;
     eprintln!("consumed {count} records in group {group}");
     result
+}
+
+/// One record as a line: the value, or key TAB value.
+fn print_record(out: &mut impl Write, rec: &Record, print_key: bool) -> std::io::Result<()> {
+    if print_key {
+        out.write_all(rec.key.as_deref().unwrap_or_default())?;
+        out.write_all(b"\t")?;
+    }
+    out.write_all(rec.value.as_deref().unwrap_or_default())?;
+    out.write_all(b"\n")
 }

@@ -13,7 +13,6 @@ Run from the repository root:
     MILLRACE_BIN=target/debug/millrace python3 -m pytest -q tests/e2e/test_groups.py
 """
 
-import functools
 import logging
 import os
 import shutil
@@ -31,10 +30,10 @@ from collections import Counter
 
 import pytest
 
+from test_real_clients import Broker as Server, server_log_on_failure
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-MILLRACE_BIN = os.environ.get("MILLRACE_BIN", os.path.join(REPO_ROOT, "target", "release", "millrace"))
 RDKAFKA_LOG = logging.getLogger("rdkafka")
 
 # Coordinator settings for every test: a group forms as soon as its members
@@ -72,90 +71,20 @@ def wait_for(cond, timeout, what, poll=0.05, diag=lambda: ""):
 # ---------------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_accepts(port, timeout=0.5):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-class Broker:
-    """One `millrace serve` with a config file; SIGKILL and restart keep the
-    port and the data directory."""
+class Broker(Server):
+    """One `millrace serve` with a config file (test_real_clients' server
+    helper); SIGKILL and restart keep the port and the data directory."""
 
     def __init__(self, workdir, sections):
         """sections: {"broker.group": {key: TOML value}, ...}."""
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.data_dir = os.path.join(workdir, "data")
-        self.config_path = os.path.join(workdir, "millrace.toml")
-        self.log_path = os.path.join(workdir, "server.stderr.log")
-        self.proc = None
-        self.starts = 0
+        config_path = os.path.join(workdir, "millrace.toml")
         lines = []
         for section, settings in sections.items():
             lines.append(f"[{section}]")
             lines.extend(f"{k} = {v}" for k, v in settings.items())
-        with open(self.config_path, "w") as f:
+        with open(config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
-
-    def start(self, timeout=20.0):
-        if not os.path.exists(MILLRACE_BIN):
-            pytest.fail(f"millrace binary not found at {MILLRACE_BIN}; build it or set MILLRACE_BIN")
-        self.starts += 1
-        with open(self.log_path, "ab") as f:
-            f.write(f"\n===== e2e: start #{self.starts} on {self.addr} =====\n".encode())
-        logf = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [MILLRACE_BIN, "serve", "--listen", self.addr, "--data-dir", self.data_dir,
-                 "--config", self.config_path],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                env={**os.environ, "MILLRACE_LOG": os.environ.get("MILLRACE_LOG", "info")},
-            )
-        finally:
-            logf.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"millrace exited with {self.proc.returncode} during startup\n{self.tail()}")
-            if port_accepts(self.port):
-                return
-            time.sleep(0.05)
-        pytest.fail(f"millrace did not accept connections on {self.addr} within {timeout}s\n{self.tail()}")
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self):
-        if not self.proc or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGKILL)
-            return self.proc.wait(timeout=10)
-
-    def tail(self, lines=60):
-        try:
-            with open(self.log_path, "rb") as f:
-                text = f.read().decode("utf-8", "replace").splitlines()
-        except OSError as e:
-            return f"(no server log: {e})"
-        return f"----- last {min(lines, len(text))} lines of server stderr -----\n" + "\n".join(text[-lines:])
-
-    def assert_alive(self):
-        assert self.proc.poll() is None, f"server died (exit {self.proc.returncode})\n{self.tail()}"
+        super().__init__(workdir, ["--config", config_path])
 
 
 @pytest.fixture
@@ -188,22 +117,6 @@ def broker_with():
 @pytest.fixture
 def broker(broker_with):
     return broker_with()
-
-
-def server_log_on_failure(test):
-    """Prints the tail of the server's stderr when the test body fails."""
-
-    @functools.wraps(test)
-    def wrapper(*args, **kwargs):
-        try:
-            return test(*args, **kwargs)
-        except BaseException:
-            b = kwargs.get("broker")
-            if b is not None:
-                print(b.tail(), flush=True)
-            raise
-
-    return wrapper
 
 
 # ---------------------------------------------------------------------------
