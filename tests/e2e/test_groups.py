@@ -30,7 +30,7 @@ from collections import Counter
 
 import pytest
 
-from test_real_clients import Broker as Server, server_log_on_failure
+from test_real_clients import Broker as Server, ck_create_topic as create_topic, server_log_on_failure
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -122,17 +122,6 @@ def broker(broker_with):
 # ---------------------------------------------------------------------------
 # Producing
 # ---------------------------------------------------------------------------
-
-
-def create_topic(addr, name, partitions):
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": addr, "logger": RDKAFKA_LOG})
-    fs = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
-                             operation_timeout=10, request_timeout=15)
-    fs[name].result(timeout=20)
-    md = admin.list_topics(topic=name, timeout=10)
-    assert len(md.topics[name].partitions) == partitions
 
 
 def produce(addr, topic, partitions, per_partition, tag, flush_every=None):

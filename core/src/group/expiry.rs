@@ -1,10 +1,9 @@
 //! What happens when time passes: sessions expire, rebalances time out,
 //! and offsets of groups that stayed empty too long are deleted.
 
-use super::state::GroupState;
-use super::store::StoredKey;
+use super::state::{Group, GroupState};
 use super::sync::remove_and_answer;
-use super::{GroupCoordinator, GroupEffect, PendingWrite};
+use super::{GroupCoordinator, GroupEffect};
 use crate::Millis;
 
 impl GroupCoordinator {
@@ -59,32 +58,11 @@ impl GroupCoordinator {
     /// retention period (and not committed to since), and then the groups.
     fn expire_offsets(&mut self, now: Millis, out: &mut Vec<GroupEffect>) {
         let retention = self.config.offsets_retention_ms;
-        let mut records = Vec::new();
-        let mut dead = Vec::new();
-        for g in self.groups.values_mut() {
-            if g.state != GroupState::Empty || g.commits_in_flight > 0 {
-                continue;
-            }
-            let expired: Vec<(String, i32)> = g
-                .offsets
-                .iter()
-                .filter(|(_, c)| now.saturating_sub(c.commit_timestamp.max(g.empty_since)) >= retention)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for (topic, partition) in expired {
-                g.offsets.remove(&(topic.clone(), partition));
-                records.push((StoredKey::Offset { group: g.id.clone(), topic, partition }.encode(), None));
-            }
-            if g.offsets.is_empty() && now.saturating_sub(g.empty_since) >= retention {
-                records.push((StoredKey::Group { group: g.id.clone() }.encode(), None));
-                dead.push(g.id.clone());
-            }
-        }
-        for id in dead {
-            self.groups.remove(&id);
-        }
-        if !records.is_empty() {
-            self.append(records, PendingWrite::Background, out);
-        }
+        let idle = |g: &Group| g.state == GroupState::Empty && g.commits_in_flight == 0;
+        self.delete_offsets(
+            |g, _, c| idle(g) && now.saturating_sub(c.commit_timestamp.max(g.empty_since)) >= retention,
+            |g, _| idle(g) && now.saturating_sub(g.empty_since) >= retention,
+            out,
+        );
     }
 }

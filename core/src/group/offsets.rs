@@ -65,18 +65,31 @@ impl GroupCoordinator {
                 offsets.retain(|((t, _), _)| t != topic);
             }
         }
+        self.delete_offsets(
+            |_, (t, _), _| t == topic,
+            |g, removed| removed && g.state == GroupState::Empty && g.commits_in_flight == 0,
+            out,
+        );
+    }
+
+    /// Deletes, with tombstones, the committed offsets `doomed` picks, then
+    /// every group left without offsets that `goes` says should go (it is
+    /// told whether the group lost any offsets just now).
+    pub(super) fn delete_offsets(
+        &mut self,
+        doomed: impl Fn(&Group, &(String, i32), &CommittedOffset) -> bool,
+        goes: impl Fn(&Group, bool) -> bool,
+        out: &mut Vec<GroupEffect>,
+    ) {
         let mut records = Vec::new();
         let mut dead = Vec::new();
         for g in self.groups.values_mut() {
-            let gone: Vec<(String, i32)> = g.offsets.keys().filter(|(t, _)| t == topic).cloned().collect();
-            if gone.is_empty() {
-                continue;
+            let gone: Vec<(String, i32)> = g.offsets.iter().filter(|(k, c)| doomed(g, k, c)).map(|(k, _)| k.clone()).collect();
+            for (topic, partition) in &gone {
+                g.offsets.remove(&(topic.clone(), *partition));
+                records.push((StoredKey::Offset { group: g.id.clone(), topic: topic.clone(), partition: *partition }.encode(), None));
             }
-            for (t, partition) in gone {
-                g.offsets.remove(&(t.clone(), partition));
-                records.push((StoredKey::Offset { group: g.id.clone(), topic: t, partition }.encode(), None));
-            }
-            if g.state == GroupState::Empty && g.offsets.is_empty() && g.commits_in_flight == 0 {
+            if g.offsets.is_empty() && goes(g, !gone.is_empty()) {
                 records.push((StoredKey::Group { group: g.id.clone() }.encode(), None));
                 dead.push(g.id.clone());
             }

@@ -110,32 +110,19 @@ pub fn decode(key: ApiKey, buf: &mut Bytes, version: i16, client_id: &str) -> an
         }
         ApiKey::OffsetFetch => {
             let r = OffsetFetchRequest::decode(buf, version)?;
+            // v8+ asks for several groups; before, one (with the same shape).
             let groups = if version >= 8 {
                 r.groups
                     .into_iter()
                     .map(|g| core::OffsetFetchGroup {
                         group_id: g.group_id.0.to_string(),
-                        partitions: g.topics.map(|ts| {
-                            ts.into_iter()
-                                .flat_map(|t| {
-                                    let topic = t.name.0.to_string();
-                                    t.partition_indexes.into_iter().map(move |p| (topic.clone(), p))
-                                })
-                                .collect()
-                        }),
+                        partitions: g.topics.map(|ts| flatten(ts.into_iter().map(|t| (t.name, t.partition_indexes)))),
                     })
                     .collect()
             } else {
                 vec![core::OffsetFetchGroup {
                     group_id: r.group_id.0.to_string(),
-                    partitions: r.topics.map(|ts| {
-                        ts.into_iter()
-                            .flat_map(|t| {
-                                let topic = t.name.0.to_string();
-                                t.partition_indexes.into_iter().map(move |p| (topic.clone(), p))
-                            })
-                            .collect()
-                    }),
+                    partitions: r.topics.map(|ts| flatten(ts.into_iter().map(|t| (t.name, t.partition_indexes)))),
                 }]
             };
             GroupRequest::OffsetFetch(core::OffsetFetchRequest { groups, require_stable: r.require_stable })
@@ -157,6 +144,11 @@ pub fn decode(key: ApiKey, buf: &mut Bytes, version: i16, client_id: &str) -> an
         }
         other => anyhow::bail!("{other:?} is not a group API"),
     })
+}
+
+/// (topic, partitions) rows as (topic, partition) pairs.
+fn flatten(topics: impl Iterator<Item = (TopicName, Vec<i32>)>) -> Vec<(String, i32)> {
+    topics.flat_map(|(name, ps)| ps.into_iter().map(move |p| (name.0.to_string(), p))).collect()
 }
 
 /// Encodes a coordinator response as the frame for its request.
