@@ -18,6 +18,7 @@
 
 pub mod log;
 pub mod message;
+pub mod store;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use log::RaftLog;
 pub use message::{Entry, Envelope, Index, Message, NodeId, Term};
+pub use store::{RaftStore, RaftStoreError, StoreRecovery};
 
 use crate::Millis;
 use crate::rng::Rng;
