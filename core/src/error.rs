@@ -29,6 +29,7 @@ pub enum ErrorCode {
     InvalidReplicationFactor = 38,
     InvalidReplicaAssignment = 39,
     InvalidConfig = 40,
+    NotController = 41,
     InvalidRequest = 42,
     UnsupportedForMessageFormat = 43,
     PolicyViolation = 44,
@@ -70,6 +71,7 @@ impl ErrorCode {
     pub fn name(self) -> &'static str {
         match self {
             Self::UnknownServerError => "UNKNOWN_SERVER_ERROR",
+            Self::NotController => "NOT_CONTROLLER",
             Self::None => "NONE",
             Self::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
             Self::CorruptMessage => "CORRUPT_MESSAGE",

@@ -69,6 +69,7 @@ impl Harness {
                     Effect::SyncNeeded => self.broker.step(self.now, Input::Sync, &mut self.out),
                     Effect::Timer { .. } => {}
                     Effect::Fatal { reason } => panic!("fatal: {reason}"),
+                    Effect::Send { .. } => panic!("a single node sends nothing to peers"),
                 }
             }
         }

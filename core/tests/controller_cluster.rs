@@ -61,6 +61,7 @@ fn config(id: u64) -> ControllerConfig {
             max_entries_per_message: 16,
         },
         broker_session_timeout_ms: SESSION_MS,
+        new_controller_grace_ms: SESSION_MS,
     }
 }
 
@@ -231,7 +232,7 @@ impl Cluster {
 
     fn create_topic(&mut self, name: &str) {
         let a = self.active().expect("an active controller");
-        let request = ControllerRequest::CreateTopic { name: name.into(), partitions: 4, replication_factor: 3 };
+        let request = ControllerRequest::CreateTopic { name: name.into(), partitions: 4, replication_factor: 3, configs: vec![] };
         self.step_controller(a, ControllerInput::Request { from: 99, request });
     }
 }

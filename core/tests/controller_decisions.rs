@@ -83,7 +83,7 @@ proptest! {
                 Op::CreateTopic { partitions, rf } => match assign_replicas(&image.live_brokers(), partitions, rf, topics) {
                     Ok(replicas) => {
                         topics += 1;
-                        vec![MetadataRecord::CreateTopic { name: format!("t{topics}"), topic_id: [topics as u8; 16], replicas }]
+                        vec![MetadataRecord::CreateTopic { name: format!("t{topics}"), topic_id: [topics as u8; 16], replicas, configs: vec![] }]
                     }
                     Err(_) => {
                         prop_assert!(rf > image.live_brokers().len());
@@ -107,7 +107,7 @@ fn a_fenced_leader_hands_over_to_the_isr_and_returns_to_an_offline_partition() {
     }
     let replicas = assign_replicas(&image.live_brokers(), 3, 3, 0).unwrap();
     assert_eq!(replicas, vec![vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1]]);
-    apply_all(&mut image, &[MetadataRecord::CreateTopic { name: "t".into(), topic_id: [1; 16], replicas }]);
+    apply_all(&mut image, &[MetadataRecord::CreateTopic { name: "t".into(), topic_id: [1; 16], replicas, configs: vec![] }]);
     assert_eq!(image.partition("t", 0).unwrap().leader, Some(0));
     // Broker 0 dies: 1 leads t-0 in epoch 1, and 0 leaves every ISR.
     let rs = fence(&image, 0);
@@ -140,9 +140,9 @@ fn bad_records_are_refused_with_a_reason() {
     image.apply(&MetadataRecord::RegisterBroker { broker: 1, epoch: 2, host: "h".into(), port: 1 }).unwrap();
     let stale = image.apply(&MetadataRecord::RegisterBroker { broker: 1, epoch: 2, host: "h".into(), port: 1 }).unwrap_err();
     assert!(matches!(stale, ImageError::StaleBrokerEpoch { .. }), "{stale}");
-    let e = image.apply(&MetadataRecord::CreateTopic { name: "t".into(), topic_id: [0; 16], replicas: vec![vec![1, 1]] }).unwrap_err();
+    let e = image.apply(&MetadataRecord::CreateTopic { name: "t".into(), topic_id: [0; 16], replicas: vec![vec![1, 1]], configs: vec![] }).unwrap_err();
     assert!(e.to_string().contains("replicas [1, 1]"), "{e}");
-    image.apply(&MetadataRecord::CreateTopic { name: "t".into(), topic_id: [0; 16], replicas: vec![vec![1]] }).unwrap();
+    image.apply(&MetadataRecord::CreateTopic { name: "t".into(), topic_id: [0; 16], replicas: vec![vec![1]], configs: vec![] }).unwrap();
     let e = image
         .apply(&MetadataRecord::PartitionChange { topic: "t".into(), partition: 0, leader: Some(1), leader_epoch: 5, isr: vec![1] })
         .unwrap_err();

@@ -53,6 +53,7 @@ impl Node {
                         self.timers.insert(at);
                     }
                     Effect::Fatal { reason } => panic!("fatal: {reason}"),
+                    Effect::Send { .. } => panic!("a single node sends nothing to peers"),
                 }
             }
         }

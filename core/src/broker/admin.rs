@@ -3,14 +3,12 @@
 use std::collections::BTreeMap;
 
 use super::config::TopicConfig;
-use super::producer_state::ProducerStates;
 use super::topic::{Partition, Topic, TopicMeta, partition_dir, validate_topic_name};
 use super::{
     Broker, ConfigEntry, CreateTopicResult, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, DescribeConfigsResult, Effect, NewTopic,
     RESOURCE_BROKER, RESOURCE_TOPIC,
 };
-use crate::log::PartitionLog;
 use crate::storage::Storage;
 use crate::{ErrorCode, Millis};
 
@@ -89,7 +87,7 @@ impl<S: Storage> Broker<S> {
 
     /// Clears leftovers of an earlier topic of the same name, writes the
     /// description durably, and opens empty partition logs.
-    fn materialize_topic(&mut self, meta: &TopicMeta) -> Result<(), crate::storage::StorageError> {
+    pub(super) fn materialize_topic(&mut self, meta: &TopicMeta) -> Result<(), crate::storage::StorageError> {
         for p in 0..meta.partitions {
             for file in self.storage.list(&format!("{}/", partition_dir(&meta.name, p)))? {
                 self.storage.remove(&file)?;
@@ -98,13 +96,9 @@ impl<S: Storage> Broker<S> {
         meta.save(&mut self.storage)?;
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for p in 0..meta.partitions {
-            let (log, _) = PartitionLog::open(
-                &mut self.storage,
-                &partition_dir(&meta.name, p),
-                meta.config.log_config(&self.config),
-                &mut |_| {},
-            )?;
-            partitions.push(Partition { log, producers: ProducerStates::default(), durable_end: 0, unflushed_records: 0 });
+            let (partition, _) =
+                Partition::open(&mut self.storage, &partition_dir(&meta.name, p), meta.config.log_config(&self.config), &mut |_| {})?;
+            partitions.push(partition);
         }
         self.topics.insert(meta.name.clone(), Topic { meta: meta.clone(), partitions });
         Ok(())
@@ -117,28 +111,35 @@ impl<S: Storage> Broker<S> {
                 topics.push((name, ErrorCode::InvalidTopicException, Some("internal topics cannot be deleted".into())));
                 continue;
             }
-            let Some(topic) = self.topics.remove(&name) else {
+            if !self.topics.contains_key(&name) {
                 topics.push((name, ErrorCode::UnknownTopicOrPartition, None));
                 continue;
-            };
-            // The description goes first: a crash part-way leaves orphan
-            // files (reported on open), never a topic with missing data.
-            let mut result = self.storage.remove(&TopicMeta::file(&name)).map_err(|e| e.to_string());
-            let count = topic.partitions.len() as i32;
-            for p in topic.partitions {
-                if let Err(e) = p.log.delete(&mut self.storage) {
-                    result = Err(e.to_string());
-                }
             }
-            let touched: Vec<(String, i32)> = (0..count).map(|p| (name.clone(), p)).collect();
-            self.wake_parked(now, &touched, out);
-            self.group_step(now, crate::group::GroupInput::TopicDeleted { topic: name.clone() }, out);
-            match result {
+            match self.remove_topic(now, &name, out) {
                 Ok(()) => topics.push((name, ErrorCode::None, None)),
                 Err(e) => topics.push((name, ErrorCode::KafkaStorageError, Some(e))),
             }
         }
         DeleteTopicsResponse { topics }
+    }
+
+    /// Deletes a local topic's description and logs; fetches waiting on it
+    /// are answered and its committed offsets dropped.
+    pub(super) fn remove_topic(&mut self, now: Millis, name: &str, out: &mut Vec<Effect>) -> Result<(), String> {
+        let Some(topic) = self.topics.remove(name) else { return Ok(()) };
+        // The description goes first: a crash part-way leaves orphan
+        // files (reported on open), never a topic with missing data.
+        let mut result = self.storage.remove(&TopicMeta::file(name)).map_err(|e| e.to_string());
+        let count = topic.partitions.len() as i32;
+        for p in topic.partitions {
+            if let Err(e) = p.log.delete(&mut self.storage) {
+                result = Err(e.to_string());
+            }
+        }
+        let touched: Vec<(String, i32)> = (0..count).map(|p| (name.to_string(), p)).collect();
+        self.wake_parked(now, &touched, out);
+        self.group_step(now, crate::group::GroupInput::TopicDeleted { topic: name.to_string() }, out);
+        result
     }
 
     pub(super) fn describe_configs(&mut self, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
@@ -217,7 +218,7 @@ impl<S: Storage> Broker<S> {
 }
 
 impl CreateTopicResult {
-    fn error(t: &NewTopic, error: ErrorCode, message: impl Into<String>) -> Self {
+    pub(super) fn error(t: &NewTopic, error: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             name: t.name.clone(),
             error,

@@ -397,6 +397,8 @@ pub enum Input {
     Sync,
     /// A connection closed: forget its parked requests.
     Disconnected { conn: u64 },
+    /// Cluster mode: a message from another node.
+    Peer { from: i32, message: super::cluster::PeerMessage },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -410,4 +412,7 @@ pub enum Effect {
     /// The node must stop: durable state can no longer be trusted (a failed
     /// fsync, as PostgreSQL learned, cannot simply be retried).
     Fatal { reason: String },
+    /// Cluster mode: deliver `message` to node `to` (best effort: the
+    /// machines treat a lost message like a late one, with timeouts).
+    Send { to: i32, message: super::cluster::PeerMessage },
 }

@@ -67,6 +67,58 @@ pub struct BrokerConfig {
     pub log_cleaner_step_bytes: u64,
     /// Bounds of the cleaner's key map (Kafka's `log.cleaner.dedupe.buffer.size`).
     pub log_cleaner: crate::log::CleanerLimits,
+    /// Kafka's `min.insync.replicas` default for topics.
+    pub min_insync_replicas: i32,
+    /// Set: this node is one of a replicated cluster (`[broker.cluster]`).
+    /// Unset: a single node that leads every partition.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A cluster node's settings. Every node is a controller voter and a
+/// broker (KRaft's combined mode). Defaults aim at leader failover within
+/// two seconds: a broker heard from for 1.5 s is fenced, a controller
+/// silent for 0.5–1 s is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every node of the controller quorum by id, this node included.
+    pub voters: Vec<i32>,
+    pub election_timeout_min_ms: i64,
+    pub election_timeout_max_ms: i64,
+    pub raft_heartbeat_interval_ms: i64,
+    /// Kafka's `broker.session.timeout.ms` and `broker.heartbeat.interval.ms`.
+    pub broker_session_timeout_ms: i64,
+    pub broker_heartbeat_interval_ms: i64,
+    pub new_controller_grace_ms: i64,
+    /// Kafka's `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: i64,
+    /// Kafka's `replica.fetch.wait.max.ms` and `replica.fetch.max.bytes`.
+    pub replica_fetch_wait_max_ms: i64,
+    pub replica_fetch_max_bytes: i32,
+    /// How long a call to the controller or a replica fetch may go
+    /// unanswered before it is given up (a lost message) and retried.
+    pub request_timeout_ms: i64,
+    /// Kafka's `default.replication.factor` (capped at the live brokers).
+    pub default_replication_factor: i16,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            voters: Vec::new(),
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            raft_heartbeat_interval_ms: 100,
+            broker_session_timeout_ms: 1_500,
+            broker_heartbeat_interval_ms: 250,
+            new_controller_grace_ms: 750,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1 << 20,
+            request_timeout_ms: 3_000,
+            default_replication_factor: 3,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -87,6 +139,8 @@ impl Default for BrokerConfig {
             log_retention_check_interval_ms: 300_000,
             log_cleaner_step_bytes: 512 << 10,
             log_cleaner: crate::log::CleanerLimits::default(),
+            min_insync_replicas: 1,
+            cluster: None,
         }
     }
 }
@@ -94,12 +148,13 @@ impl Default for BrokerConfig {
 /// Topic-level overrides a user may set at creation or alter later. Only
 /// settings that take effect are accepted; anything else is rejected with
 /// INVALID_CONFIG.
-pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "cleanup.policy",
     "delete.retention.ms",
     "max.message.bytes",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -133,7 +188,7 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<String, String> {
         ),
         "retention.ms" | "retention.bytes" => (int_at_least(-1), "an integer >= -1 (-1: no limit)"),
         "delete.retention.ms" | "min.compaction.lag.ms" => (int_at_least(0), "an integer >= 0"),
-        "segment.ms" => (int_at_least(1), "an integer >= 1"),
+        "segment.ms" | "min.insync.replicas" => (int_at_least(1), "an integer >= 1"),
         "min.cleanable.dirty.ratio" => (
             value.trim().parse::<f64>().ok().and_then(crate::log::Ratio::new).map(|r| r.get().to_string()),
             "a number between 0 and 1",
@@ -153,6 +208,13 @@ impl TopicConfig {
             overrides.insert(key.clone(), validate_topic_config(key, value)?);
         }
         Ok(Self { overrides })
+    }
+
+    /// Kafka's `min.insync.replicas`: the ISR size below which `acks=all`
+    /// writes are refused.
+    pub fn min_insync_replicas(&self, broker: &BrokerConfig) -> usize {
+        let v = self.overrides.get("min.insync.replicas").and_then(|v| v.parse::<i64>().ok());
+        v.unwrap_or(i64::from(broker.min_insync_replicas)).max(1) as usize
     }
 
     pub fn max_message_bytes(&self, broker: &BrokerConfig) -> i32 {
@@ -196,6 +258,7 @@ impl TopicConfig {
             ("max.message.bytes", self.max_message_bytes(broker).to_string()),
             ("min.cleanable.dirty.ratio", log.min_cleanable_dirty_ratio.get().to_string()),
             ("min.compaction.lag.ms", log.min_compaction_lag_ms.to_string()),
+            ("min.insync.replicas", self.min_insync_replicas(broker).to_string()),
             ("retention.bytes", log.retention_bytes.to_string()),
             ("retention.ms", log.retention_ms.to_string()),
             ("segment.bytes", log.segment_bytes.to_string()),

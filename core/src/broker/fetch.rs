@@ -64,7 +64,15 @@ impl<S: Storage> Broker<S> {
                 log_start_offset: -1,
                 records: Bytes::new(),
             };
-            let hw = self.partition(&fp.topic, fp.partition).map(|p| self.hw_of(p));
+            let exists = self.partition(&fp.topic, fp.partition).is_some();
+            let hw = self.high_watermark(&fp.topic, fp.partition);
+            if exists && hw.is_none() {
+                // Cluster mode: consumers read from the leader only.
+                resp.error = ErrorCode::NotLeaderOrFollower;
+                any_error = true;
+                partitions.push(resp);
+                continue;
+            }
             let Some(p) = self
                 .topics
                 .get(&fp.topic)

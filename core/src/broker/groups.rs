@@ -3,7 +3,7 @@
 //! the internal offsets topic, and reports back once that is durable.
 
 use super::{Broker, Effect, NewTopic, OpenError, Response};
-use crate::group::{GroupEffect, GroupInput, GroupRequest};
+use crate::group::{GroupCoordinator, GroupEffect, GroupInput, GroupRequest};
 use crate::records::{BatchBuilder, Compression, Record};
 use crate::storage::Storage;
 use crate::{ErrorCode, Millis};
@@ -16,6 +16,11 @@ pub fn is_internal_topic(name: &str) -> bool {
     name == OFFSETS_TOPIC
 }
 
+/// The partition whose leader coordinates every group (one partition).
+pub fn is_offsets_partition(topic: &str, partition: i32) -> bool {
+    topic == OFFSETS_TOPIC && partition == 0
+}
+
 impl<S: Storage> Broker<S> {
     pub(super) fn group_step(&mut self, now: Millis, input: GroupInput, out: &mut Vec<Effect>) {
         let mut effects = Vec::new();
@@ -26,8 +31,8 @@ impl<S: Storage> Broker<S> {
                 GroupEffect::Reply { id, response } => out.push(Effect::Reply { id, response: Response::Group(response) }),
                 GroupEffect::Timer { at } => out.push(Effect::Timer { at }),
                 GroupEffect::Append { write, records } => match self.append_group_records(now, records) {
-                    Ok(()) => {
-                        self.group_writes.push(write);
+                    Ok(end) => {
+                        self.group_writes.push((write, end));
                         self.request_sync(out);
                     }
                     Err(code) => {
@@ -41,6 +46,14 @@ impl<S: Storage> Broker<S> {
     }
 
     pub(super) fn group_request(&mut self, now: Millis, id: super::RequestId, request: GroupRequest, out: &mut Vec<Effect>) {
+        // In a cluster the leader of the offsets partition coordinates;
+        // clients that asked elsewhere look it up again.
+        if let Some(c) = &self.cluster
+            && c.leader_state(OFFSETS_TOPIC, 0).is_none()
+        {
+            let response = request.refused(ErrorCode::NotCoordinator);
+            return out.push(Effect::Reply { id, response: Response::Group(response) });
+        }
         let input = match request {
             // Offsets only for partitions that exist, as Kafka checks (or a
             // commit racing a topic's deletion would bring its offsets back).
@@ -61,15 +74,61 @@ impl<S: Storage> Broker<S> {
         self.group_step(now, input, out);
     }
 
-    /// Everything appended for the coordinator is durable now.
+    /// Everything appended for the coordinator is durable now. On a single
+    /// node that completes the writes; in a cluster they wait for the
+    /// offsets partition's high watermark (`group_writes_replicated`).
     pub(super) fn group_writes_synced(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        for write in std::mem::take(&mut self.group_writes) {
+        if self.cluster.is_some() {
+            return;
+        }
+        for (write, _) in std::mem::take(&mut self.group_writes) {
             self.group_step(now, GroupInput::WriteDone { write, result: Ok(()) }, out);
         }
     }
 
-    fn append_group_records(&mut self, now: Millis, records: Vec<crate::group::StoredRecord>) -> Result<(), ErrorCode> {
+    /// Cluster mode: the high watermark of `topic-partition` advanced; the
+    /// coordinator's writes below it are on every in-sync replica.
+    pub(super) fn group_writes_replicated(&mut self, now: Millis, topic: &str, partition: i32, out: &mut Vec<Effect>) {
+        if !is_offsets_partition(topic, partition) {
+            return;
+        }
+        let Some(hw) = self.high_watermark(topic, partition) else { return };
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.group_writes).into_iter().partition(|(_, end)| *end <= hw);
+        self.group_writes = waiting;
+        for (write, _) in done {
+            self.group_step(now, GroupInput::WriteDone { write, result: Ok(()) }, out);
+        }
+    }
+
+    /// Cluster mode: this node starts (or stops) leading the offsets
+    /// partition, so coordinating the groups. Either way the coordinator
+    /// starts over: a new one replays the log it now leads; writes the old
+    /// one waited for fail, and their clients retry with the new one.
+    pub(super) fn coordinator_moved(&mut self, now: Millis, leading: bool, out: &mut Vec<Effect>) {
+        for (write, _) in std::mem::take(&mut self.group_writes) {
+            self.group_step(now, GroupInput::WriteDone { write, result: Err(ErrorCode::NotCoordinator) }, out);
+        }
+        let seed = self.rng.next_u64();
+        self.coordinator = GroupCoordinator::new(self.config.group.clone(), seed);
+        if leading && let Err(e) = self.replay_groups() {
+            // A damaged offsets log on the new leader: the groups start
+            // empty rather than the node stopping; consumers fall back to
+            // their reset policy for what is lost.
+            let _ = e;
+        }
+        self.group_step(now, GroupInput::Tick, out);
+    }
+
+    /// Appends the coordinator's records; returns the log end after them.
+    fn append_group_records(&mut self, now: Millis, records: Vec<crate::group::StoredRecord>) -> Result<i64, ErrorCode> {
+        let leader_epoch = match &self.cluster {
+            None => 0,
+            Some(c) => c.leader_state(OFFSETS_TOPIC, 0).map(|l| l.epoch).ok_or(ErrorCode::NotCoordinator)?,
+        };
         if !self.topics.contains_key(OFFSETS_TOPIC) {
+            if self.cluster.is_some() {
+                return Err(ErrorCode::CoordinatorNotAvailable);
+            }
             let created = self.create_topic(&offsets_topic(&self.config), false);
             if !created.error.is_ok() {
                 return Err(ErrorCode::CoordinatorNotAvailable);
@@ -80,11 +139,13 @@ impl<S: Storage> Broker<S> {
             builder.push(Record { offset: 0, timestamp: now, key: Some(key), value, headers: Vec::new() });
         }
         let mut batch = builder.build();
+        crate::records::set_partition_leader_epoch(&mut batch, leader_epoch);
         let p = &mut self.topics.get_mut(OFFSETS_TOPIC).expect("created above").partitions[0];
         match p.log.append(&mut self.storage, &mut batch) {
             Ok(h) => {
                 p.unflushed_records += h.record_count as u64;
-                Ok(())
+                let _ = p.epochs.assign(leader_epoch, h.base_offset);
+                Ok(h.last_offset() + 1)
             }
             // Retriable for the client: it retries the commit or the join.
             Err(_) => Err(ErrorCode::CoordinatorNotAvailable),

@@ -6,6 +6,7 @@
 //! broker owns; everything else that leaves the machine is an effect.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 mod admin;
 mod alter_configs;
@@ -22,7 +23,8 @@ pub mod topic;
 use std::collections::BTreeMap;
 
 pub use api::*;
-pub use config::{BrokerConfig, FlushPolicy, TopicConfig};
+pub use cluster::{PeerMessage, ReplicaStatus};
+pub use config::{BrokerConfig, ClusterConfig, FlushPolicy, TopicConfig};
 pub use housekeeping::HousekeepingStats;
 use fetch::ParkedFetch;
 use producer_ids::ProducerIdAllocator;
@@ -30,7 +32,7 @@ use topic::{Partition, Topic, TopicMeta};
 
 use crate::Millis;
 use crate::group::{GroupConfig, GroupCoordinator, GroupInput, WriteId};
-use crate::log::{PartitionLog, Recovery};
+use crate::log::Recovery;
 use crate::rng::Rng;
 use crate::storage::{Storage, StorageError};
 
@@ -44,6 +46,12 @@ pub enum OpenError {
     /// broker refuses to start until an operator restores or removes it.
     #[error("{file}: {reason}; restore it, or move it away to drop the topic")]
     DamagedMetadata { file: String, reason: String },
+    /// The controller's Raft state cannot be trusted (a lost vote could
+    /// elect two leaders in one term).
+    #[error("metadata log: {0}")]
+    RaftState(String),
+    #[error("cluster configuration: {0}")]
+    BadClusterConfig(String),
 }
 
 impl From<crate::storage::CheckedError> for OpenError {
@@ -70,6 +78,9 @@ pub struct OpenReport {
     /// not decode (skipped: no acknowledged commit can be among them).
     pub groups: usize,
     pub group_records_skipped: usize,
+    /// Cluster mode: why recovery cut the metadata (Raft) log, if it did.
+    /// A cut inside synced entries means the disk lost acknowledged data.
+    pub metadata_log_cut: Option<String>,
 }
 
 pub struct Broker<S: Storage> {
@@ -89,10 +100,15 @@ pub struct Broker<S: Storage> {
     /// every input.
     failed: Option<String>,
     coordinator: GroupCoordinator,
-    /// Coordinator appends waiting for the next sync.
-    group_writes: Vec<WriteId>,
+    /// Coordinator appends waiting for the next sync (single node) or for
+    /// the offsets partition's high watermark to pass their end (cluster).
+    group_writes: Vec<(WriteId, i64)>,
     /// Retention and the log cleaner (see housekeeping.rs).
     housekeeping: housekeeping::Housekeeping,
+    /// Cluster mode: the controller quorum member and replication state.
+    cluster: Option<cluster::Cluster>,
+    /// The first step has run (cluster timers start from its time).
+    started: bool,
 }
 
 impl<S: Storage> Broker<S> {
@@ -112,14 +128,13 @@ impl<S: Storage> Broker<S> {
             let mut partitions = Vec::new();
             for p in 0..meta.partitions {
                 let dir = topic::partition_dir(&meta.name, p);
-                let mut producers = producer_state::ProducerStates::default();
-                let (log, recovery) = PartitionLog::open(&mut storage, &dir, meta.config.log_config(&config), &mut |h| {
-                    producers.record(h);
-                    max_producer_id = max_producer_id.max(h.producer_id);
+                let (partition, recovery) = Partition::open(&mut storage, &dir, meta.config.log_config(&config), &mut |h| {
+                    if producer_ids::own_id(&config, h.producer_id) {
+                        max_producer_id = max_producer_id.max(h.producer_id);
+                    }
                 })?;
                 report.recoveries.push((dir, recovery));
-                let durable_end = log.log_end_offset();
-                partitions.push(Partition { log, producers, durable_end, unflushed_records: 0 });
+                partitions.push(partition);
             }
             topics.insert(meta.name.clone(), Topic { meta, partitions });
         }
@@ -134,7 +149,15 @@ impl<S: Storage> Broker<S> {
                 report.orphan_files.push(file);
             }
         }
-        let producer_ids = ProducerIdAllocator::open(&mut storage, max_producer_id + 1)?;
+        let producer_ids = ProducerIdAllocator::open(&mut storage, max_producer_id + 1, &config)?;
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let (cluster, cut) = cluster::Cluster::open(&config, c, &mut storage, seed)?;
+                report.metadata_log_cut = cut;
+                Some(cluster)
+            }
+            None => None,
+        };
         let group_config: GroupConfig = config.group.clone();
         let mut broker = Self {
             config,
@@ -151,8 +174,14 @@ impl<S: Storage> Broker<S> {
             coordinator: GroupCoordinator::new(group_config, seed ^ 0x6772_6f75_7073),
             group_writes: Vec::new(),
             housekeeping: Default::default(),
+            cluster,
+            started: false,
         };
-        report.group_records_skipped = broker.replay_groups()?;
+        // In a cluster the coordinator loads when its node starts leading
+        // the offsets partition.
+        if broker.cluster.is_none() {
+            report.group_records_skipped = broker.replay_groups()?;
+        }
         report.groups = broker.coordinator.groups().count();
         Ok((broker, report))
     }
@@ -176,13 +205,14 @@ impl<S: Storage> Broker<S> {
 
     /// Offsets below this are visible to consumers: the durable end under
     /// `EveryBatch`, else the log end.
+    /// In cluster mode, only on the leader: the high watermark the ISR
+    /// yields (`None` elsewhere).
     pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
         let p = self.partition(topic, partition)?;
-        Some(self.hw_of(p))
-    }
-
-    fn hw_of(&self, p: &Partition) -> i64 {
-        if self.config.flush.acks_wait_for_sync() { p.durable_end } else { p.log.log_end_offset() }
+        match &self.cluster {
+            None => Some(if self.config.flush.acks_wait_for_sync() { p.durable_end } else { p.log.log_end_offset() }),
+            Some(c) => c.leader_state(topic, partition).map(|l| l.isr.high_watermark()),
+        }
     }
 
     fn partition(&self, topic: &str, partition: i32) -> Option<&Partition> {
@@ -194,9 +224,21 @@ impl<S: Storage> Broker<S> {
         if self.failed.is_some() {
             return;
         }
+        if !self.started {
+            self.started = true;
+            if let Some(c) = self.cluster.as_mut() {
+                c.controller.start_at(now);
+            }
+        }
         match input {
             Input::Request { id, request } => self.handle_request(now, id, request, out),
+            Input::Peer { from, message } => {
+                if self.cluster.is_some() {
+                    self.peer_message(now, from, message, out);
+                }
+            }
             Input::Tick => {
+                self.cluster_tick(now, out);
                 self.expire_parked(now, out);
                 self.group_step(now, GroupInput::Tick, out);
                 if self.next_flush_at.is_some_and(|at| at <= now) {
@@ -216,10 +258,75 @@ impl<S: Storage> Broker<S> {
         }
         if self.failed.is_none() {
             self.arm_housekeeping(now, out);
+            self.send_replica_fetches(now, out);
         }
     }
 
+    /// Cluster mode: the periodic work, every [`cluster::PERIOD_MS`].
+    fn cluster_tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        if c.next_period_at.is_some_and(|at| at > now) {
+            return;
+        }
+        let at = now + cluster::PERIOD_MS;
+        c.next_period_at = Some(at);
+        out.push(Effect::Timer { at });
+        self.quorum_tick(now, out);
+        self.leader_tick(now, out);
+    }
+
+    /// Cluster mode: this partition's replication state here.
+    pub fn replica_status(&self, topic: &str, partition: i32) -> Option<ReplicaStatus> {
+        let c = self.cluster.as_ref()?;
+        let p = self.partition(topic, partition)?;
+        let role = c.role(topic, partition)?;
+        let (leader, leader_epoch, isr) = match role {
+            cluster::Role::Leader(l) => (true, l.epoch, l.isr.isr()),
+            cluster::Role::Follower(f) => (false, f.epoch, Vec::new()),
+            cluster::Role::Idle { .. } => (false, -1, Vec::new()),
+        };
+        Some(ReplicaStatus { leader, leader_epoch, high_watermark: role.high_watermark(), log_end: p.log.log_end_offset(), isr })
+    }
+
+    /// Cluster mode: the committed metadata records this node applied, and
+    /// the Raft leader it knows with its term.
+    pub fn metadata_log(&self) -> Option<(&[crate::controller::MetadataRecord], Option<u64>, u64)> {
+        let c = self.cluster.as_ref()?;
+        Some((c.controller.applied(), c.controller.raft().leader(), c.controller.raft().term()))
+    }
+
+    /// Cluster mode: whether this node is the active controller.
+    pub fn is_active_controller(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.controller.is_active())
+    }
+
     fn handle_request(&mut self, now: Millis, id: RequestId, request: Request, out: &mut Vec<Effect>) {
+        if self.cluster.is_some() {
+            match request {
+                Request::Metadata(r) => {
+                    let response = Response::Metadata(self.cluster_metadata(now, r, out));
+                    return out.push(Effect::Reply { id, response });
+                }
+                Request::CreateTopics(r) => return self.cluster_create_topics(now, id, r, out),
+                Request::FindCoordinator(r) => {
+                    let response = Response::FindCoordinator(self.cluster_find_coordinator(now, r, out));
+                    return out.push(Effect::Reply { id, response });
+                }
+                Request::DeleteTopics(r) => return self.cluster_delete_topics(now, id, r, out),
+                Request::AlterConfigs(r) => {
+                    return out.push(Effect::Reply { id, response: Response::AlterConfigs(cluster::alter_configs_refused(r)) });
+                }
+                Request::IncrementalAlterConfigs(r) => {
+                    let response = Response::IncrementalAlterConfigs(cluster::alter_configs_refused(r));
+                    return out.push(Effect::Reply { id, response });
+                }
+                request => return self.handle_local_request(now, id, request, out),
+            }
+        }
+        self.handle_local_request(now, id, request, out)
+    }
+
+    fn handle_local_request(&mut self, now: Millis, id: RequestId, request: Request, out: &mut Vec<Effect>) {
         let response = match request {
             Request::Metadata(r) => Response::Metadata(self.metadata(r)),
             Request::Produce(r) => {
@@ -277,6 +384,12 @@ impl<S: Storage> Broker<S> {
         }
         for (id, response) in std::mem::take(&mut self.pending_acks) {
             out.push(Effect::Reply { id, response: Response::Produce(response) });
+        }
+        if self.cluster.is_some() && self.config.flush.acks_wait_for_sync() {
+            for (topic, partition) in &advanced {
+                let end = self.topics[topic].partitions[*partition as usize].durable_end;
+                self.leader_appended(now, topic, *partition, end, out);
+            }
         }
         self.group_writes_synced(now, out);
         if self.config.flush.acks_wait_for_sync() && !advanced.is_empty() {

@@ -64,7 +64,7 @@ impl<S: Storage> Broker<S> {
             for (partition, data) in parts {
                 let a = match req.transactional_id {
                     Some(_) => Appended::error(ErrorCode::InvalidRequest, "transactions are not supported"),
-                    None => self.append_partition(topic, *partition, data.as_deref()),
+                    None => self.append_partition(topic, *partition, data.as_deref(), req.acks),
                 };
                 wait_for_sync |= a.needs_sync;
                 if a.error.is_ok() {
@@ -84,6 +84,11 @@ impl<S: Storage> Broker<S> {
         }
         let response = ProduceResponse { topics };
         self.after_append(now, &touched, out);
+        if self.cluster.is_some() && req.acks == -1 {
+            // The leader's own copy counts once synced (under every-batch);
+            // the answer waits for the ISR's.
+            return self.wait_for_replicas(now, id, response, req.timeout_ms, out);
+        }
         if wait_for_sync && req.acks != 0 {
             self.pending_acks.push((id, response));
         } else {
@@ -93,7 +98,7 @@ impl<S: Storage> Broker<S> {
 
     /// Triggers what the flush policy asks for after appends, and wakes
     /// fetches when acknowledgements do not wait for a sync.
-    fn after_append(&mut self, now: Millis, touched: &[(String, i32)], out: &mut Vec<Effect>) {
+    pub(super) fn after_append(&mut self, now: Millis, touched: &[(String, i32)], out: &mut Vec<Effect>) {
         if touched.is_empty() {
             return;
         }
@@ -114,13 +119,38 @@ impl<S: Storage> Broker<S> {
             }
         }
         if !self.config.flush.acks_wait_for_sync() {
-            self.wake_parked(now, touched, out);
+            if self.cluster.is_some() {
+                for (t, p) in touched {
+                    let end = self.partition(t, *p).map_or(0, |p| p.log.log_end_offset());
+                    self.leader_appended(now, t, *p, end, out);
+                }
+            } else {
+                self.wake_parked(now, touched, out);
+            }
         }
     }
 
-    fn append_partition(&mut self, topic: &str, partition: i32, data: Option<&[u8]>) -> Appended {
+    fn append_partition(&mut self, topic: &str, partition: i32, data: Option<&[u8]>, acks: i16) -> Appended {
         if super::groups::is_internal_topic(topic) {
             return Appended::error(ErrorCode::InvalidTopicException, format!("cannot produce to internal topic {topic}"));
+        }
+        // In a cluster only the leader takes writes, stamped with its epoch.
+        let mut leader_epoch = 0;
+        if let Some(c) = &self.cluster {
+            let Some(l) = c.leader_state(topic, partition) else {
+                return match self.partition(topic, partition) {
+                    Some(_) => Appended::error(ErrorCode::NotLeaderOrFollower, format!("this node does not lead {topic}-{partition}")),
+                    None => Appended::error(ErrorCode::UnknownTopicOrPartition, format!("unknown partition {topic}-{partition}")),
+                };
+            };
+            if acks == -1 && !l.isr.enough_replicas() {
+                let isr = l.isr.isr();
+                return Appended::error(
+                    ErrorCode::NotEnoughReplicas,
+                    format!("{topic}-{partition}: ISR {isr:?} is smaller than min.insync.replicas"),
+                );
+            }
+            leader_epoch = l.epoch;
         }
         let max_bytes = match self.topics.get(topic) {
             Some(t) => t.meta.config.max_message_bytes(&self.config),
@@ -185,10 +215,12 @@ impl<S: Storage> Broker<S> {
             SequenceCheck::Append => {}
         }
         let mut batch = data.to_vec();
-        records::set_partition_leader_epoch(&mut batch, 0);
+        records::set_partition_leader_epoch(&mut batch, leader_epoch);
         match p.log.append(&mut self.storage, &mut batch) {
             Ok(stored) => {
                 p.producers.record(&stored);
+                // The first batch of a new epoch starts it in the cache.
+                let _ = p.epochs.assign(leader_epoch, stored.base_offset);
                 p.unflushed_records += stored.record_count as u64;
                 Appended { error: ErrorCode::None, base_offset: stored.base_offset, message: None, needs_sync: acks_wait }
             }

@@ -18,7 +18,7 @@ pub(super) struct ProducerIdAllocator {
 
 impl ProducerIdAllocator {
     /// `floor` is one past the largest producer id found in any log.
-    pub(super) fn open<S: Storage + ?Sized>(storage: &mut S, floor: i64) -> Result<Self, super::OpenError> {
+    pub(super) fn open<S: Storage + ?Sized>(storage: &mut S, floor: i64, config: &super::BrokerConfig) -> Result<Self, super::OpenError> {
         let stored = match crate::storage::read_checked(storage, BLOCK_FILE)? {
             None => 0,
             Some(b) => i64::from_be_bytes(<[u8; 8]>::try_from(b.as_slice()).map_err(|_| super::OpenError::DamagedMetadata {
@@ -26,7 +26,7 @@ impl ProducerIdAllocator {
                 reason: format!("{} bytes where 8 were expected", b.len()),
             })?),
         };
-        let start = stored.max(floor).max(0);
+        let start = stored.max(floor).max(space(config).0);
         Ok(Self { next: start, reserved_end: start })
     }
 
@@ -42,6 +42,25 @@ impl ProducerIdAllocator {
     }
 }
 
+/// The ids this node hands out: all of them on a single node; in a
+/// cluster, a range of 2^40 per node id, so two nodes never give the same
+/// id to two producers (a shared id would mix their sequence numbers).
+fn space(config: &super::BrokerConfig) -> (i64, i64) {
+    match &config.cluster {
+        None => (0, i64::MAX),
+        Some(_) => {
+            let base = (i64::from(config.node_id.max(0)) + 1) << 40;
+            (base, base + (1 << 40))
+        }
+    }
+}
+
+/// Whether `id` comes from this node's range (recovery's floor counts only those).
+pub(super) fn own_id(config: &super::BrokerConfig, id: i64) -> bool {
+    let (lo, hi) = space(config);
+    (lo..hi).contains(&id)
+}
+
 impl<S: Storage> Broker<S> {
     pub(super) fn init_producer_id(&mut self, req: InitProducerIdRequest) -> InitProducerIdResponse {
         let fail = |error| InitProducerIdResponse { error, producer_id: -1, producer_epoch: -1 };
@@ -50,7 +69,7 @@ impl<S: Storage> Broker<S> {
         }
         // KIP-360: a producer that knows its id asks for a bumped epoch.
         if req.producer_id >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
-            if req.producer_id >= self.producer_ids.next {
+            if own_id(&self.config, req.producer_id) && req.producer_id >= self.producer_ids.next {
                 return fail(ErrorCode::UnknownProducerId);
             }
             return InitProducerIdResponse {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::config::TopicConfig;
 use super::producer_state::ProducerStates;
 use crate::log::PartitionLog;
+use crate::replication::EpochCache;
 use crate::storage::{Storage, StorageError};
 
 /// Kafka's limit on topic name length (so `name-partition` fits a file name).
@@ -58,6 +59,9 @@ pub fn partition_dir(topic: &str, partition: i32) -> String {
 pub struct Partition {
     pub log: PartitionLog,
     pub producers: ProducerStates,
+    /// Where each leader epoch begins, read back from the batch headers
+    /// (each batch carries the epoch of the leader that wrote it).
+    pub epochs: EpochCache,
     /// Log end offset at the last sync: what a crash cannot take away.
     pub durable_end: i64,
     /// Records appended since the last sync (for `FlushPolicy::Messages`).
@@ -68,4 +72,39 @@ pub struct Partition {
 pub struct Topic {
     pub meta: TopicMeta,
     pub partitions: Vec<Partition>,
+}
+
+impl Partition {
+    /// Opens (recovering) the log in `dir` and rebuilds the state derived
+    /// from it; `on_batch` also sees every batch header.
+    pub fn open<S: Storage + ?Sized>(
+        storage: &mut S,
+        dir: &str,
+        config: crate::log::LogConfig,
+        on_batch: &mut dyn FnMut(&crate::records::BatchHeader),
+    ) -> Result<(Self, crate::log::Recovery), StorageError> {
+        let mut producers = ProducerStates::default();
+        let mut epochs = EpochCache::default();
+        let (log, recovery) = PartitionLog::open(storage, dir, config, &mut |h| {
+            producers.record(h);
+            // A batch of an older epoch after a newer one cannot come from
+            // a correct leader; the cache keeps the first claim.
+            let _ = epochs.assign(h.partition_leader_epoch, h.base_offset);
+            on_batch(h);
+        })?;
+        let durable_end = log.log_end_offset();
+        Ok((Self { log, producers, epochs, durable_end, unflushed_records: 0 }, recovery))
+    }
+
+    /// Rebuilds the producer state and epoch cache from the log as it is
+    /// now (after a follower cut its log, both may name removed batches).
+    pub fn rebuild<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), StorageError> {
+        let config = self.log.config().clone();
+        let dir = self.log.dir().to_string();
+        let (fresh, _) = Self::open(storage, &dir, config, &mut |_| {})?;
+        let unflushed = self.unflushed_records;
+        *self = fresh;
+        self.unflushed_records = unflushed;
+        Ok(())
+    }
 }

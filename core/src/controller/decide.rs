@@ -70,3 +70,45 @@ pub fn unfence(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
     }
     out
 }
+
+/// Validates a leader's ISR change against the image (Kafka's
+/// AlterPartition checks) and returns the record to propose, or why not.
+#[allow(clippy::too_many_arguments)]
+pub fn alter_partition(
+    image: &MetadataImage,
+    broker: BrokerId,
+    broker_epoch: u64,
+    topic: &str,
+    partition: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    isr: &[BrokerId],
+) -> Result<MetadataRecord, String> {
+    match image.brokers.get(&broker) {
+        Some(b) if b.epoch == broker_epoch && !b.fenced => {}
+        Some(b) if b.fenced => return Err(format!("broker {broker} is fenced")),
+        _ => return Err(format!("broker {broker} epoch {broker_epoch} is not current")),
+    }
+    let p = image.partition(topic, partition).ok_or_else(|| format!("{topic}-{partition} does not exist"))?;
+    if p.leader != Some(broker) || p.leader_epoch != leader_epoch {
+        return Err(format!("{topic}-{partition}: broker {broker} epoch {leader_epoch} is not the leader (leader {:?} epoch {})", p.leader, p.leader_epoch));
+    }
+    if p.partition_epoch != partition_epoch {
+        return Err(format!("{topic}-{partition}: partition epoch {partition_epoch} is stale (current {})", p.partition_epoch));
+    }
+    if !isr.contains(&broker) {
+        return Err(format!("{topic}-{partition}: the leader must stay in the ISR {isr:?}"));
+    }
+    let mut sorted = isr.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != isr.len() || isr.iter().any(|r| !p.replicas.contains(r)) {
+        return Err(format!("{topic}-{partition}: ISR {isr:?} is not a set of replicas {:?}", p.replicas));
+    }
+    // Only live brokers may join: a fenced one would be counted for acks=all
+    // while nobody hears from it.
+    if let Some(dead) = isr.iter().find(|r| !p.isr.contains(r) && image.brokers.get(r).is_none_or(|b| b.fenced)) {
+        return Err(format!("{topic}-{partition}: broker {dead} is fenced and cannot join the ISR"));
+    }
+    Ok(MetadataRecord::PartitionChange { topic: topic.to_string(), partition, leader: p.leader, leader_epoch, isr: sorted })
+}

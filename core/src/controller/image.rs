@@ -31,6 +31,7 @@ pub struct PartitionImage {
 pub struct TopicImage {
     pub topic_id: [u8; 16],
     pub partitions: Vec<PartitionImage>,
+    pub configs: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl MetadataImage {
                 }
                 b.fenced = matches!(record, MetadataRecord::FenceBroker { .. });
             }
-            MetadataRecord::CreateTopic { name, topic_id, replicas } => {
+            MetadataRecord::CreateTopic { name, topic_id, replicas, configs } => {
                 if self.topics.contains_key(name) {
                     return Err(ImageError::TopicExists(name.clone()));
                 }
@@ -108,10 +109,15 @@ impl MetadataImage {
                     let leader = rs.iter().copied().find(|b| self.brokers.get(b).is_some_and(|x| !x.fenced));
                     partitions.push(PartitionImage { replicas: rs.clone(), isr: rs.clone(), leader, leader_epoch: 0, partition_epoch: 0 });
                 }
-                self.topics.insert(name.clone(), TopicImage { topic_id: *topic_id, partitions });
+                self.topics.insert(name.clone(), TopicImage { topic_id: *topic_id, partitions, configs: configs.clone() });
             }
-            MetadataRecord::DeleteTopic { name } => {
-                self.topics.remove(name).ok_or_else(|| ImageError::UnknownTopic(name.clone()))?;
+            MetadataRecord::DeleteTopic { name, topic_id } => {
+                match self.topics.get(name) {
+                    Some(t) if t.topic_id == *topic_id => {
+                        self.topics.remove(name);
+                    }
+                    _ => return Err(ImageError::UnknownTopic(name.clone())),
+                }
             }
             MetadataRecord::PartitionChange { topic, partition, leader, leader_epoch, isr } => {
                 let unknown = || ImageError::UnknownPartition { topic: topic.clone(), partition: *partition };

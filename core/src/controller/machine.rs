@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::decide;
 use super::image::MetadataImage;
 use super::records::{BrokerId, MetadataRecord};
@@ -21,25 +23,37 @@ pub struct ControllerConfig {
     pub raft: RaftConfig,
     /// Kafka's `broker.session.timeout.ms`.
     pub broker_session_timeout_ms: i64,
+    /// How long a newly elected controller waits for a broker's first
+    /// heartbeat before judging it. Live brokers heartbeat every few hundred
+    /// milliseconds and turn to the new controller as soon as the old one
+    /// refuses, so a fraction of the session is enough, and a broker that
+    /// died with the old controller is fenced that much sooner.
+    pub new_controller_grace_ms: i64,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { raft: RaftConfig::default(), broker_session_timeout_ms: 9_000 }
+        Self { raft: RaftConfig::default(), broker_session_timeout_ms: 9_000, new_controller_grace_ms: 9_000 }
     }
 }
 
 /// Who asked, so the answer can find its way back.
 pub type ReplyTo = u64;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerRequest {
     Register { broker: BrokerId, host: String, port: i32 },
     Heartbeat { broker: BrokerId, epoch: u64, caught_up: bool },
-    CreateTopic { name: String, partitions: i32, replication_factor: usize },
+    CreateTopic { name: String, partitions: i32, replication_factor: usize, configs: Vec<(String, String)> },
+    DeleteTopic { name: String },
+    /// A partition leader asks for a new ISR (Kafka's AlterPartition). Stale
+    /// requests — another leader epoch or partition epoch, a leader that is
+    /// not the current one — are refused, so a late answer can never undo a
+    /// newer decision.
+    AlterPartition { broker: BrokerId, broker_epoch: u64, topic: String, partition: i32, leader_epoch: i32, partition_epoch: i32, isr: Vec<BrokerId> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerReply {
     Registered { epoch: u64 },
     /// `fenced`: the broker may not lead or serve yet (or any more).
@@ -47,6 +61,11 @@ pub enum ControllerReply {
     /// The sender's epoch is not the broker's current one: re-register.
     StaleEpoch,
     TopicCreated,
+    TopicExists,
+    TopicDeleted,
+    UnknownTopic,
+    /// The new ISR is committed.
+    IsrChanged,
     /// Refused, with a message naming the problem.
     Refused { reason: String },
     /// This node is not the active controller; try `leader`.
@@ -124,6 +143,11 @@ impl Controller {
         &self.raft
     }
 
+    /// Starts the election timer at `now` (see [`RaftNode::start_at`]).
+    pub fn start_at(&mut self, now: Millis) {
+        self.raft.start_at(now);
+    }
+
     pub fn is_active(&self) -> bool {
         self.raft.role() == Role::Leader
     }
@@ -156,7 +180,8 @@ impl Controller {
         if leader && !self.was_leader {
             // A new active controller gives every broker a full session
             // before judging it: it never heard from them before.
-            self.last_heard = self.image.brokers.keys().map(|b| (*b, now)).collect();
+            let since = now - (self.config.broker_session_timeout_ms - self.config.new_controller_grace_ms).max(0);
+            self.last_heard = self.image.brokers.keys().map(|b| (*b, since)).collect();
         }
         if !leader && self.was_leader {
             for (to, _) in std::mem::take(&mut self.queued) {
@@ -263,10 +288,9 @@ impl Controller {
                 self.caught_up.insert(broker, false);
                 self.propose(now, records, Some((from, ControllerReply::Registered { epoch })), out);
             }
-            ControllerRequest::CreateTopic { name, partitions, replication_factor } => {
+            ControllerRequest::CreateTopic { name, partitions, replication_factor, configs } => {
                 if self.image.topics.contains_key(&name) {
-                    let reply = ControllerReply::Refused { reason: format!("topic {name} already exists") };
-                    return out.push(ControllerEffect::Reply { to: from, reply });
+                    return out.push(ControllerEffect::Reply { to: from, reply: ControllerReply::TopicExists });
                 }
                 match decide::assign_replicas(&self.image.live_brokers(), partitions, replication_factor, self.topics_created) {
                     Ok(replicas) => {
@@ -274,9 +298,22 @@ impl Controller {
                         let mut topic_id = [0u8; 16];
                         topic_id[..8].copy_from_slice(&self.raft.term().to_be_bytes());
                         topic_id[8..].copy_from_slice(&(self.topics_created as u64).to_be_bytes());
-                        let records = vec![MetadataRecord::CreateTopic { name, topic_id, replicas }];
+                        let records = vec![MetadataRecord::CreateTopic { name, topic_id, replicas, configs }];
                         self.propose(now, records, Some((from, ControllerReply::TopicCreated)), out);
                     }
+                    Err(reason) => out.push(ControllerEffect::Reply { to: from, reply: ControllerReply::Refused { reason } }),
+                }
+            }
+            ControllerRequest::DeleteTopic { name } => match self.image.topics.get(&name) {
+                Some(t) => {
+                    let records = vec![MetadataRecord::DeleteTopic { name, topic_id: t.topic_id }];
+                    self.propose(now, records, Some((from, ControllerReply::TopicDeleted)), out);
+                }
+                None => out.push(ControllerEffect::Reply { to: from, reply: ControllerReply::UnknownTopic }),
+            },
+            ControllerRequest::AlterPartition { broker, broker_epoch, topic, partition, leader_epoch, partition_epoch, isr } => {
+                match decide::alter_partition(&self.image, broker, broker_epoch, &topic, partition, leader_epoch, partition_epoch, &isr) {
+                    Ok(record) => self.propose(now, vec![record], Some((from, ControllerReply::IsrChanged)), out),
                     Err(reason) => out.push(ControllerEffect::Reply { to: from, reply: ControllerReply::Refused { reason } }),
                 }
             }

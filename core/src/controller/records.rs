@@ -15,8 +15,11 @@ pub enum MetadataRecord {
     FenceBroker { broker: BrokerId, epoch: u64 },
     /// A registered broker caught up and heartbeats: it may lead again.
     UnfenceBroker { broker: BrokerId, epoch: u64 },
-    CreateTopic { name: String, topic_id: [u8; 16], replicas: Vec<Vec<BrokerId>> },
-    DeleteTopic { name: String },
+    /// `configs`: the topic-level overrides it was created with (validated
+    /// by the broker that asked, before the proposal).
+    CreateTopic { name: String, topic_id: [u8; 16], replicas: Vec<Vec<BrokerId>>, configs: Vec<(String, String)> },
+    /// The id tells a replayed delete from a later topic of the same name.
+    DeleteTopic { name: String, topic_id: [u8; 16] },
     /// A partition's leader (None: offline), leader epoch and ISR change.
     PartitionChange { topic: String, partition: i32, leader: Option<BrokerId>, leader_epoch: i32, isr: Vec<BrokerId> },
 }

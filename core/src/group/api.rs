@@ -306,3 +306,48 @@ pub enum GroupEffect {
     /// Feed [`GroupInput::Tick`] at or after this time.
     Timer { at: crate::Millis },
 }
+
+impl GroupRequest {
+    /// The answer to this request when it cannot be served at all (this
+    /// node is not the coordinator, or is still loading): `error`
+    /// everywhere the response has a place for it.
+    pub fn refused(&self, error: ErrorCode) -> GroupResponse {
+        match self {
+            GroupRequest::Join(r) => GroupResponse::Join(JoinGroupResponse::error(error, &r.member_id)),
+            GroupRequest::Sync(_) => GroupResponse::Sync(SyncGroupResponse::error(error)),
+            GroupRequest::Heartbeat(_) => GroupResponse::Heartbeat(HeartbeatResponse { error }),
+            GroupRequest::Leave(r) => GroupResponse::Leave(LeaveGroupResponse {
+                error,
+                members: r.members.iter().map(|(m, i)| (m.clone(), i.clone(), error)).collect(),
+            }),
+            GroupRequest::OffsetCommit(r) => GroupResponse::OffsetCommit(OffsetCommitResponse {
+                partitions: r.partitions.iter().map(|p| (p.topic.clone(), p.partition, error)).collect(),
+            }),
+            GroupRequest::OffsetFetch(r) => GroupResponse::OffsetFetch(OffsetFetchResponse {
+                groups: r
+                    .groups
+                    .iter()
+                    .map(|g| OffsetFetchGroupResponse { group_id: g.group_id.clone(), error, partitions: Vec::new() })
+                    .collect(),
+            }),
+            GroupRequest::ListGroups(_) => GroupResponse::ListGroups(ListGroupsResponse { error, groups: Vec::new() }),
+            GroupRequest::DescribeGroups(r) => GroupResponse::DescribeGroups(DescribeGroupsResponse {
+                groups: r
+                    .groups
+                    .iter()
+                    .map(|g| DescribedGroup {
+                        error,
+                        group_id: g.clone(),
+                        state: String::new(),
+                        protocol_type: String::new(),
+                        protocol: String::new(),
+                        members: Vec::new(),
+                    })
+                    .collect(),
+            }),
+            GroupRequest::DeleteGroups(r) => {
+                GroupResponse::DeleteGroups(DeleteGroupsResponse { results: r.groups.iter().map(|g| (g.clone(), error)).collect() })
+            }
+        }
+    }
+}

@@ -74,6 +74,8 @@ pub enum LogError {
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
     #[error("invalid batch: {0}")]
     Record(#[from] RecordError),
+    #[error("a batch at offset {base_offset} does not continue the log ending at {log_end}")]
+    NotAtEnd { base_offset: i64, log_end: i64 },
 }
 
 /// What recovery found while opening a log.
@@ -215,8 +217,36 @@ impl PartitionLog {
     /// Appends one validated batch, assigning its base offset in place.
     /// Returns the batch header with the assigned offsets.
     pub fn append<S: Storage + ?Sized>(&mut self, storage: &mut S, batch: &mut [u8]) -> Result<BatchHeader, LogError> {
+        records::set_base_offset(batch, self.log_end_offset());
+        self.append_at_end(storage, batch)
+    }
+
+    /// Appends one validated batch that already carries its offsets (a
+    /// follower copying its leader's log): it must start at the log end.
+    pub fn append_replica<S: Storage + ?Sized>(&mut self, storage: &mut S, batch: &[u8]) -> Result<BatchHeader, LogError> {
+        let h = BatchHeader::parse(batch)?;
         let leo = self.log_end_offset();
-        records::set_base_offset(batch, leo);
+        if h.base_offset != leo {
+            return Err(LogError::NotAtEnd { base_offset: h.base_offset, log_end: leo });
+        }
+        self.append_at_end(storage, batch)
+    }
+
+    /// Throws the whole log away and starts it empty at `offset` (a
+    /// follower whose log ends before its leader's log start).
+    pub fn restart_at<S: Storage + ?Sized>(&mut self, storage: &mut S, offset: i64) -> Result<(), LogError> {
+        for (_, seg) in std::mem::take(&mut self.segments) {
+            storage.remove(&seg.file)?;
+        }
+        self.unsynced.clear();
+        self.log_start_offset = offset;
+        self.roll(storage, offset)?;
+        self.sync(storage)?;
+        Ok(())
+    }
+
+    fn append_at_end<S: Storage + ?Sized>(&mut self, storage: &mut S, batch: &[u8]) -> Result<BatchHeader, LogError> {
+        let leo = self.log_end_offset();
         let h = BatchHeader::parse(batch)?;
         debug_assert_eq!(h.total_len(), batch.len(), "caller passes exactly one validated batch");
         let needs_roll = match self.segments.values().next_back() {

@@ -162,6 +162,12 @@ impl RaftNode {
         self.config.id
     }
 
+    /// Restarts the election timer from `now` (a node built before the
+    /// clock was known, as a broker opening its storage is).
+    pub fn start_at(&mut self, now: Millis) {
+        self.reset_election_timer(now);
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }

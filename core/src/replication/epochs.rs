@@ -35,6 +35,11 @@ impl EpochCache {
         Ok(())
     }
 
+    /// Where the oldest known epoch begins.
+    pub fn first_start(&self) -> Option<i64> {
+        self.starts.first_key_value().map(|(_, s)| *s)
+    }
+
     pub fn latest(&self) -> Option<(i32, i64)> {
         self.starts.last_key_value().map(|(e, s)| (*e, *s))
     }

@@ -1,0 +1,277 @@
+//! Brokers in cluster mode, driven through `step` by an in-memory network:
+//! the controller quorum, replication, acks=all and leader failover,
+//! without the adapter. Seeded and single-threaded, so every run is the
+//! same.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use millrace_core::ErrorCode;
+use millrace_core::broker::*;
+use millrace_core::records::{BatchBuilder, Compression, Record};
+use millrace_core::storage::MemStorage;
+
+const TICK: i64 = 10;
+
+struct Node {
+    broker: Broker<MemStorage>,
+    timers: BTreeSet<i64>,
+    up: bool,
+}
+
+struct Net {
+    nodes: BTreeMap<i32, Node>,
+    now: i64,
+    /// (deliver at, from, to, message)
+    wire: VecDeque<(i64, i32, i32, PeerMessage)>,
+    replies: BTreeMap<RequestId, Response>,
+    cut: BTreeSet<(i32, i32)>,
+    seq: u64,
+}
+
+fn config(id: i32, voters: &[i32]) -> BrokerConfig {
+    BrokerConfig {
+        node_id: id,
+        advertised_host: format!("node{id}"),
+        advertised_port: 9092,
+        cluster: Some(ClusterConfig { voters: voters.to_vec(), ..ClusterConfig::default() }),
+        ..BrokerConfig::default()
+    }
+}
+
+impl Net {
+    fn new(n: i32) -> Self {
+        let voters: Vec<i32> = (1..=n).collect();
+        let nodes = voters
+            .iter()
+            .map(|id| {
+                let (broker, _) = Broker::open(config(*id, &voters), MemStorage::new(), 100 + *id as u64).unwrap();
+                (*id, Node { broker, timers: BTreeSet::new(), up: true })
+            })
+            .collect();
+        let mut net = Self { nodes, now: 1_000, wire: VecDeque::new(), replies: BTreeMap::new(), cut: BTreeSet::new(), seq: 0 };
+        for id in 1..=n {
+            net.step(id, Input::Tick);
+        }
+        net
+    }
+
+    fn step(&mut self, id: i32, input: Input) {
+        let mut out = Vec::new();
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).unwrap();
+        if !node.up {
+            return;
+        }
+        node.broker.step(now, input, &mut out);
+        let mut sync = false;
+        for e in out {
+            match e {
+                Effect::Reply { id, response } => {
+                    self.replies.insert(id, response);
+                }
+                Effect::Timer { at } => {
+                    self.nodes.get_mut(&id).unwrap().timers.insert(at);
+                }
+                Effect::SyncNeeded => sync = true,
+                Effect::Fatal { reason } => panic!("node {id} failed: {reason}"),
+                Effect::Send { to, message } => self.wire.push_back((now + 1, id, to, message)),
+            }
+        }
+        if sync {
+            self.step(id, Input::Sync);
+        }
+    }
+
+    /// Advances time by `ms`, delivering messages and firing timers.
+    fn run(&mut self, ms: i64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now += 1;
+            while self.wire.front().is_some_and(|(at, ..)| *at <= self.now) {
+                let (_, from, to, message) = self.wire.pop_front().unwrap();
+                if self.cut.contains(&(from, to)) || !self.nodes[&from].up || !self.nodes[&to].up {
+                    continue;
+                }
+                self.step(to, Input::Peer { from, message });
+            }
+            if self.now % TICK == 0 {
+                let ids: Vec<i32> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    let due = self.nodes[&id].timers.first().is_some_and(|t| *t <= self.now);
+                    if due {
+                        let node = self.nodes.get_mut(&id).unwrap();
+                        while node.timers.first().is_some_and(|t| *t <= self.now) {
+                            node.timers.pop_first();
+                        }
+                        self.step(id, Input::Tick);
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, node: i32, request: Request) -> RequestId {
+        self.seq += 1;
+        let id = RequestId { conn: node as u64, seq: self.seq };
+        self.step(node, Input::Request { id, request });
+        id
+    }
+
+    /// Sends a request and runs until it is answered (or `limit_ms`).
+    fn call(&mut self, node: i32, request: Request, limit_ms: i64) -> Option<Response> {
+        let id = self.request(node, request);
+        for _ in 0..limit_ms {
+            if let Some(r) = self.replies.remove(&id) {
+                return Some(r);
+            }
+            self.run(1);
+        }
+        self.replies.remove(&id)
+    }
+
+    fn isolate(&mut self, id: i32) {
+        for other in self.nodes.keys().copied().collect::<Vec<_>>() {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    fn leader_of(&self, topic: &str, partition: i32) -> Option<i32> {
+        let leaders: Vec<i32> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.up)
+            .filter(|(_, n)| n.broker.replica_status(topic, partition).is_some_and(|s| s.leader))
+            .map(|(id, _)| *id)
+            .collect();
+        leaders.last().copied()
+    }
+
+    fn leader_epoch_of(&self, node: i32, topic: &str) -> i32 {
+        self.nodes[&node].broker.replica_status(topic, 0).map_or(-1, |s| s.leader_epoch)
+    }
+
+    fn create_topic(&mut self, name: &str, partitions: i32, min_insync: i32) {
+        let request = Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![NewTopic {
+                name: name.into(),
+                num_partitions: partitions,
+                replication_factor: 3,
+                has_assignments: false,
+                configs: vec![("min.insync.replicas".into(), Some(min_insync.to_string()))],
+            }],
+            validate_only: false,
+        });
+        let node = *self.nodes.keys().next().unwrap();
+        let Some(Response::CreateTopics(r)) = self.call(node, request, 3_000) else { panic!("no answer to CreateTopics") };
+        assert_eq!(r.topics[0].error, ErrorCode::None, "{:?}", r.topics[0].error_message);
+        self.run(500);
+    }
+
+    fn produce(&mut self, node: i32, topic: &str, values: std::ops::Range<usize>, acks: i16) -> Option<ProducePartitionResponse> {
+        let mut b = BatchBuilder::new(Compression::None);
+        for i in values {
+            b.push(Record { offset: 0, timestamp: 1, key: None, value: Some(format!("v{i}").into_bytes()), headers: vec![] });
+        }
+        let request = Request::Produce(ProduceRequest {
+            acks,
+            timeout_ms: 5_000,
+            transactional_id: None,
+            topics: vec![(topic.into(), vec![(0, Some(b.build().into()))])],
+        });
+        match self.call(node, request, 6_000)? {
+            Response::Produce(r) => Some(r.topics[0].1[0].clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Every live replica's log end and status of partition 0.
+    fn statuses(&self, topic: &str) -> Vec<(i32, ReplicaStatus)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.up)
+            .filter_map(|(id, n)| Some((*id, n.broker.replica_status(topic, 0)?)))
+            .collect()
+    }
+}
+
+fn settled(n: i32) -> Net {
+    let mut net = Net::new(n);
+    net.run(5_000);
+    let active: Vec<i32> = net.nodes.iter().filter(|(_, n)| n.broker.is_active_controller()).map(|(id, _)| *id).collect();
+    assert_eq!(active.len(), 1, "one active controller after 5 s, got {active:?}");
+    net
+}
+
+#[test]
+fn acks_all_is_answered_once_every_in_sync_replica_has_the_batch() {
+    let mut net = settled(3);
+    net.create_topic("t", 1, 2);
+    let leader = net.leader_of("t", 0).expect("a leader");
+    let r = net.produce(leader, "t", 0..5, -1).expect("answered");
+    assert_eq!(r.error, ErrorCode::None, "{:?}", r.error_message);
+    assert_eq!(r.base_offset, 0);
+    net.run(1_000);
+    for (id, s) in net.statuses("t") {
+        assert_eq!(s.log_end, 5, "node {id} holds the batch");
+    }
+    let s = net.nodes[&leader].broker.replica_status("t", 0).unwrap();
+    assert_eq!(s.high_watermark, 5);
+    assert_eq!(s.isr.len(), 3);
+    // A follower refuses writes.
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let r = net.produce(follower, "t", 5..6, -1).unwrap();
+    assert_eq!(r.error, ErrorCode::NotLeaderOrFollower);
+}
+
+#[test]
+fn without_enough_in_sync_replicas_acks_all_is_refused() {
+    let mut net = settled(3);
+    net.create_topic("t", 1, 2);
+    let leader = net.leader_of("t", 0).unwrap();
+    for n in 1..=3 {
+        if n != leader {
+            net.nodes.get_mut(&n).unwrap().up = false;
+        }
+    }
+    // The followers are gone: the leader cannot get acks=all through. It
+    // either waits (the ISR still names them) or refuses; never says yes.
+    let r = net.produce(leader, "t", 0..1, -1);
+    assert!(r.as_ref().is_none_or(|r| r.error != ErrorCode::None), "acks=all acknowledged without replicas: {r:?}");
+}
+
+#[test]
+fn an_isolated_leader_is_replaced_and_its_unreplicated_writes_are_cut() {
+    let mut net = settled(3);
+    net.create_topic("t", 1, 2);
+    let old = net.leader_of("t", 0).unwrap();
+    let r = net.produce(old, "t", 0..3, -1).unwrap();
+    assert_eq!(r.error, ErrorCode::None);
+    net.run(500);
+    net.isolate(old);
+    // acks=1 on the isolated leader: taken, never replicated.
+    let r = net.produce(old, "t", 3..5, 1).unwrap();
+    assert_eq!(r.error, ErrorCode::None);
+    net.run(4_000);
+    let new = (1..=3).filter(|n| *n != old).find(|n| net.nodes[n].broker.replica_status("t", 0).is_some_and(|s| s.leader));
+    let new = new.expect("a new leader among the connected nodes within 4 s");
+    assert!(net.leader_epoch_of(new, "t") > net.leader_epoch_of(old, "t"), "the new leader has a newer epoch");
+    let r = net.produce(new, "t", 10..12, -1).unwrap();
+    assert_eq!(r.error, ErrorCode::None, "{:?}", r.error_message);
+    assert_eq!(r.base_offset, 3, "the new leader continues after the replicated records");
+    net.heal();
+    net.run(6_000);
+    let statuses = net.statuses("t");
+    for (id, s) in &statuses {
+        assert_eq!(s.log_end, 5, "node {id}: the old leader cut its two unreplicated records and copied the new ones");
+    }
+    let leaders: Vec<_> = statuses.iter().filter(|(_, s)| s.leader).collect();
+    assert_eq!(leaders.len(), 1);
+    assert_eq!(leaders[0].1.isr.len(), 3, "the old leader rejoined the ISR");
+}
