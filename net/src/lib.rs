@@ -14,4 +14,5 @@ pub mod config;
 pub mod connection;
 pub mod file_storage;
 pub mod kafka;
+pub mod peer;
 pub mod server;
