@@ -30,13 +30,24 @@ pub enum Suite {
     /// Consumer groups at work (members join, leave, crash and stall)
     /// while the node crashes, stalls and is cut off.
     Groups,
+    /// One replicated cluster (replication factor 3, min.insync.replicas
+    /// 2) under every fault kind: producers with acks=all follow the
+    /// partition leaders while nodes crash, lose unsynced data, are cut
+    /// off (an isolated leader keeps taking acks=1 writes) and their disks
+    /// fail.
+    Replication,
+    /// The same cluster with its metadata churning (topics created and
+    /// deleted throughout) under crashes, pauses and partitions: the
+    /// controller quorum's elections and the metadata log are the target.
+    Controller,
 }
 
 impl Suite {
     /// The suites `--suite all` rotates through (seed s runs ALL[s mod 4]).
     pub const ALL: [Suite; 4] = [Suite::Crash, Suite::Disk, Suite::Network, Suite::Mixed];
     /// Every suite, for lookup by name.
-    pub const NAMED: [Suite; 5] = [Suite::Crash, Suite::Disk, Suite::Network, Suite::Mixed, Suite::Groups];
+    pub const NAMED: [Suite; 7] =
+        [Suite::Crash, Suite::Disk, Suite::Network, Suite::Mixed, Suite::Groups, Suite::Replication, Suite::Controller];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +56,8 @@ impl Suite {
             Suite::Network => "network",
             Suite::Mixed => "mixed",
             Suite::Groups => "groups",
+            Suite::Replication => "replication",
+            Suite::Controller => "controller",
         }
     }
 
@@ -60,7 +73,15 @@ impl Suite {
             Suite::Network => &[Partition, SlowNetwork, Pause],
             Suite::Mixed => &[Crash, Pause, Partition, SlowNetwork, ReadCorruption, FsyncFailure, DiskFull],
             Suite::Groups => &[Crash, Pause, Partition, SlowNetwork],
+            Suite::Replication => &[Crash, Pause, Partition, SlowNetwork, ReadCorruption, FsyncFailure, DiskFull],
+            Suite::Controller => &[Crash, Pause, Partition, SlowNetwork],
         }
+    }
+
+    /// Whether the suite runs one replicated cluster (rather than
+    /// independent single nodes).
+    pub fn replicated(self) -> bool {
+        matches!(self, Suite::Replication | Suite::Controller)
     }
 }
 

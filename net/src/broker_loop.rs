@@ -7,11 +7,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use millrace_core::broker::{Broker, Effect, Input, Request, RequestId, Response};
+use millrace_core::broker::{Broker, Effect, Input, PeerMessage, Request, RequestId, Response};
 use millrace_core::storage::Storage;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
+use crate::peer::PeerTransport;
+
+/// Cluster mode: the transport to the other nodes and what they send.
+pub struct Peers {
+    pub transport: PeerTransport<PeerMessage>,
+    pub inbox: mpsc::Receiver<(u64, PeerMessage)>,
+}
 
 /// Upper bound of commands taken per loop turn (bounded work per turn).
 const MAX_BURST: usize = 4096;
@@ -25,16 +32,26 @@ pub enum Command {
 
 /// Runs until shutdown (Ok) or a fatal storage failure (Err with the reason:
 /// the node must stop without acknowledging anything more).
-pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver<Command>, clock: Clock) -> Result<(), String> {
+pub async fn run<S: Storage>(
+    mut broker: Broker<S>,
+    mut commands: mpsc::Receiver<Command>,
+    clock: Clock,
+    peers: Option<Peers>,
+) -> Result<(), String> {
     let mut waiting: HashMap<RequestId, oneshot::Sender<Response>> = HashMap::new();
     let mut timers: BTreeSet<i64> = BTreeSet::new();
     let mut out = Vec::new();
+    let (transport, mut inbox) = match peers {
+        Some(p) => (Some(p.transport), Some(p.inbox)),
+        None => (None, None),
+    };
+    let transport = transport.as_ref();
     // A first tick lets the machine arm its periodic timers (retention
     // checks) and gives state restored on open (group members' sessions,
     // offset retention) its timers, before any request arrives.
     broker.step(clock.now(), Input::Tick, &mut out);
-    if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
-        sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+    if execute(&broker, &mut out, &mut waiting, &mut timers, transport).is_some() {
+        sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers, transport);
     }
     loop {
         if let Some(reason) = broker.failure() {
@@ -52,8 +69,8 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                         timers.pop_first();
                     }
                     broker.step(now, Input::Tick, &mut out);
-                    if execute(&broker, &mut out, &mut waiting, &mut timers).is_some() {
-                        sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+                    if execute(&broker, &mut out, &mut waiting, &mut timers, transport).is_some() {
+                        sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers, transport);
                     }
                     // A timer armed for "now" (the log cleaner has more
                     // steps) is due again at once: take the commands already
@@ -63,9 +80,28 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                         Err(_) => continue,
                     }
                 }
+                m = recv_peer(&mut inbox) => {
+                    peer_turn(&mut broker, &clock, m, &mut inbox, &mut out, &mut waiting, &mut timers, transport);
+                    // Then the commands already queued: neither side starves.
+                    match commands.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => continue,
+                    }
+                }
                 c = commands.recv() => c,
             },
-            None => commands.recv().await,
+            None => tokio::select! {
+                biased;
+                m = recv_peer(&mut inbox) => {
+                    peer_turn(&mut broker, &clock, m, &mut inbox, &mut out, &mut waiting, &mut timers, transport);
+                    // Then the commands already queued: neither side starves.
+                    match commands.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => continue,
+                    }
+                }
+                c = commands.recv() => c,
+            },
         };
         let Some(first) = first else { break };
         let mut next = Some(first);
@@ -89,19 +125,19 @@ pub async fn run<S: Storage>(mut broker: Broker<S>, mut commands: mpsc::Receiver
                 next = commands.try_recv().ok();
             }
         }
-        let needs_sync = execute(&broker, &mut out, &mut waiting, &mut timers).is_some();
+        let needs_sync = execute(&broker, &mut out, &mut waiting, &mut timers, transport).is_some();
         if needs_sync && let Some(delay) = crate::buggify::slow_fsync() {
             tokio::time::sleep(delay).await;
         }
         if needs_sync || shutdown.is_some() {
-            sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+            sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers, transport);
         }
         if let Some(done) = shutdown {
             let _ = done.send(());
             return broker.failure().map_or(Ok(()), |r| Err(r.to_string()));
         }
     }
-    sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers);
+    sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers, transport);
     broker.failure().map_or(Ok(()), |r| Err(r.to_string()))
 }
 
@@ -115,11 +151,12 @@ fn sync_until_settled<S: Storage>(
     out: &mut Vec<Effect>,
     waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
     timers: &mut BTreeSet<i64>,
+    transport: Option<&PeerTransport<PeerMessage>>,
 ) {
     const MAX_ROUNDS: usize = 16;
     for _ in 0..MAX_ROUNDS {
         broker.step(clock.now(), Input::Sync, out);
-        if execute(broker, out, waiting, timers).is_none() {
+        if execute(broker, out, waiting, timers, transport).is_none() {
             return;
         }
     }
@@ -132,6 +169,7 @@ fn execute<S: Storage>(
     out: &mut Vec<Effect>,
     waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
     timers: &mut BTreeSet<i64>,
+    transport: Option<&PeerTransport<PeerMessage>>,
 ) -> Option<()> {
     if broker.failure().is_some() {
         // Nothing more may leave a failed machine.
@@ -151,6 +189,10 @@ fn execute<S: Storage>(
                 timers.insert(at);
             }
             Effect::SyncNeeded => sync = Some(()),
+            Effect::Send { to, message } => match transport {
+                Some(t) => t.send(to as u64, message),
+                None => tracing::warn!(to, "a message for a peer, but this node has no peers"),
+            },
             Effect::Fatal { reason } => {
                 tracing::error!(%reason, "fatal storage failure; stopping so no unsynced write is acknowledged");
                 waiting.clear();
@@ -158,4 +200,45 @@ fn execute<S: Storage>(
         }
     }
     sync
+}
+
+/// The next message from a peer; pending forever without peers.
+async fn recv_peer(inbox: &mut Option<mpsc::Receiver<(u64, PeerMessage)>>) -> Option<(u64, PeerMessage)> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Steps the machine with a peer message and the others already queued
+/// (bounded), then syncs once if asked: replicated appends are
+/// group-committed like produce requests.
+#[allow(clippy::too_many_arguments)]
+fn peer_turn<S: Storage>(
+    broker: &mut Broker<S>,
+    clock: &Clock,
+    first: Option<(u64, PeerMessage)>,
+    inbox: &mut Option<mpsc::Receiver<(u64, PeerMessage)>>,
+    out: &mut Vec<Effect>,
+    waiting: &mut HashMap<RequestId, oneshot::Sender<Response>>,
+    timers: &mut BTreeSet<i64>,
+    transport: Option<&PeerTransport<PeerMessage>>,
+) {
+    let Some(first) = first else {
+        // The transport is gone: no more peer messages.
+        *inbox = None;
+        return;
+    };
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some((from, message)) = next.take() {
+        broker.step(clock.now(), Input::Peer { from: from as i32, message }, out);
+        taken += 1;
+        if taken < MAX_BURST {
+            next = inbox.as_mut().and_then(|rx| rx.try_recv().ok());
+        }
+    }
+    if execute(broker, out, waiting, timers, transport).is_some() {
+        sync_until_settled(broker, clock, out, waiting, timers, transport);
+    }
 }

@@ -1,6 +1,7 @@
 //! `millrace serve` settings: embedded defaults, then a TOML file, then
 //! command-line flags, each overriding the one before.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,13 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Host:port given to clients; defaults to the listen address.
     pub advertised: Option<String>,
+    /// Cluster mode: every controller voter as `id@ip:port` (its peer
+    /// address), this node included — Kafka's `controller.quorum.voters`.
+    /// Empty: a single node.
+    pub voters: Vec<String>,
+    /// Where this node listens for its peers; defaults to its own entry in
+    /// `voters` (use 0.0.0.0 here to listen on every interface).
+    pub peer_listen: Option<SocketAddr>,
     pub broker: BrokerConfig,
 }
 
@@ -26,9 +34,25 @@ impl Default for ServeConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             advertised: None,
+            voters: Vec::new(),
+            peer_listen: None,
             broker: BrokerConfig::default(),
         }
     }
+}
+
+/// Parses `id@ip:port` voter entries into a map of peer addresses.
+pub fn parse_voters(voters: &[String]) -> anyhow::Result<BTreeMap<i32, SocketAddr>> {
+    let mut map = BTreeMap::new();
+    for v in voters {
+        let (id, addr) = v.split_once('@').ok_or_else(|| anyhow::anyhow!("voter {v:?} is not id@ip:port"))?;
+        let id: i32 = id.trim().parse().map_err(|_| anyhow::anyhow!("voter {v:?}: {id:?} is not a node id"))?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| anyhow::anyhow!("voter {v:?}: {addr:?} is not ip:port"))?;
+        if map.insert(id, addr).is_some() {
+            anyhow::bail!("voter {id} is listed twice");
+        }
+    }
+    Ok(map)
 }
 
 impl ServeConfig {
@@ -39,6 +63,23 @@ impl ServeConfig {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// Cluster mode: the peer addresses by node id, with the broker's
+    /// cluster settings made consistent with them. `None` on a single node.
+    pub fn cluster_peers(&mut self) -> anyhow::Result<Option<(SocketAddr, BTreeMap<i32, SocketAddr>)>> {
+        if self.voters.is_empty() {
+            if self.broker.cluster.is_some() {
+                anyhow::bail!("[broker.cluster] is set but no voters are given");
+            }
+            return Ok(None);
+        }
+        let peers = parse_voters(&self.voters)?;
+        let me = self.broker.node_id;
+        let own = *peers.get(&me).ok_or_else(|| anyhow::anyhow!("node id {me} is not among the voters {:?}", self.voters))?;
+        let cluster = self.broker.cluster.get_or_insert_with(Default::default);
+        cluster.voters = peers.keys().copied().collect();
+        Ok(Some((self.peer_listen.unwrap_or(own), peers)))
     }
 }
 

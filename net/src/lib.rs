@@ -12,6 +12,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connection;
+#[cfg(not(madsim))]
+pub mod dev_cluster;
 pub mod file_storage;
 pub mod kafka;
 pub mod peer;

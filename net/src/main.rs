@@ -37,6 +37,9 @@ enum Command {
     /// List, describe (members, committed offsets, lag) or delete consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Start a local cluster of N `millrace serve` processes on loopback
+    /// ports and supervise them (a node that dies is restarted) until Ctrl-C.
+    DevCluster(millrace_net::dev_cluster::DevClusterArgs),
 }
 
 #[derive(Subcommand)]
@@ -75,6 +78,16 @@ struct ServeArgs {
     /// host:port given to clients in metadata [default: the listen address].
     #[arg(long)]
     advertised: Option<String>,
+    /// Cluster mode: this node's id (Kafka's node.id).
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Cluster mode: every controller voter as id@ip:port, comma-separated,
+    /// this node included (Kafka's controller.quorum.voters).
+    #[arg(long, value_delimiter = ',')]
+    voters: Vec<String>,
+    /// Cluster mode: where to listen for other nodes [default: this node's voter address].
+    #[arg(long)]
+    peer_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -200,6 +213,7 @@ fn main() -> anyhow::Result<()> {
             Command::Consume(args) if args.group.is_some() => consume_group(args).await,
             Command::Consume(args) => consume(args).await,
             Command::Group(cmd) => group(cmd).await,
+            Command::DevCluster(args) => millrace_net::dev_cluster::run(args).await,
         }
     })
 }
@@ -217,6 +231,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.advertised.is_some() {
         config.advertised = args.advertised;
+    }
+    if let Some(id) = args.node_id {
+        config.broker.node_id = id;
+    }
+    if !args.voters.is_empty() {
+        config.voters = args.voters;
+    }
+    if args.peer_listen.is_some() {
+        config.peer_listen = args.peer_listen;
     }
     let _ = DEFAULT_DATA_DIR;
     let server = Server::bind(config).await?;

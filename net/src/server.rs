@@ -10,7 +10,8 @@ use millrace_core::storage::Storage;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker_loop::{self, Command};
+use crate::broker_loop::{self, Command, Peers};
+use crate::peer::PeerTransport;
 use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::connection;
@@ -60,8 +61,22 @@ impl Server {
                 config.broker.advertised_port = i32::from(local_addr.port());
             }
         }
+        let cluster = config.cluster_peers()?;
         let (broker, report) = Broker::open(config.broker.clone(), storage, seed)
             .map_err(|e| anyhow::anyhow!("cannot open the log in {}: {e}", config.data_dir.display()))?;
+        if let Some(cut) = &report.metadata_log_cut {
+            tracing::warn!(%cut, "metadata log recovery cut entries; if they were synced the disk lost acknowledged data");
+        }
+        let peers = match cluster {
+            Some((peer_listen, peers)) => {
+                let me = config.broker.node_id;
+                let others = peers.into_iter().filter(|(id, _)| *id != me).map(|(id, a)| (id as u64, a)).collect();
+                let (transport, inbox) = PeerTransport::bind(me as u64, peer_listen, others).await?;
+                tracing::info!(node = me, peer_listen = %transport.local_addr(), voters = ?config.voters, "cluster mode");
+                Some(Peers { transport, inbox })
+            }
+            None => None,
+        };
         for (dir, r) in &report.recoveries {
             if let Some(reason) = &r.reason {
                 tracing::warn!(%dir, %reason, truncated_bytes = r.truncated_bytes, removed_segments = r.removed_segments, "log recovery cut a damaged tail");
@@ -79,7 +94,7 @@ impl Server {
             "millrace serving"
         );
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
-        let broker_task = tokio::spawn(broker_loop::run(broker, rx, Clock::new()));
+        let broker_task = tokio::spawn(broker_loop::run(broker, rx, Clock::new(), peers));
         Ok(Self { listener, commands, broker_task, local_addr })
     }
 

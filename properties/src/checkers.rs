@@ -171,6 +171,7 @@ pub fn check(events: &[Event], heal_at_ms: u64, durable_acks: bool) -> Vec<Viola
         }
     }
     crate::group_checkers::check(events, durable_acks, &mut r);
+    crate::replication_checkers::check(events, &mut r);
     r.0
 }
 

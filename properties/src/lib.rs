@@ -7,3 +7,4 @@
 
 pub mod checkers;
 mod group_checkers;
+mod replication_checkers;

@@ -19,6 +19,13 @@ use crate::groups;
 use crate::workload::{self, Ctx};
 
 const PORT: u16 = 9092;
+/// Where cluster nodes listen for each other.
+const PEER_PORT: u16 = 9093;
+/// Replicated cluster: after the final read, this long for followers to
+/// finish copying before each replica's log is compared.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Controller suite: how often the metadata churner creates a topic.
+const CHURN_EVERY: Duration = Duration::from_millis(700);
 /// After the heal, producers keep going this long: the liveness bound. A
 /// write must be acknowledged within it. It covers a client's reconnect
 /// (madsim's TCP gives up on a dead peer after ~10 s) plus recovery.
@@ -61,7 +68,7 @@ impl Scenario {
         let buggify = rng.chance(500);
         // Group checks need durable acknowledgements: with a relaxed policy
         // a crash may shorten the log under a committed offset.
-        let flush = if suite == Suite::Groups { FlushPolicy::EveryBatch } else { flush };
+        let flush = if suite == Suite::Groups || suite.replicated() { FlushPolicy::EveryBatch } else { flush };
         let group_consumers = if suite == Suite::Groups { 3 } else { 0 };
         Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, group_consumers, flush, buggify }
     }
@@ -70,6 +77,11 @@ impl Scenario {
     /// policy); only then must no acknowledged record be lost.
     pub fn durable_acks(&self) -> bool {
         self.flush.acks_wait_for_sync()
+    }
+
+    /// One replicated cluster (rather than independent single nodes).
+    pub fn replicated(&self) -> bool {
+        self.suite.replicated()
     }
 
     pub fn describe(&self) -> String {
@@ -126,25 +138,33 @@ async fn simulate(scenario: Scenario) -> Outcome {
         let ip = broker_ip(i);
         let flush = scenario.flush;
         let seed = scenario.seed;
+        let voters = if scenario.replicated() { voters(scenario.nodes) } else { Vec::new() };
         let node = handle
             .create_node()
             .name(format!("broker-{i}"))
             .ip(ip)
             .init(move || {
                 let disk = node_disk.clone();
-                async move { run_broker(ip, disk, flush, seed).await }
+                let voters = voters.clone();
+                async move { run_broker(ip, disk, flush, seed, i, voters).await }
             })
             .build();
         brokers.push(BrokerNode { handle: node, disk, up: true });
     }
     // Setup first, on every broker at once: the topic exists before any
     // fault or workload starts, and the plan's clock starts after it.
+    let replicated = scenario.replicated();
+    let cluster: Vec<String> =
+        if replicated { (0..scenario.nodes).map(|i| SocketAddr::new(broker_ip(i), PORT).to_string()).collect() } else { Vec::new() };
+    // A replicated cluster is one log: every client works on "node 0".
+    let log_nodes = if replicated { 1 } else { brokers.len() };
     let mut setups = Vec::new();
-    for i in 0..brokers.len() {
+    for i in 0..log_nodes {
         let c = Ctx {
             history: history.clone(),
             start,
             broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
+            cluster: cluster.clone(),
             node: i,
             partitions: scenario.partitions,
             stop_at: start,
@@ -162,7 +182,8 @@ async fn simulate(scenario: Scenario) -> Outcome {
         history: history.clone(),
         start,
         broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
-        node: i,
+        cluster: cluster.clone(),
+        node: if replicated { 0 } else { i },
         partitions: scenario.partitions,
         stop_at,
         seed: scenario.seed.wrapping_add(i as u64 * 7919),
@@ -179,7 +200,7 @@ async fn simulate(scenario: Scenario) -> Outcome {
         }
         let node = handle.create_node().name(format!("reader-{i}")).ip(client_ip(i, 100)).build();
         let c = ctx.clone();
-        client_tasks.push(node.spawn(async move { workload::reader(c, 0).await }));
+        client_tasks.push(node.spawn(async move { workload::reader(c, i as u32).await }));
         for k in 0..scenario.group_consumers {
             let node = handle.create_node().name(format!("consumer-{i}-{k}")).ip(client_ip(i, 50 + k)).build();
             let c = ctx.clone();
@@ -192,6 +213,11 @@ async fn simulate(scenario: Scenario) -> Outcome {
             let until = stop_at + GROUP_DRAIN;
             client_tasks.push(node.spawn(async move { groups::observer(c, until).await }));
         }
+    }
+    if scenario.suite == Suite::Controller {
+        let node = handle.create_node().name("churn").ip(client_ip(0, 150)).build();
+        let c = ctx_for(0);
+        client_tasks.push(node.spawn(async move { workload::metadata_churn(c, CHURN_EVERY).await }));
     }
     // The nemesis: apply each event at its time on the plan's clock.
     let net = NetSim::current();
@@ -207,8 +233,8 @@ async fn simulate(scenario: Scenario) -> Outcome {
     for t in client_tasks {
         let _ = t.await;
     }
-    // Final reads, one per broker, after every producer stopped.
-    for i in 0..brokers.len() {
+    // Final reads, one per broker (one per cluster), after every producer stopped.
+    for i in 0..log_nodes {
         let ctx = ctx_for(i);
         let node = handle.create_node().name(format!("final-{i}")).ip(client_ip(i, 200)).build();
         let _ = node.spawn(async move { workload::final_read(ctx, FINAL_READ_BOUND).await }).await;
@@ -216,6 +242,27 @@ async fn simulate(scenario: Scenario) -> Outcome {
             let ctx = ctx_for(i);
             let node = handle.create_node().name(format!("final-group-{i}")).ip(client_ip(i, 201)).build();
             let _ = node.spawn(async move { groups::final_offsets(ctx, FINAL_READ_BOUND).await }).await;
+        }
+    }
+    if replicated {
+        // Let followers finish copying, then stop every node and read what
+        // each replica and each metadata log holds.
+        tokio::time::sleep(SETTLE).await;
+        for b in brokers.iter_mut() {
+            if b.up {
+                handle.kill(b.handle.id());
+                b.up = false;
+            }
+        }
+        let at = start.elapsed().as_millis() as u64;
+        for (i, b) in brokers.iter().enumerate() {
+            let mut disk = b.disk.clone();
+            for p in 0..scenario.partitions {
+                let records = crate::replicas::replica_records(&mut disk, workload::TOPIC, p);
+                history.record(at, EventKind::ReplicaLog { node: i, partition: p, records });
+            }
+            let entries = crate::replicas::metadata_entries(&mut disk);
+            history.record(at, EventKind::MetadataLog { node: i, entries });
         }
     }
     Outcome {
@@ -271,13 +318,15 @@ fn apply(handle: &Handle, net: &NetSim, brokers: &mut [BrokerNode], fault: &Faul
 
 /// One broker process. A fatal storage failure stops the server; like a
 /// supervisor, the node then loses its page cache and starts again.
-async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64) {
+async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64, index: usize, voters: Vec<String>) {
     loop {
         let config = ServeConfig {
             listen: SocketAddr::new(ip, PORT),
             data_dir: "/sim".into(),
             advertised: Some(format!("{ip}:{PORT}")),
-            broker: BrokerConfig { flush, num_partitions: 3, ..BrokerConfig::default() },
+            voters: voters.clone(),
+            peer_listen: None,
+            broker: BrokerConfig { flush, num_partitions: 3, node_id: index as i32 + 1, ..BrokerConfig::default() },
         };
         let server = match Server::bind_with(config, disk.clone(), seed).await {
             Ok(s) => s,
@@ -293,4 +342,9 @@ async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
+}
+
+/// The quorum of a replicated scenario: node i (0-based) is voter i + 1.
+fn voters(nodes: usize) -> Vec<String> {
+    (0..nodes).map(|i| format!("{}@{}", i + 1, SocketAddr::new(broker_ip(i), PEER_PORT))).collect()
 }

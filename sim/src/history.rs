@@ -50,6 +50,12 @@ pub enum EventKind {
     Fault { description: String },
     /// The faults are over; from here the cluster must converge.
     Healed,
+    /// Replicated cluster, after the run: what node `node`'s replica of a
+    /// partition holds, record by record, with each batch's leader epoch.
+    ReplicaLog { node: usize, partition: i32, records: Vec<(i64, i32, String)> },
+    /// Replicated cluster, after the run: node `node`'s metadata (Raft)
+    /// log, entry by entry from index 1: (term, records).
+    MetadataLog { node: usize, entries: Vec<(u64, Vec<millrace_core::controller::MetadataRecord>)> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

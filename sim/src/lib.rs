@@ -12,6 +12,7 @@
 
 pub mod disk;
 pub mod history;
+pub mod replicas;
 
 #[cfg(madsim)]
 pub mod cluster;

@@ -20,6 +20,9 @@ pub struct Ctx {
     pub history: History,
     pub start: Instant,
     pub broker_addr: String,
+    /// Replicated cluster: every broker, and requests go to each
+    /// partition's leader as Metadata says. Empty: one single-node broker.
+    pub cluster: Vec<String>,
     pub node: usize,
     pub partitions: i32,
     /// Producers start no new operation after this instant.
@@ -73,11 +76,94 @@ impl Conn {
     }
 }
 
-/// Creates the topic, retrying until the broker answers.
+/// Finds each partition's leader and keeps a connection per broker
+/// (replaced, never dropped, as [`Conn`] explains). For a single node it
+/// always answers that node.
+struct Router {
+    conns: std::collections::BTreeMap<String, Client>,
+    retired: Vec<Client>,
+    leaders: std::collections::BTreeMap<i32, String>,
+    /// Which broker to ask for metadata next (rotates past dead ones).
+    next_bootstrap: usize,
+}
+
+/// Kafka errors after which the same batch is retried on the leader the
+/// metadata names next: not written (5, 6, 19) or written but not
+/// confirmed (7, 20) — the idempotent sequence makes a retry safe.
+fn retriable(code: Option<i16>) -> bool {
+    matches!(code, Some(5 | 6 | 7 | 19 | 20))
+}
+
+impl Router {
+    fn new() -> Self {
+        Self { conns: Default::default(), retired: Vec::new(), leaders: Default::default(), next_bootstrap: 0 }
+    }
+
+    async fn client(&mut self, ctx: &Ctx, partition: i32) -> &mut Client {
+        let addr = loop {
+            if ctx.cluster.is_empty() {
+                break ctx.broker_addr.clone();
+            }
+            if let Some(a) = self.leaders.get(&partition) {
+                break a.clone();
+            }
+            self.refresh(ctx).await;
+        };
+        if !self.conns.contains_key(&addr) {
+            let c = loop {
+                if let Ok(Ok(c)) = timeout(CONNECT_TIMEOUT, Client::connect(&addr)).await {
+                    break c;
+                }
+                tokio::time::sleep(BACKOFF).await;
+                if !ctx.cluster.is_empty() {
+                    // The leader may have moved while it was unreachable.
+                    self.refresh(ctx).await;
+                }
+            };
+            self.conns.insert(addr.clone(), c);
+        }
+        self.conns.get_mut(&addr).expect("inserted")
+    }
+
+    /// Asks the brokers in turn for the topic's leaders, until one answers.
+    async fn refresh(&mut self, ctx: &Ctx) {
+        loop {
+            let addr = ctx.cluster[self.next_bootstrap % ctx.cluster.len()].clone();
+            self.next_bootstrap += 1;
+            if let Ok(Ok(mut c)) = timeout(REQUEST_TIMEOUT, Client::connect(&addr)).await {
+                let answer = timeout(REQUEST_TIMEOUT, c.leaders(TOPIC)).await;
+                self.retired.push(c);
+                if let Ok(Ok(leaders)) = answer {
+                    self.leaders = leaders;
+                    return;
+                }
+            }
+            tokio::time::sleep(BACKOFF).await;
+        }
+    }
+
+    /// The request to `partition`'s broker failed: drop what we believe.
+    async fn failed(&mut self, ctx: &Ctx, partition: i32) {
+        tokio::time::sleep(BACKOFF).await;
+        let addr = if ctx.cluster.is_empty() { Some(ctx.broker_addr.clone()) } else { self.leaders.remove(&partition) };
+        if let Some(c) = addr.and_then(|a| self.conns.remove(&a)) {
+            self.retired.push(c);
+        }
+    }
+}
+
+/// Creates the topic, retrying until the broker answers. In a cluster the
+/// topic has replication factor 3 and min.insync.replicas 2 (refused until
+/// three brokers are up).
 pub async fn create_topic(ctx: &Ctx) {
     let mut c = Conn::open(ctx).await;
+    let (rf, configs) = if ctx.cluster.is_empty() {
+        (-1, Vec::new())
+    } else {
+        (3, vec![("min.insync.replicas".to_string(), "2".to_string())])
+    };
     loop {
-        match timeout(REQUEST_TIMEOUT, c.client.create_topic(TOPIC, ctx.partitions, &[])).await {
+        match timeout(REQUEST_TIMEOUT, c.client.create_topic_with_rf(TOPIC, ctx.partitions, rf, &configs)).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) if e.code() == Some(36) => return, // TOPIC_ALREADY_EXISTS
             _ => c.replace(ctx).await,
@@ -99,23 +185,20 @@ impl Draw {
 /// sequence numbers until it is acknowledged or definitely refused.
 pub async fn producer(ctx: Ctx, client_id: u32) {
     let mut draw = Draw(ctx.seed ^ (u64::from(client_id) << 32));
-    let mut conn = Conn::open(&ctx).await;
+    let mut router = Router::new();
     let mut identity: Option<(i64, i16)> = None;
     let mut next_seq = vec![0i32; ctx.partitions as usize];
     let mut op_seq = 0u64;
     let mut value_seq = 0u64;
     while Instant::now() < ctx.stop_at {
-        if identity.is_none() {
-            match timeout(REQUEST_TIMEOUT, conn.client.init_producer_id()).await {
+        let partition = draw.next(ctx.partitions as u64) as i32;
+        while identity.is_none() {
+            match timeout(REQUEST_TIMEOUT, router.client(&ctx, partition).await.init_producer_id()).await {
                 Ok(Ok(id)) => identity = Some(id),
-                _ => {
-                    conn.replace(&ctx).await;
-                    continue;
-                }
+                _ => router.failed(&ctx, partition).await,
             }
         }
         let (pid, epoch) = identity.expect("set above");
-        let partition = draw.next(ctx.partitions as u64) as i32;
         let count = 1 + draw.next(5) as usize;
         let values: Vec<String> = (0..count)
             .map(|_| {
@@ -135,11 +218,18 @@ pub async fn producer(ctx: Ctx, client_id: u32) {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match timeout(REQUEST_TIMEOUT, conn.client.produce(TOPIC, partition, batch.clone(), -1)).await {
+            match timeout(REQUEST_TIMEOUT, router.client(&ctx, partition).await.produce(TOPIC, partition, batch.clone(), -1)).await {
                 Ok(Ok(base_offset)) => {
                     ctx.record(EventKind::Ok { op, base_offset });
                     next_seq[partition as usize] = seq.wrapping_add(count as i32) & i32::MAX;
                     break;
+                }
+                Ok(Err(e @ ClientError::Kafka { .. })) if !ctx.cluster.is_empty() && retriable(e.code()) => {
+                    if Instant::now() >= ctx.stop_at + Duration::from_secs(30) {
+                        ctx.record(EventKind::Unknown { op });
+                        return;
+                    }
+                    router.failed(&ctx, partition).await;
                 }
                 Ok(Err(ClientError::Kafka { name, .. })) => {
                     // A refusal is definite only if no earlier attempt of
@@ -165,7 +255,7 @@ pub async fn producer(ctx: Ctx, client_id: u32) {
                         ctx.record(EventKind::Unknown { op });
                         return;
                     }
-                    conn.replace(&ctx).await;
+                    router.failed(&ctx, partition).await;
                 }
             }
         }
@@ -202,17 +292,18 @@ async fn read_once(client: &mut Client, ctx: &Ctx, partition: i32, offset: i64) 
 
 /// Tails every partition, recording what it reads.
 pub async fn reader(ctx: Ctx, reader_id: u32) {
-    let mut conn = Conn::open(&ctx).await;
+    let mut router = Router::new();
     let mut next = vec![0i64; ctx.partitions as usize];
     while Instant::now() < ctx.stop_at {
         for p in 0..ctx.partitions {
-            match read_once(&mut conn.client, &ctx, p, next[p as usize]).await {
+            let client = router.client(&ctx, p).await;
+            match read_once(client, &ctx, p, next[p as usize]).await {
                 Ok((recs, _)) if !recs.is_empty() => {
                     next[p as usize] = recs.last().expect("non-empty").0 + 1;
                     ctx.record(EventKind::Read { node: ctx.node, reader: reader_id, partition: p, records: recs });
                 }
                 Ok(_) => {}
-                Err(_) => conn.replace(&ctx).await,
+                Err(_) => router.failed(&ctx, p).await,
             }
         }
     }
@@ -222,9 +313,7 @@ pub async fn reader(ctx: Ctx, reader_id: u32) {
 /// `bound`. Records `Final` or `FinalFailed` per partition.
 pub async fn final_read(ctx: Ctx, bound: Duration) {
     let deadline = Instant::now() + bound;
-    let mut client: Option<Client> = None;
-    // Replaced connections stay open until the end (see `Conn`).
-    let mut retired: Vec<Client> = Vec::new();
+    let mut router = Router::new();
     for p in 0..ctx.partitions {
         let mut records = Vec::new();
         let mut offset = 0;
@@ -233,17 +322,9 @@ pub async fn final_read(ctx: Ctx, bound: Duration) {
             if Instant::now() >= deadline {
                 break None;
             }
-            let c = match client.as_mut() {
-                Some(c) => c,
-                None => match timeout(deadline.saturating_duration_since(Instant::now()), Client::connect(&ctx.broker_addr)).await {
-                    Ok(Ok(c)) => client.insert(c),
-                    _ => {
-                        tokio::time::sleep(BACKOFF).await;
-                        continue;
-                    }
-                },
-            };
-            match read_once(c, &ctx, p, offset).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(client) = timeout(left, router.client(&ctx, p)).await else { continue };
+            match read_once(client, &ctx, p, offset).await {
                 Ok((recs, hw)) => {
                     if let Some(last) = recs.last() {
                         offset = last.0 + 1;
@@ -255,8 +336,7 @@ pub async fn final_read(ctx: Ctx, bound: Duration) {
                 }
                 Err(e) => {
                     last_error = e;
-                    retired.extend(client.take());
-                    tokio::time::sleep(BACKOFF).await;
+                    router.failed(&ctx, p).await;
                 }
             }
         };
@@ -264,5 +344,26 @@ pub async fn final_read(ctx: Ctx, bound: Duration) {
             Some(high_watermark) => ctx.record(EventKind::Final { node: ctx.node, partition: p, high_watermark, records }),
             None => ctx.record(EventKind::FinalFailed { node: ctx.node, partition: p, error: last_error }),
         }
+    }
+}
+
+/// Controller suite: keeps the metadata log busy — creates a topic every
+/// `every`, deletes the one before — through whichever broker answers.
+pub async fn metadata_churn(ctx: Ctx, every: Duration) {
+    let mut conn = Conn::open(&ctx).await;
+    let mut k = 0u32;
+    while Instant::now() < ctx.stop_at {
+        k += 1;
+        let name = format!("churn-{k}");
+        if timeout(REQUEST_TIMEOUT, conn.client.create_topic_with_rf(&name, 1 + (k % 3) as i32, -1, &[])).await.is_err() {
+            conn.replace(&ctx).await;
+        }
+        if k > 1 {
+            let old = format!("churn-{}", k - 1);
+            if timeout(REQUEST_TIMEOUT, conn.client.delete_topic(&old)).await.is_err() {
+                conn.replace(&ctx).await;
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }

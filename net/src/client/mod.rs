@@ -117,10 +117,22 @@ impl Client {
     }
 
     pub async fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<(), ClientError> {
+        self.create_topic_with_rf(name, partitions, -1, configs).await
+    }
+
+    /// Creates a topic with an explicit replication factor (-1: the
+    /// cluster's default).
+    pub async fn create_topic_with_rf(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(String, String)],
+    ) -> Result<(), ClientError> {
         let topic = CreatableTopic::default()
             .with_name(topic_name(name))
             .with_num_partitions(partitions)
-            .with_replication_factor(-1)
+            .with_replication_factor(replication_factor)
             .with_configs(
                 configs
                     .iter()
@@ -143,6 +155,29 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Each partition's leader as `host:port` (partitions without a leader
+    /// are left out), from one Metadata request.
+    pub async fn leaders(&mut self, topic: &str) -> Result<std::collections::BTreeMap<i32, String>, ClientError> {
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]))
+            .with_allow_auto_topic_creation(false);
+        let resp = self.conn.call(&req, METADATA_V).await?;
+        let brokers: std::collections::BTreeMap<i32, String> =
+            resp.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port))).collect();
+        let mut out = std::collections::BTreeMap::new();
+        for t in resp.topics {
+            if t.error_code != 0 {
+                return Err(ClientError::kafka(format!("metadata for {topic}"), t.error_code, None));
+            }
+            for p in t.partitions {
+                if let Some(addr) = brokers.get(&p.leader_id.0) {
+                    out.insert(p.partition_index, addr.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn delete_topic(&mut self, name: &str) -> Result<(), ClientError> {

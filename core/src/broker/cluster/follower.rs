@@ -65,6 +65,7 @@ impl<S: Storage> Broker<S> {
             return; // an answer to an older fetch, or from a former leader
         }
         f.in_flight = None;
+        let following = f.epoch;
         let Some(p) = self.topics.get_mut(&reply.topic).and_then(|t| t.partitions.get_mut(reply.partition as usize)) else { return };
         let backoff = match reply.outcome {
             FetchOutcome::NotLeader => Some(REFUSED_BACKOFF_MS),
@@ -110,6 +111,16 @@ impl<S: Storage> Broker<S> {
                             break;
                         }
                     };
+                    // The leader epoch field is outside the CRC (Kafka's
+                    // format: leaders stamp it after the fact), so a bit
+                    // flipped on the leader's read goes unseen by it. An
+                    // epoch older than our last or newer than the leader's
+                    // own cannot be right: refetch.
+                    let latest = p.epochs.latest().map_or(-1, |(e, _)| e);
+                    if h.partition_leader_epoch < latest || h.partition_leader_epoch > following {
+                        trouble = true;
+                        break;
+                    }
                     match p.log.append_replica(&mut self.storage, bytes) {
                         Ok(h) => {
                             p.producers.record(&h);

@@ -71,12 +71,9 @@ impl<S: Storage> Broker<S> {
         let p = &self.topics[&f.topic].partitions[f.partition as usize];
         let log_start = p.log.log_start_offset();
         let records = if f.fetch_offset < p.log.log_end_offset() {
-            match p.log.read(&mut self.storage, f.fetch_offset, max) {
-                Ok(bytes) => bytes,
-                // A damaged read: the follower asks again, and the leader's
-                // own readers see the damage.
-                Err(_) => Vec::new(),
-            }
+            // A damaged read: the follower asks again, and the leader's own
+            // readers see the damage.
+            p.log.read(&mut self.storage, f.fetch_offset, max).unwrap_or_default()
         } else {
             Vec::new()
         };

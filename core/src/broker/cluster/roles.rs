@@ -55,15 +55,10 @@ impl<S: Storage> Broker<S> {
 
     /// Brings every local topic and partition role in line with the image.
     fn reconcile(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        let topics: Vec<(String, [u8; 16], Vec<(String, String)>, Vec<PartitionImage>)> = self
-            .cluster_mut()
-            .controller
-            .image()
-            .topics
-            .iter()
-            .map(|(name, t)| (name.clone(), t.topic_id, t.configs.clone(), t.partitions.clone()))
-            .collect();
-        for (name, topic_id, configs, partitions) in topics {
+        let topics: Vec<(String, crate::controller::image::TopicImage)> =
+            self.cluster_ref().controller.image().topics.iter().map(|(name, t)| (name.clone(), t.clone())).collect();
+        for (name, t) in topics {
+            let (topic_id, configs, partitions) = (t.topic_id, t.configs, t.partitions);
             if self.topics.get(&name).is_none_or(|t| t.meta.topic_id != topic_id || t.meta.partitions != partitions.len() as i32) {
                 if self.topics.contains_key(&name) {
                     self.drop_local_topic(now, &name, None, out);
