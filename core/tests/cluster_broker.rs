@@ -275,3 +275,40 @@ fn an_isolated_leader_is_replaced_and_its_unreplicated_writes_are_cut() {
     assert_eq!(leaders.len(), 1);
     assert_eq!(leaders[0].1.isr.len(), 3, "the old leader rejoined the ISR");
 }
+
+#[test]
+fn topics_are_created_and_deleted_through_the_controller_from_any_node() {
+    let mut net = settled(3);
+    for k in 1..=4 {
+        let node = 1 + (k % 3);
+        let request = Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![NewTopic { name: format!("c{k}"), num_partitions: 2, replication_factor: -1, has_assignments: false, configs: vec![] }],
+            validate_only: false,
+        });
+        let Some(Response::CreateTopics(r)) = net.call(node, request, 3_000) else { panic!("no answer") };
+        assert_eq!(r.topics[0].error, ErrorCode::None, "c{k} via node {node}: {:?}", r.topics[0].error_message);
+        assert_eq!(r.topics[0].replication_factor, 3);
+        if k > 1 {
+            let request = Request::DeleteTopics(DeleteTopicsRequest { names: vec![format!("c{}", k - 1)] });
+            let Some(Response::DeleteTopics(r)) = net.call(node, request, 3_000) else { panic!("no answer") };
+            assert_eq!(r.topics[0].1, ErrorCode::None, "deleting c{}: {:?}", k - 1, r.topics[0].2);
+        }
+        net.run(300);
+    }
+    for (id, n) in &net.nodes {
+        let names: Vec<&str> = n.broker.topic_names().collect();
+        assert_eq!(names, vec!["c4"], "node {id} holds only the last topic");
+    }
+    let request = Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic { name: "c4".into(), num_partitions: 1, replication_factor: 4, has_assignments: false, configs: vec![] }],
+        validate_only: false,
+    });
+    let Some(Response::CreateTopics(r)) = net.call(1, request, 3_000) else { panic!("no answer") };
+    assert_eq!(r.topics[0].error, ErrorCode::TopicAlreadyExists);
+    let request = Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic { name: "c5".into(), num_partitions: 1, replication_factor: 4, has_assignments: false, configs: vec![] }],
+        validate_only: false,
+    });
+    let Some(Response::CreateTopics(r)) = net.call(2, request, 3_000) else { panic!("no answer") };
+    assert_eq!(r.topics[0].error, ErrorCode::InvalidReplicationFactor, "{:?}", r.topics[0].error_message);
+}

@@ -355,13 +355,17 @@ pub async fn metadata_churn(ctx: Ctx, every: Duration) {
     while Instant::now() < ctx.stop_at {
         k += 1;
         let name = format!("churn-{k}");
-        if timeout(REQUEST_TIMEOUT, conn.client.create_topic_with_rf(&name, 1 + (k % 3) as i32, -1, &[])).await.is_err() {
-            conn.replace(&ctx).await;
+        match timeout(REQUEST_TIMEOUT, conn.client.create_topic_with_rf(&name, 1 + (k % 3) as i32, -1, &[])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.code().is_some() => tracing::debug!(%name, %e, "churn: create refused"),
+            _ => conn.replace(&ctx).await,
         }
         if k > 1 {
             let old = format!("churn-{}", k - 1);
-            if timeout(REQUEST_TIMEOUT, conn.client.delete_topic(&old)).await.is_err() {
-                conn.replace(&ctx).await;
+            match timeout(REQUEST_TIMEOUT, conn.client.delete_topic(&old)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.code().is_some() => tracing::debug!(%old, %e, "churn: delete refused"),
+                _ => conn.replace(&ctx).await,
             }
         }
         tokio::time::sleep(every).await;

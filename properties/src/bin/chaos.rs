@@ -35,7 +35,7 @@ mod sim_main {
         /// First seed.
         #[arg(long, default_value_t = 0)]
         start: u64,
-        /// crash, disk, network, mixed, groups, or all (seed s runs one of the
+        /// crash, disk, network, mixed, groups, replication, controller, or all (seed s runs one of the
         /// first four, s mod 4).
         #[arg(long, default_value = "all")]
         suite: String,
@@ -73,7 +73,7 @@ mod sim_main {
         if args.suite == "all" {
             return Ok(Suite::ALL[(seed % Suite::ALL.len() as u64) as usize]);
         }
-        Suite::from_name(&args.suite).ok_or_else(|| format!("unknown suite {:?}: use crash, disk, network, mixed, groups or all", args.suite))
+        Suite::from_name(&args.suite).ok_or_else(|| format!("unknown suite {:?}: use crash, disk, network, mixed, groups, replication, controller or all", args.suite))
     }
 
     fn replay_command(args: &Args, seed: u64, suite: Suite) -> String {
