@@ -62,6 +62,7 @@ fn config(id: u64) -> ControllerConfig {
         },
         broker_session_timeout_ms: SESSION_MS,
         new_controller_grace_ms: SESSION_MS,
+        unclean_leader_election: false,
     }
 }
 

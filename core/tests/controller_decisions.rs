@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use millrace_core::controller::decide::{assign_replicas, fence, unfence};
+use millrace_core::controller::decide::{assign_replicas, fence, unclean_elections, unfence};
 use millrace_core::controller::*;
 use proptest::prelude::*;
 
@@ -127,6 +127,17 @@ fn a_fenced_leader_hands_over_to_the_isr_and_returns_to_an_offline_partition() {
     let rs = unfence(&image, 0);
     apply_all(&mut image, &rs);
     assert_eq!(image.partition("t", 0).unwrap().leader, None);
+    assert!(unclean_elections(&image, false).is_empty(), "unclean election is off unless asked for");
+    // With it on (cluster-wide here), the live out-of-sync replica 0 leads.
+    let mut unclean = image.clone();
+    let rs = unclean_elections(&unclean, true);
+    apply_all(&mut unclean, &rs);
+    let p = unclean.partition("t", 0).unwrap();
+    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (Some(0), vec![0], 4));
+    // A topic that says false overrides the cluster default.
+    unclean = image.clone();
+    unclean.topics.get_mut("t").unwrap().configs = vec![("unclean.leader.election.enable".into(), "false".into())];
+    assert!(unclean_elections(&unclean, true).is_empty());
     let rs = unfence(&image, 2);
     apply_all(&mut image, &rs);
     assert_eq!(image.partition("t", 0).unwrap().leader, Some(2));

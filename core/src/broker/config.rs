@@ -100,6 +100,11 @@ pub struct ClusterConfig {
     pub request_timeout_ms: i64,
     /// Kafka's `default.replication.factor` (capped at the live brokers).
     pub default_replication_factor: i16,
+    /// Kafka's `unclean.leader.election.enable` for topics that do not set
+    /// it: off, so an out-of-sync replica never leads (no acknowledged
+    /// record lost) and a partition whose in-sync replicas are all down
+    /// stays offline until one returns.
+    pub unclean_leader_election: bool,
 }
 
 impl Default for ClusterConfig {
@@ -117,6 +122,7 @@ impl Default for ClusterConfig {
             replica_fetch_max_bytes: 1 << 20,
             request_timeout_ms: 3_000,
             default_replication_factor: 3,
+            unclean_leader_election: false,
         }
     }
 }
@@ -148,7 +154,7 @@ impl Default for BrokerConfig {
 /// Topic-level overrides a user may set at creation or alter later. Only
 /// settings that take effect are accepted; anything else is rejected with
 /// INVALID_CONFIG.
-pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
     "cleanup.policy",
     "delete.retention.ms",
     "max.message.bytes",
@@ -159,6 +165,7 @@ pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 /// Validated topic-level overrides (stored as given, normalised).
@@ -189,6 +196,9 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<String, String> {
         "retention.ms" | "retention.bytes" => (int_at_least(-1), "an integer >= -1 (-1: no limit)"),
         "delete.retention.ms" | "min.compaction.lag.ms" => (int_at_least(0), "an integer >= 0"),
         "segment.ms" | "min.insync.replicas" => (int_at_least(1), "an integer >= 1"),
+        "unclean.leader.election.enable" => {
+            (matches!(value.trim(), "true" | "false").then(|| value.trim().to_string()), "true or false")
+        }
         "min.cleanable.dirty.ratio" => (
             value.trim().parse::<f64>().ok().and_then(crate::log::Ratio::new).map(|r| r.get().to_string()),
             "a number between 0 and 1",
@@ -263,6 +273,13 @@ impl TopicConfig {
             ("retention.ms", log.retention_ms.to_string()),
             ("segment.bytes", log.segment_bytes.to_string()),
             ("segment.ms", log.segment_ms.to_string()),
+            (
+                "unclean.leader.election.enable",
+                self.overrides
+                    .get("unclean.leader.election.enable")
+                    .cloned()
+                    .unwrap_or_else(|| broker.cluster.as_ref().is_some_and(|c| c.unclean_leader_election).to_string()),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v, !self.overrides.contains_key(k)))

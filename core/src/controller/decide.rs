@@ -112,3 +112,39 @@ pub fn alter_partition(
     }
     Ok(MetadataRecord::PartitionChange { topic: topic.to_string(), partition, leader: p.leader, leader_epoch, isr: sorted })
 }
+
+/// Unclean leader election (Kafka's `unclean.leader.election.enable`), off
+/// unless the topic or the cluster enables it: an offline partition whose
+/// every in-sync replica is fenced gets a live out-of-sync replica as
+/// leader, alone in the ISR. Records the old ISR held and the new leader
+/// lacks are lost — availability bought with acknowledged data, so only on
+/// request.
+pub fn unclean_elections(image: &MetadataImage, cluster_default: bool) -> Vec<MetadataRecord> {
+    let live = |id: &BrokerId| image.brokers.get(id).is_some_and(|b| !b.fenced);
+    let mut out = Vec::new();
+    for (topic, t) in &image.topics {
+        let enabled = t
+            .configs
+            .iter()
+            .find(|(k, _)| k == "unclean.leader.election.enable")
+            .map_or(cluster_default, |(_, v)| v == "true");
+        if !enabled {
+            continue;
+        }
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.leader.is_some() || p.isr.iter().any(live) {
+                continue;
+            }
+            if let Some(r) = p.replicas.iter().copied().find(live) {
+                out.push(MetadataRecord::PartitionChange {
+                    topic: topic.clone(),
+                    partition: i as i32,
+                    leader: Some(r),
+                    leader_epoch: p.leader_epoch + 1,
+                    isr: vec![r],
+                });
+            }
+        }
+    }
+    out
+}

@@ -29,11 +29,13 @@ pub struct ControllerConfig {
     /// refuses, so a fraction of the session is enough, and a broker that
     /// died with the old controller is fenced that much sooner.
     pub new_controller_grace_ms: i64,
+    /// Kafka's `unclean.leader.election.enable` for topics that do not set it.
+    pub unclean_leader_election: bool,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { raft: RaftConfig::default(), broker_session_timeout_ms: 9_000, new_controller_grace_ms: 9_000 }
+        Self { raft: RaftConfig::default(), broker_session_timeout_ms: 9_000, new_controller_grace_ms: 9_000, unclean_leader_election: false }
     }
 }
 
@@ -274,6 +276,10 @@ impl Controller {
         if let Some(broker) = revived {
             let records = decide::unfence(&self.image, broker);
             return self.propose(now, records, None, out);
+        }
+        let unclean = decide::unclean_elections(&self.image, self.config.unclean_leader_election);
+        if !unclean.is_empty() {
+            return self.propose(now, unclean, None, out);
         }
         let Some((from, request)) = self.queued.pop_front() else { return };
         match request {

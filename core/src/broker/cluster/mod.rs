@@ -240,6 +240,7 @@ impl Cluster {
             },
             broker_session_timeout_ms: config.broker_session_timeout_ms,
             new_controller_grace_ms: config.new_controller_grace_ms,
+            unclean_leader_election: config.unclean_leader_election,
         };
         let controller = Controller::new(controller_config, hard, log, 0, seed ^ 0x7261_6674);
         let cut = recovery.reason.map(|r| format!("{r} ({} entries kept, {} bytes cut)", recovery.entries, recovery.truncated_bytes));
