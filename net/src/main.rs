@@ -268,7 +268,7 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
         TopicCommand::Create { name, partitions, configs, conn } => {
             let pairs = config_pairs(&configs)?;
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_routed(&conn.bootstrap).await?;
             client.create_topic(&name, partitions, &pairs).await?;
             println!("created topic {name}");
         }
@@ -279,18 +279,18 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             let mut changes: Vec<(String, Option<String>)> =
                 config_pairs(&configs)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
             changes.extend(delete.into_iter().map(|k| (k, None)));
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_routed(&conn.bootstrap).await?;
             client.alter_topic_configs(&name, &changes).await?;
             println!("altered topic {name}");
         }
         TopicCommand::List { conn } => {
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_routed(&conn.bootstrap).await?;
             for t in client.metadata(None, false).await? {
                 println!("{}", t.name);
             }
         }
         TopicCommand::Describe { name, conn } => {
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_routed(&conn.bootstrap).await?;
             let meta = client.metadata(Some(&[&name]), false).await?;
             let t = meta.first().context("no metadata returned")?;
             println!("topic {}  id {}  partitions {}", t.name, t.topic_id, t.partitions.len());
@@ -305,7 +305,7 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Delete { name, conn } => {
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_routed(&conn.bootstrap).await?;
             client.delete_topic(&name).await?;
             println!("deleted topic {name}");
         }
@@ -365,7 +365,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         "latest" | "end" => StartAt::Latest,
         n => StartAt::Offset(n.parse().with_context(|| format!("offset must be earliest, latest or a number, not {n:?}"))?),
     };
-    let mut client = Client::connect(&args.conn.bootstrap).await?;
+    let mut client = Client::connect_routed(&args.conn.bootstrap).await?;
     let partitions = match args.partition {
         Some(p) => vec![p],
         None => client.metadata(Some(&[&args.topic]), false).await?.first().map(|t| t.partitions.clone()).unwrap_or_default(),
@@ -404,14 +404,16 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::List { conn } => {
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            // One coordinator holds every group (the offsets topic has one
+            // partition): any group id finds it.
+            let mut client = Client::connect_to_coordinator(&conn.bootstrap, "millrace-cli").await?;
             println!("{:<30}  {:<20}  PROTOCOL TYPE", "GROUP", "STATE");
             for (id, protocol_type, state) in client.list_groups().await? {
                 println!("{id:<30}  {state:<20}  {protocol_type}");
             }
         }
         GroupCommand::Describe { group, conn } => {
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_to_coordinator(&conn.bootstrap, &group).await?;
             let d = client.describe_group(&group).await?;
             println!("group {}  state {}  protocol {}  members {}", d.group, d.state, d.protocol, d.members.len());
             let committed = client.fetch_offsets(&group, None).await?;
@@ -446,7 +448,7 @@ async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
             }
         }
         GroupCommand::Delete { group, conn } => {
-            let mut client = Client::connect(&conn.bootstrap).await?;
+            let mut client = Client::connect_to_coordinator(&conn.bootstrap, &group).await?;
             client.delete_group(&group).await?;
             println!("deleted group {group}");
         }
@@ -468,7 +470,7 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     if args.partition.is_some() {
         bail!("--partition and --group exclude each other: the group assigns partitions");
     }
-    let mut consumer = GroupConsumer::connect(&args.conn.bootstrap, config).await?;
+    let mut consumer = GroupConsumer::connect_routed(&args.conn.bootstrap, config).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut count = 0u64;

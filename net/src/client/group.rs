@@ -174,6 +174,28 @@ impl Client {
         Ok((resp.node_id.0, resp.host.to_string(), resp.port))
     }
 
+    /// A routed client whose own connection goes to `group`'s coordinator
+    /// (asked through the first reachable address of `bootstrap`; retried
+    /// while the cluster has none yet, e.g. the offsets topic is new).
+    pub async fn connect_to_coordinator(bootstrap: &str, group: &str) -> Result<Client, ClientError> {
+        let mut client = Client::connect_routed(bootstrap).await?;
+        let mut attempt = 0;
+        let (_, host, port) = loop {
+            match client.find_coordinator(group).await {
+                Err(e) if e.code() == Some(15) && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                other => break other?,
+            }
+        };
+        let addr = format!("{host}:{port}");
+        if client.routing.as_ref().is_some_and(|r| r.bootstrap == addr) {
+            return Ok(client);
+        }
+        Client::connect_routed(&addr).await
+    }
+
     /// JoinGroup, including the MEMBER_ID_REQUIRED round trip. Blocks until
     /// the rebalance completes (the broker answers when the generation forms).
     pub async fn join_group(

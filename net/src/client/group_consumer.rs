@@ -67,7 +67,19 @@ impl GroupConsumer {
     pub async fn connect(bootstrap: &str, config: GroupConsumerConfig) -> Result<Self, ClientError> {
         let mut client = Client::connect(bootstrap).await?;
         client.find_coordinator(&config.group).await?;
-        Ok(Self {
+        Ok(Self::with_client(client, config))
+    }
+
+    /// For a cluster: connects to whichever node coordinates the group
+    /// (found through any address of `bootstrap`), reading partitions from
+    /// their leaders.
+    pub async fn connect_routed(bootstrap: &str, config: GroupConsumerConfig) -> Result<Self, ClientError> {
+        let client = Client::connect_to_coordinator(bootstrap, &config.group).await?;
+        Ok(Self::with_client(client, config))
+    }
+
+    fn with_client(client: Client, config: GroupConsumerConfig) -> Self {
+        Self {
             client,
             config,
             membership: None,
@@ -75,7 +87,7 @@ impl GroupConsumer {
             readers: Vec::new(),
             next_reader: 0,
             next_heartbeat: Instant::now(),
-        })
+        }
     }
 
     pub fn membership(&self) -> Option<&Membership> {

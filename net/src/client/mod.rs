@@ -85,11 +85,100 @@ pub struct FetchedPartition {
 
 pub struct Client {
     conn: Connection,
+    /// Set by [`Client::connect_routed`]: partition requests go to leaders.
+    pub(crate) routing: Option<Routing>,
 }
 
+/// Leader routing for a cluster: produce, fetch and list-offsets go to the
+/// partition's leader, as Metadata names it; a `NOT_LEADER_OR_FOLLOWER` or
+/// `LEADER_NOT_AVAILABLE` answer (or a broken leader connection) forgets
+/// what was known and asks again, a few times.
+#[derive(Default)]
+pub(crate) struct Routing {
+    /// The address of the bootstrap connection (`conn`).
+    pub(crate) bootstrap: String,
+    leaders: std::collections::BTreeMap<(String, i32), String>,
+    conns: std::collections::BTreeMap<String, Connection>,
+}
+
+/// Attempts of a routed request (each after refreshing the leaders).
+const ROUTED_ATTEMPTS: usize = 5;
+
 impl Client {
+    /// One connection to `bootstrap`; every request goes there.
     pub async fn connect(bootstrap: &str) -> Result<Self, ClientError> {
-        Ok(Self { conn: Connection::connect(bootstrap).await? })
+        Ok(Self { conn: Connection::connect(bootstrap).await?, routing: None })
+    }
+
+    /// Connects to the first reachable address of a comma-separated list,
+    /// and routes partition requests to their leaders (for clusters; on a
+    /// single node everything stays on the one connection).
+    pub async fn connect_routed(bootstrap: &str) -> Result<Self, ClientError> {
+        let mut last = ClientError::Io(format!("no address in {bootstrap:?}"));
+        for addr in bootstrap.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Connection::connect(addr).await {
+                Ok(conn) => {
+                    let routing = Routing { bootstrap: addr.to_string(), ..Routing::default() };
+                    return Ok(Self { conn, routing: Some(routing) });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The connection for `topic-partition`: its leader's when routing.
+    async fn partition_conn(&mut self, topic: &str, partition: i32) -> Result<&mut Connection, ClientError> {
+        let Some(routing) = self.routing.as_ref() else { return Ok(&mut self.conn) };
+        let key = (topic.to_string(), partition);
+        if !routing.leaders.contains_key(&key) {
+            let leaders = self.leaders(topic).await?;
+            let routing = self.routing.as_mut().expect("routing");
+            for (p, addr) in leaders {
+                routing.leaders.insert((topic.to_string(), p), addr);
+            }
+        }
+        let routing = self.routing.as_mut().expect("routing");
+        let addr = match routing.leaders.get(&key) {
+            Some(a) if *a != routing.bootstrap => a.clone(),
+            // No leader known (or the bootstrap broker leads): ask it; a
+            // refusal says what to do.
+            _ => return Ok(&mut self.conn),
+        };
+        if !routing.conns.contains_key(&addr) {
+            let c = Connection::connect(&addr).await?;
+            routing.conns.insert(addr.clone(), c);
+        }
+        Ok(routing.conns.get_mut(&addr).expect("inserted"))
+    }
+
+    /// Forgets the leaders of `topic` (and a leader connection that failed).
+    fn leaders_moved(&mut self, topic: &str, broken: bool) {
+        if let Some(r) = self.routing.as_mut() {
+            let addrs: Vec<String> = r.leaders.iter().filter(|((t, _), _)| t == topic).map(|(_, a)| a.clone()).collect();
+            r.leaders.retain(|(t, _), _| t != topic);
+            if broken {
+                for a in addrs {
+                    r.conns.remove(&a);
+                }
+            }
+        }
+    }
+
+    /// Whether a failed routed request is worth another attempt.
+    fn should_reroute(&mut self, topic: &str, e: &ClientError, attempt: usize) -> bool {
+        if self.routing.is_none() || attempt + 1 >= ROUTED_ATTEMPTS {
+            return false;
+        }
+        let (moved, broken) = match e {
+            ClientError::Kafka { code, .. } => (matches!(*code, 5 | 6), false),
+            ClientError::Io(_) => (true, true),
+            _ => (false, false),
+        };
+        if moved {
+            self.leaders_moved(topic, broken);
+        }
+        moved
     }
 
     pub fn connection(&mut self) -> &mut Connection {
@@ -254,11 +343,25 @@ impl Client {
                 .with_name(topic_name(topic))
                 .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
         ]);
+        let mut attempt = 0;
+        loop {
+            match self.produce_once(&req, topic, partition, acks).await {
+                Err(e) if self.should_reroute(topic, &e, attempt) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn produce_once(&mut self, req: &ProduceRequest, topic: &str, partition: i32, acks: i16) -> Result<i64, ClientError> {
+        let conn = self.partition_conn(topic, partition).await?;
         if acks == 0 {
-            self.conn.send(&req, PRODUCE_V).await?;
+            conn.send(req, PRODUCE_V).await?;
             return Ok(-1);
         }
-        let resp = self.conn.call(&req, PRODUCE_V).await?;
+        let resp = conn.call(req, PRODUCE_V).await?;
         let p = resp
             .responses
             .first()
@@ -289,7 +392,25 @@ impl Client {
             .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
                 FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(max_bytes),
             ])]);
-        let resp = self.conn.call(&req, FETCH_V).await?;
+        let mut attempt = 0;
+        let resp = loop {
+            let result = match self.partition_conn(topic, partition).await {
+                Ok(conn) => conn.call(&req, FETCH_V).await,
+                Err(e) => Err(e),
+            };
+            // A fetch error of the partition itself is in the body: look.
+            let result = result.and_then(|resp| {
+                let code = resp.responses.first().and_then(|t| t.partitions.first()).map_or(0, |p| p.error_code);
+                if matches!(code, 5 | 6) { Err(ClientError::kafka(format!("fetching {topic}-{partition}"), code, None)) } else { Ok(resp) }
+            });
+            match result {
+                Err(e) if self.should_reroute(topic, &e, attempt) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
+                }
+                other => break other?,
+            }
+        };
         let p = resp
             .responses
             .into_iter()
@@ -311,15 +432,30 @@ impl Client {
         let req = ListOffsetsRequest::default().with_replica_id((-1).into()).with_topics(vec![ListOffsetsTopic::default()
             .with_name(topic_name(topic))
             .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp)])]);
-        let resp = self.conn.call(&req, LIST_OFFSETS_V).await?;
-        let p = resp
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| ClientError::Protocol("empty list-offsets response".into()))?;
-        if p.error_code != 0 {
-            return Err(ClientError::kafka(format!("listing offsets of {topic}-{partition}"), p.error_code, None));
+        let mut attempt = 0;
+        loop {
+            let result = match self.partition_conn(topic, partition).await {
+                Ok(conn) => conn.call(&req, LIST_OFFSETS_V).await,
+                Err(e) => Err(e),
+            };
+            let result = result.and_then(|resp| {
+                let p = resp
+                    .topics
+                    .first()
+                    .and_then(|t| t.partitions.first())
+                    .ok_or_else(|| ClientError::Protocol("empty list-offsets response".into()))?;
+                if p.error_code != 0 {
+                    return Err(ClientError::kafka(format!("listing offsets of {topic}-{partition}"), p.error_code, None));
+                }
+                Ok(p.offset)
+            });
+            match result {
+                Err(e) if self.should_reroute(topic, &e, attempt) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt as u64)).await;
+                }
+                other => return other,
+            }
         }
-        Ok(p.offset)
     }
 }

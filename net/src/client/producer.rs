@@ -41,7 +41,7 @@ pub struct Producer {
 
 impl Producer {
     pub async fn new(bootstrap: &str, topic: &str, config: ProducerConfig) -> Result<Self, ClientError> {
-        let mut client = Client::connect(bootstrap).await?;
+        let mut client = Client::connect_routed(bootstrap).await?;
         let meta = client.metadata(Some(&[topic]), true).await?;
         let partitions = meta.first().map_or(0, |t| t.partitions.len());
         if partitions == 0 {
@@ -113,7 +113,7 @@ impl Producer {
                     attempt += 1;
                     tracing::warn!(%e, attempt, "produce failed; reconnecting and retrying the same batch");
                     tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
-                    if let Ok(c) = Client::connect(&self.bootstrap).await {
+                    if let Ok(c) = Client::connect_routed(&self.bootstrap).await {
                         self.client = c;
                     }
                 }
