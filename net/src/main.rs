@@ -294,11 +294,16 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             let meta = client.metadata(Some(&[&name]), false).await?;
             let t = meta.first().context("no metadata returned")?;
             println!("topic {}  id {}  partitions {}", t.name, t.topic_id, t.partitions.len());
-            println!("{:>9}  {:>14}  {:>14}", "partition", "start offset", "end offset");
+            let replicas = client.replicas(&name).await?;
+            let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+            println!("{:>9}  {:>14}  {:>14}  {:>6}  {:>5}  {:<12}  isr", "partition", "start offset", "end offset", "leader", "epoch", "replicas");
             for &p in &t.partitions {
                 let start = client.list_offset(&name, p, -2).await?;
                 let end = client.list_offset(&name, p, -1).await?;
-                println!("{p:>9}  {start:>14}  {end:>14}");
+                let r = replicas.iter().find(|r| r.partition == p);
+                let (leader, epoch) = r.map_or((-1, -1), |r| (r.leader, r.leader_epoch));
+                let (reps, isr) = r.map_or((String::new(), String::new()), |r| (ids(&r.replicas), ids(&r.isr)));
+                println!("{p:>9}  {start:>14}  {end:>14}  {leader:>6}  {epoch:>5}  {reps:<12}  {isr}");
             }
             for (k, v, is_default) in client.describe_topic_configs(&name).await? {
                 println!("config {k}={v}{}", if is_default { " (default)" } else { "" });

@@ -834,7 +834,7 @@ def test_millrace_cli(broker):
     ends = {}
     for row in desc.splitlines():
         f = row.split()
-        if len(f) == 3 and f[0].isdigit():
+        if len(f) >= 3 and f[0].isdigit():
             ends[int(f[0])] = (int(f[1]), int(f[2]))
     assert sorted(ends) == [0, 1], desc
     assert all(start == 0 for start, _ in ends.values()), desc

@@ -76,6 +76,16 @@ pub struct TopicInfo {
     pub topic_id: String,
 }
 
+/// Where a partition lives, as Metadata says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReplicas {
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedPartition {
     pub high_watermark: i64,
@@ -266,6 +276,32 @@ impl Client {
                 }
             }
         }
+        Ok(out)
+    }
+
+    /// Each partition's (leader, replicas, in-sync replicas) by node id;
+    /// leader -1 when it has none.
+    pub async fn replicas(&mut self, topic: &str) -> Result<Vec<PartitionReplicas>, ClientError> {
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]))
+            .with_allow_auto_topic_creation(false);
+        let resp = self.conn.call(&req, METADATA_V).await?;
+        let mut out = Vec::new();
+        for t in resp.topics {
+            if t.error_code != 0 {
+                return Err(ClientError::kafka(format!("metadata for {topic}"), t.error_code, None));
+            }
+            for p in t.partitions {
+                out.push(PartitionReplicas {
+                    partition: p.partition_index,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                    isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                });
+            }
+        }
+        out.sort_by_key(|p| p.partition);
         Ok(out)
     }
 
