@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use millrace_core::ErrorCode;
 use millrace_core::broker::*;
 use millrace_core::records::{BatchBuilder, Compression, Record};
-use millrace_core::storage::MemStorage;
+use millrace_core::storage::{MemStorage, Storage};
 
 const TICK: i64 = 10;
 
@@ -311,4 +311,60 @@ fn topics_are_created_and_deleted_through_the_controller_from_any_node() {
     });
     let Some(Response::CreateTopics(r)) = net.call(2, request, 3_000) else { panic!("no answer") };
     assert_eq!(r.topics[0].error, ErrorCode::InvalidReplicationFactor, "{:?}", r.topics[0].error_message);
+}
+
+/// Creates (or deletes) `name` with one replica through `node`; the answer.
+fn churn(net: &mut Net, node: i32, name: &str, create: bool) -> ErrorCode {
+    let request = if create {
+        let topic = NewTopic { name: name.into(), num_partitions: 1, replication_factor: 1, has_assignments: false, configs: vec![] };
+        Request::CreateTopics(CreateTopicsRequest { topics: vec![topic], validate_only: false })
+    } else {
+        Request::DeleteTopics(DeleteTopicsRequest { names: vec![name.into()] })
+    };
+    match net.call(node, request, 3_000) {
+        Some(Response::CreateTopics(r)) => r.topics[0].error,
+        Some(Response::DeleteTopics(r)) => r.topics[0].1,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_node_behind_the_metadata_snapshot_resyncs_its_topics_from_it() {
+    let mut net = settled(3);
+    assert_eq!(churn(&mut net, 1, "gone", true), ErrorCode::None);
+    net.run(1_000);
+    let active = (1..=3).find(|n| net.nodes[n].broker.is_active_controller()).unwrap();
+    let away = (1..=3).find(|n| *n != active).unwrap();
+    assert!(net.nodes[&away].broker.topic_names().any(|t| t == "gone"));
+    net.isolate(away);
+    // While it is away: "gone" is deleted, and over a thousand more
+    // entries commit, so the others snapshot past everything it holds.
+    assert_eq!(churn(&mut net, active, "gone", false), ErrorCode::None);
+    for i in 0..520 {
+        assert_eq!(churn(&mut net, active, "churn", true), ErrorCode::None, "create {i}");
+        assert_eq!(churn(&mut net, active, "churn", false), ErrorCode::None, "delete {i}");
+    }
+    let snapshot = "meta/raft/snapshot";
+    assert!(net.nodes.get_mut(&active).unwrap().broker.storage_mut().read_all(snapshot).unwrap().is_some());
+    assert!(net.nodes.get_mut(&away).unwrap().broker.storage_mut().read_all(snapshot).unwrap().is_none());
+    net.heal();
+    net.run(5_000);
+    // It got the leader's snapshot, stored it, and acted on the image: the
+    // topic deleted while it was away is gone here too.
+    assert!(net.nodes.get_mut(&away).unwrap().broker.storage_mut().read_all(snapshot).unwrap().is_some());
+    let image = |n: &Node| n.broker.metadata_image().unwrap().0.clone();
+    assert_eq!(image(&net.nodes[&away]), image(&net.nodes[&active]));
+    let names: Vec<&str> = net.nodes[&away].broker.topic_names().collect();
+    assert!(!names.contains(&"gone"), "node {away} still has the deleted topic: {names:?}");
+    // Restarted, it starts from its stored snapshot and catches up again.
+    let storage = std::mem::take(net.nodes.get_mut(&away).unwrap().broker.storage_mut());
+    let (broker, report) = Broker::open(config(away, &[1, 2, 3]), storage, 7).unwrap();
+    assert_eq!(report.metadata_log_cut, None);
+    assert_eq!(broker.metadata_image().unwrap().0.brokers.len(), 3, "the image comes from the stored snapshot");
+    net.nodes.get_mut(&away).unwrap().broker = broker;
+    net.nodes.get_mut(&away).unwrap().timers.clear();
+    net.step(away, Input::Tick);
+    net.run(3_000);
+    assert_eq!(image(&net.nodes[&away]), image(&net.nodes[&active]));
+    assert!(!net.nodes[&away].broker.topic_names().any(|t| t == "gone"));
 }

@@ -1,17 +1,20 @@
 //! Three controllers (a Raft quorum over the metadata log) and four brokers
 //! on a seeded in-memory network. Brokers register, heartbeat, die and come
 //! back; controllers crash, restart from what they made durable, and the
-//! active one is cut off from everyone while it keeps running. Checked
-//! throughout: the controllers' applied metadata records agree (each is a
-//! prefix of the longest); every (partition, leader epoch) has one leader;
-//! and once faults stop, every broker is registered and unfenced and every
+//! active one is cut off from everyone while it keeps running. Every
+//! controller snapshots its image every few entries, so restarted and
+//! lagging controllers start from snapshots (their own or the leader's).
+//! Checked throughout: controllers at the same applied index hold the same
+//! image; every (partition, leader epoch) has one leader, in the images and
+//! in the records each controller reports as newly applied; and once
+//! faults stop, every broker is registered and unfenced and every
 //! partition has a leader within a bound.
 
 use std::collections::BTreeMap;
 
 use millrace_core::Millis;
 use millrace_core::controller::*;
-use millrace_core::raft::{self, Entry, HardState, RaftConfig, RaftLog};
+use millrace_core::raft::{self, Entry, HardState, Index, RaftConfig, RaftLog, Snapshot};
 use millrace_core::rng::Rng;
 
 const SESSION_MS: i64 = 1_000;
@@ -19,8 +22,31 @@ const SESSION_MS: i64 = 1_000;
 struct ControllerNode {
     machine: Option<Controller>,
     hard: HardState,
+    /// Durable: the snapshot and the entries after it.
+    snapshot: Option<Snapshot>,
     log: Vec<Entry>,
     timer: Option<Millis>,
+    /// The machine's `applied_count` when its records were last read.
+    cursor: u64,
+    /// Times `recent_records` said to resync from the image (a snapshot
+    /// from the leader was restored).
+    resyncs: u64,
+}
+
+impl ControllerNode {
+    fn base(&self) -> (Index, u64) {
+        self.snapshot.as_ref().map_or((0, 0), |s| (s.index, s.term))
+    }
+
+    /// What `RaftStore::save_snapshot` does.
+    fn save_snapshot(&mut self, index: Index, term: u64, data: Vec<u8>) {
+        let (base, _) = self.base();
+        assert!(index > base, "snapshot at {index} after one at {base}");
+        let at = (index - base) as usize;
+        let continues = at >= 1 && self.log.get(at - 1).is_some_and(|e| e.term == term);
+        self.log = if continues { self.log.split_off(at) } else { Vec::new() };
+        self.snapshot = Some(Snapshot { index, term, data });
+    }
 }
 
 struct Broker {
@@ -48,6 +74,8 @@ struct Cluster {
     /// Controllers cut off from everyone (brokers included).
     isolated: Vec<u64>,
     leaders: BTreeMap<(String, i32, i32), BrokerId>,
+    /// The image at each applied index, as the first controller there had it.
+    images: BTreeMap<Index, MetadataImage>,
 }
 
 fn config(id: u64) -> ControllerConfig {
@@ -63,6 +91,8 @@ fn config(id: u64) -> ControllerConfig {
         broker_session_timeout_ms: SESSION_MS,
         new_controller_grace_ms: SESSION_MS,
         unclean_leader_election: false,
+        // Often, so that snapshots are taken, sent and restored.
+        snapshot_every: 5,
     }
 }
 
@@ -77,9 +107,19 @@ impl Cluster {
             rng: Rng::new(seed),
             isolated: Vec::new(),
             leaders: BTreeMap::new(),
+            images: BTreeMap::new(),
         };
         for id in 1..=3 {
-            c.controllers.insert(id, ControllerNode { machine: None, hard: HardState::default(), log: Vec::new(), timer: None });
+            let node = ControllerNode {
+                machine: None,
+                hard: HardState::default(),
+                snapshot: None,
+                log: Vec::new(),
+                timer: None,
+                cursor: 0,
+                resyncs: 0,
+            };
+            c.controllers.insert(id, node);
             c.start_controller(id);
         }
         c
@@ -88,8 +128,16 @@ impl Cluster {
     fn start_controller(&mut self, id: u64) {
         let seed = self.rng.next_u64();
         let node = self.controllers.get_mut(&id).unwrap();
-        let log = RaftLog::from_entries(node.log.clone()).unwrap();
-        node.machine = Some(Controller::new(config(id), node.hard, log, self.now, seed));
+        let (index, term) = node.base();
+        let log = RaftLog::with_snapshot(index, term, node.log.clone()).unwrap();
+        let machine = Controller::new(config(id), node.hard, log, node.snapshot.clone(), self.now, seed).unwrap();
+        // It starts from its snapshot's image.
+        assert_eq!(machine.applied_index(), index);
+        if let Some(image) = self.images.get(&index) {
+            assert_eq!(machine.image(), image, "controller {id} restarted from a snapshot unlike the image at {index}");
+        }
+        node.cursor = machine.applied_count();
+        node.machine = Some(machine);
         node.timer = Some(self.now);
     }
 
@@ -116,8 +164,16 @@ impl Cluster {
             let node = self.controllers.get_mut(&id).unwrap();
             match e {
                 ControllerEffect::Raft(raft::Effect::PersistState(h)) => node.hard = h,
-                ControllerEffect::Raft(raft::Effect::Append(es)) => node.log.extend(es),
-                ControllerEffect::Raft(raft::Effect::Truncate(i)) => node.log.truncate(i as usize - 1),
+                ControllerEffect::Raft(raft::Effect::Append(es)) => {
+                    assert!(es.first().is_none_or(|e| e.index == node.base().0 + node.log.len() as Index + 1));
+                    node.log.extend(es);
+                }
+                ControllerEffect::Raft(raft::Effect::Truncate(i)) => {
+                    assert!(i > node.base().0, "controller {id} truncates its snapshot");
+                    node.log.truncate((i - node.base().0 - 1) as usize);
+                }
+                ControllerEffect::Raft(raft::Effect::SaveSnapshot { index, term, data }) => node.save_snapshot(index, term, data),
+                ControllerEffect::Fatal { reason } => panic!("controller {id}: {reason}"),
                 ControllerEffect::Raft(raft::Effect::Timer { at }) => node.timer = Some(at),
                 ControllerEffect::Raft(raft::Effect::Send(env)) => self.send(Msg::Raft(env)),
                 ControllerEffect::Raft(_) => {}
@@ -213,15 +269,31 @@ impl Cluster {
     }
 
     fn check(&mut self) {
-        let logs: Vec<&[MetadataRecord]> = self.controllers.values().filter_map(|n| n.machine.as_ref()).map(|m| m.applied()).collect();
-        let longest = logs.iter().max_by_key(|l| l.len()).copied().unwrap_or(&[]);
-        for l in &logs {
-            assert_eq!(*l, &longest[..l.len()], "controllers applied different metadata records");
-        }
-        for r in longest {
-            if let MetadataRecord::PartitionChange { topic, partition, leader: Some(l), leader_epoch, .. } = r {
-                let prev = self.leaders.insert((topic.clone(), *partition, *leader_epoch), *l);
-                assert!(prev.is_none_or(|p| p == *l), "{topic}-{partition} epoch {leader_epoch}: leaders {prev:?} and {l}");
+        for (id, node) in self.controllers.iter_mut() {
+            let Some(m) = node.machine.as_ref() else { continue };
+            // State machine safety, compared on the state reached.
+            let image = self.images.entry(m.applied_index()).or_insert_with(|| m.image().clone());
+            assert_eq!(m.image(), image, "controller {id} has another image at index {}", m.applied_index());
+            for (name, t) in &image.topics {
+                for (p, part) in t.partitions.iter().enumerate() {
+                    if let Some(l) = part.leader {
+                        let prev = self.leaders.insert((name.clone(), p as i32, part.leader_epoch), l);
+                        assert!(prev.is_none_or(|x| x == l), "{name}-{p} epoch {}: leaders {prev:?} and {l}", part.leader_epoch);
+                    }
+                }
+            }
+            // The records reported as new tell the same story.
+            let (cursor, records) = m.recent_records(node.cursor);
+            node.cursor = cursor;
+            let Some(records) = records else {
+                node.resyncs += 1;
+                continue;
+            };
+            for r in records {
+                if let MetadataRecord::PartitionChange { topic, partition, leader: Some(l), leader_epoch, .. } = r {
+                    let prev = self.leaders.insert((topic.clone(), partition, leader_epoch), l);
+                    assert!(prev.is_none_or(|p| p == l), "{topic}-{partition} epoch {leader_epoch}: leaders {prev:?} and {l}");
+                }
             }
         }
     }
@@ -271,6 +343,7 @@ fn brokers_register_and_a_dead_leader_is_replaced_from_the_isr() {
 
 #[test]
 fn the_controller_quorum_survives_crashes_with_one_story() {
+    let (mut snapshots, mut restores) = (0, 0);
     for seed in 0..24u64 {
         let mut c = Cluster::new(seed);
         let mut rng = Rng::new(seed ^ 0xc0);
@@ -333,5 +406,53 @@ fn the_controller_quorum_survives_crashes_with_one_story() {
                 assert!(p.leader.is_some(), "seed {seed}: t-{i} has no leader after the heal: {p:?}");
             }
         }
+        snapshots += c.controllers.values().filter(|n| n.snapshot.is_some()).count();
+        restores += c.controllers.values().map(|n| n.resyncs).sum::<u64>();
     }
+    // Snapshots were taken, and some reached a controller by InstallSnapshot.
+    assert!(snapshots >= 24 && restores >= 3, "{snapshots} controllers with snapshots, {restores} restores");
+}
+
+#[test]
+fn a_restarted_controller_starts_from_its_snapshot_and_catches_up_from_the_leaders() {
+    let mut c = Cluster::new(5);
+    c.run(3_000);
+    c.create_topic("t");
+    c.run(4_000);
+    let active = c.active().expect("an active controller");
+    let f = (1..=3).find(|&id| id != active).unwrap();
+    let own = c.controllers[&f].base().0;
+    assert!(own >= 5, "controller {f} took no snapshot of its own");
+    c.controllers.get_mut(&f).unwrap().machine = None;
+    // While it is down: more metadata, and snapshots past its log's end.
+    for (i, name) in ["u", "v", "w", "x", "y", "z"].iter().enumerate() {
+        c.create_topic(name);
+        c.run(c.now + 300);
+        let b = (i % 4) as BrokerId;
+        c.brokers.get_mut(&b).unwrap().alive = i % 2 == 0;
+        c.run(c.now + 300);
+    }
+    for b in c.brokers.values_mut() {
+        if !b.alive {
+            b.alive = true;
+            b.epoch = None;
+        }
+    }
+    c.run(c.now + 3_000);
+    let active = c.active().expect("an active controller");
+    let leader_base = c.controllers[&active].base().0;
+    let f_end = own + c.controllers[&f].log.len() as Index;
+    assert!(leader_base > f_end, "the leader's snapshot ({leader_base}) must be past the follower's log ({f_end})");
+    // The restart begins at its own snapshot (checked in start_controller),
+    // then the leader's snapshot replaces it.
+    c.start_controller(f);
+    c.run(c.now + 2_000);
+    let node = &c.controllers[&f];
+    assert!(node.resyncs >= 1, "controller {f} never restored the leader's snapshot");
+    assert!(node.base().0 >= leader_base);
+    let m = node.machine.as_ref().unwrap();
+    let leader = c.controllers[&active].machine.as_ref().unwrap();
+    assert_eq!(m.applied_index(), leader.applied_index());
+    assert_eq!(m.image(), leader.image());
+    assert_eq!(c.image().live_brokers(), vec![0, 1, 2, 3]);
 }

@@ -42,7 +42,7 @@ impl Net {
 
     fn start(&mut self, id: NodeId) {
         let (hard, log) = self.durable[&id].clone();
-        self.nodes.insert(id, RaftNode::new(config(id), hard, RaftLog::from_entries(log).unwrap(), self.now, id));
+        self.nodes.insert(id, RaftNode::new(config(id), hard, RaftLog::from_entries(log).unwrap(), None, self.now, id));
     }
 
     fn crash(&mut self, id: NodeId) {

@@ -40,12 +40,15 @@ pub fn replica_records<S: Storage>(storage: &mut S, topic: &str, partition: i32)
 }
 
 /// The node's metadata log: (term, records) per entry from index 1 (a
-/// no-op entry has no records). Empty if it cannot be opened.
+/// no-op entry has no records). Entries a snapshot compacted away live on
+/// only inside its image: each shows as `(0, [])` — term 0 is never a real
+/// entry's — which the checkers read as "not known here". Empty if the log
+/// cannot be opened.
 pub fn metadata_entries<S: Storage>(storage: &mut S) -> Vec<(u64, Vec<MetadataRecord>)> {
-    let Ok((_, _, log, _)) = RaftStore::open(storage, "meta/raft") else { return Vec::new() };
-    log.all()
-        .iter()
-        .map(|e| {
+    let Ok((_, _, log, _, _)) = RaftStore::open(storage, "meta/raft") else { return Vec::new() };
+    let compacted = (1..=log.snapshot_index()).map(|_| (0, Vec::new()));
+    compacted
+        .chain(log.all().iter().map(|e| {
             let records = if e.data.is_empty() {
                 Vec::new()
             } else {
@@ -54,6 +57,6 @@ pub fn metadata_entries<S: Storage>(storage: &mut S) -> Vec<(u64, Vec<MetadataRe
                     .unwrap_or_default()
             };
             (e.term, records)
-        })
+        }))
         .collect()
 }

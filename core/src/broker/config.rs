@@ -105,6 +105,9 @@ pub struct ClusterConfig {
     /// record lost) and a partition whose in-sync replicas are all down
     /// stays offline until one returns.
     pub unclean_leader_election: bool,
+    /// Applied metadata records between two snapshots of the metadata
+    /// image (the Raft log is compacted to it; 0: never).
+    pub metadata_snapshot_every: u64,
 }
 
 impl Default for ClusterConfig {
@@ -123,6 +126,7 @@ impl Default for ClusterConfig {
             request_timeout_ms: 3_000,
             default_replication_factor: 3,
             unclean_leader_election: false,
+            metadata_snapshot_every: 1_000,
         }
     }
 }

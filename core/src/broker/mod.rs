@@ -288,11 +288,11 @@ impl<S: Storage> Broker<S> {
         Some(ReplicaStatus { leader, leader_epoch, high_watermark: role.high_watermark(), log_end: p.log.log_end_offset(), isr })
     }
 
-    /// Cluster mode: the committed metadata records this node applied, and
-    /// the Raft leader it knows with its term.
-    pub fn metadata_log(&self) -> Option<(&[crate::controller::MetadataRecord], Option<u64>, u64)> {
+    /// Cluster mode: the committed metadata image this node holds, and the
+    /// Raft leader it knows with its term.
+    pub fn metadata_image(&self) -> Option<(&crate::controller::MetadataImage, Option<u64>, u64)> {
         let c = self.cluster.as_ref()?;
-        Some((c.controller.applied(), c.controller.raft().leader(), c.controller.raft().term()))
+        Some((c.controller.image(), c.controller.raft().leader(), c.controller.raft().term()))
     }
 
     /// Cluster mode: whether this node is the active controller.

@@ -3,12 +3,21 @@
 //! same image on every node; a record that does not fit the image (it
 //! names an unknown broker or topic, or an epoch goes back) is refused
 //! with a typed error, never applied half-way.
+//!
+//! The image is also the controller's Raft snapshot: a format byte, then
+//! the image in bincode ([`MetadataImage::to_snapshot`]).
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::records::{BrokerId, MetadataRecord};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The snapshot format written by [`MetadataImage::to_snapshot`]. A node
+/// refuses a format it does not know rather than guess.
+const SNAPSHOT_FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerImage {
     pub epoch: u64,
     pub host: String,
@@ -16,7 +25,7 @@ pub struct BrokerImage {
     pub fenced: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionImage {
     pub replicas: Vec<BrokerId>,
     pub isr: Vec<BrokerId>,
@@ -27,14 +36,14 @@ pub struct PartitionImage {
     pub partition_epoch: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
     pub topic_id: [u8; 16],
     pub partitions: Vec<PartitionImage>,
     pub configs: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub brokers: BTreeMap<BrokerId, BrokerImage>,
     pub topics: BTreeMap<String, TopicImage>,
@@ -58,7 +67,39 @@ pub enum ImageError {
     BadAssignment { topic: String, reason: String },
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("empty metadata snapshot")]
+    Empty,
+    #[error("metadata snapshot format {0} is not known here (this node reads format {SNAPSHOT_FORMAT})")]
+    UnknownFormat(u8),
+    #[error("undecodable metadata snapshot: {0}")]
+    Undecodable(String),
+}
+
 impl MetadataImage {
+    /// The image as snapshot data: the format byte, then bincode.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let mut data = vec![SNAPSHOT_FORMAT];
+        // Plain maps, strings and numbers: encoding into a Vec cannot fail.
+        let body = bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("the image encodes");
+        data.extend_from_slice(&body);
+        data
+    }
+
+    pub fn from_snapshot(data: &[u8]) -> Result<Self, SnapshotError> {
+        let (&format, body) = data.split_first().ok_or(SnapshotError::Empty)?;
+        if format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::UnknownFormat(format));
+        }
+        let (image, used): (Self, usize) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .map_err(|e| SnapshotError::Undecodable(e.to_string()))?;
+        if used != body.len() {
+            return Err(SnapshotError::Undecodable(format!("{} trailing bytes", body.len() - used)));
+        }
+        Ok(image)
+    }
+
     pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionImage> {
         self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)
     }
@@ -146,5 +187,29 @@ impl MetadataImage {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_roundtrip_and_bad_data_is_an_error() {
+        let mut image = MetadataImage::default();
+        image.apply(&MetadataRecord::RegisterBroker { broker: 1, epoch: 7, host: "h".into(), port: 9 }).unwrap();
+        image.apply(&MetadataRecord::UnfenceBroker { broker: 1, epoch: 7 }).unwrap();
+        let create = MetadataRecord::CreateTopic { name: "t".into(), topic_id: [3; 16], replicas: vec![vec![1]], configs: vec![("a".into(), "b".into())] };
+        image.apply(&create).unwrap();
+        let data = image.to_snapshot();
+        assert_eq!(MetadataImage::from_snapshot(&data), Ok(image));
+        assert_eq!(MetadataImage::from_snapshot(&[]), Err(SnapshotError::Empty));
+        let mut future = data.clone();
+        future[0] = 9;
+        assert_eq!(MetadataImage::from_snapshot(&future), Err(SnapshotError::UnknownFormat(9)));
+        assert!(matches!(MetadataImage::from_snapshot(&data[..data.len() - 1]), Err(SnapshotError::Undecodable(_))));
+        let mut longer = data;
+        longer.push(0);
+        assert!(matches!(MetadataImage::from_snapshot(&longer), Err(SnapshotError::Undecodable(_))));
     }
 }

@@ -7,16 +7,25 @@
 //! for `broker_session_timeout_ms` and unfences one that heartbeats as
 //! caught up. One metadata proposal is in flight at a time, so each
 //! decision is computed on the image that the previous one produced.
+//!
+//! Every `snapshot_every` applied entries the image becomes the Raft
+//! snapshot, so the metadata log stays short; a controller that restarts,
+//! or falls behind a leader's snapshot, starts again from an image.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use super::decide;
-use super::image::MetadataImage;
+use super::image::{MetadataImage, SnapshotError};
 use super::records::{BrokerId, MetadataRecord};
 use crate::Millis;
-use crate::raft::{self, Envelope, HardState, Index, RaftConfig, RaftLog, RaftNode, Role, Term};
+use crate::raft::{self, Envelope, HardState, Index, RaftConfig, RaftLog, RaftNode, Role, Snapshot, Term};
+
+/// How many applied records the controller keeps for
+/// [`Controller::recent_records`]; a reader further behind resyncs from
+/// the image.
+const RECENT_RECORDS: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerConfig {
@@ -31,11 +40,19 @@ pub struct ControllerConfig {
     pub new_controller_grace_ms: i64,
     /// Kafka's `unclean.leader.election.enable` for topics that do not set it.
     pub unclean_leader_election: bool,
+    /// Applied entries between two snapshots of the image (0: never).
+    pub snapshot_every: u64,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { raft: RaftConfig::default(), broker_session_timeout_ms: 9_000, new_controller_grace_ms: 9_000, unclean_leader_election: false }
+        Self {
+            raft: RaftConfig::default(),
+            broker_session_timeout_ms: 9_000,
+            new_controller_grace_ms: 9_000,
+            unclean_leader_election: false,
+            snapshot_every: 1_000,
+        }
     }
 }
 
@@ -83,10 +100,14 @@ pub enum ControllerInput {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControllerEffect {
-    /// The Raft node's effects, except `Apply` (consumed here): persist,
-    /// append, truncate, send, timer — under Raft's ordering contract.
+    /// The Raft node's effects, except `Apply` and `RestoreSnapshot`
+    /// (consumed here): persist, append, truncate, save a snapshot, send,
+    /// timer — under Raft's ordering contract.
     Raft(raft::Effect),
     Reply { to: ReplyTo, reply: ControllerReply },
+    /// The controller cannot go on (a snapshot from the leader it cannot
+    /// read): it ignores every input from now on, and the node must stop.
+    Fatal { reason: String },
 }
 
 /// A proposal waiting to commit, and whom to answer then.
@@ -101,8 +122,16 @@ pub struct Controller {
     config: ControllerConfig,
     raft: RaftNode,
     image: MetadataImage,
-    /// Records applied so far (the metadata log's committed prefix).
-    applied: Vec<MetadataRecord>,
+    /// The Raft index the image is at, and that of the last snapshot.
+    applied_index: Index,
+    snapshot_index: Index,
+    /// Records applied since start; a restored snapshot counts as one.
+    applied_count: u64,
+    /// The last applied records (at most [`RECENT_RECORDS`]); the first is
+    /// record number `recent_start` of `applied_count`.
+    recent: VecDeque<MetadataRecord>,
+    recent_start: u64,
+    failed: bool,
     in_flight: Option<InFlight>,
     /// Requests waiting for the in-flight proposal to commit.
     queued: VecDeque<(ReplyTo, ControllerRequest)>,
@@ -116,13 +145,31 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(config: ControllerConfig, hard: HardState, log: RaftLog, now: Millis, seed: u64) -> Self {
-        let raft = RaftNode::new(config.raft.clone(), hard, log, now, seed);
-        Self {
+    /// A controller recovered from its durable Raft state: the image starts
+    /// as the snapshot's (refused if it cannot be read), the log after it
+    /// is applied again once known to be committed.
+    pub fn new(
+        config: ControllerConfig,
+        hard: HardState,
+        log: RaftLog,
+        snapshot: Option<Snapshot>,
+        now: Millis,
+        seed: u64,
+    ) -> Result<Self, SnapshotError> {
+        let image = snapshot.as_ref().map_or(Ok(MetadataImage::default()), |s| MetadataImage::from_snapshot(&s.data))?;
+        let base = snapshot.as_ref().map_or(0, |s| s.index);
+        let applied_count = u64::from(snapshot.is_some());
+        let raft = RaftNode::new(config.raft.clone(), hard, log, snapshot, now, seed);
+        Ok(Self {
             config,
             raft,
-            image: MetadataImage::default(),
-            applied: Vec::new(),
+            image,
+            applied_index: base,
+            snapshot_index: base,
+            applied_count,
+            recent: VecDeque::new(),
+            recent_start: applied_count,
+            failed: false,
             in_flight: None,
             queued: VecDeque::new(),
             last_heard: BTreeMap::new(),
@@ -130,15 +177,34 @@ impl Controller {
             was_leader: false,
             next_epoch_seq: 0,
             topics_created: 0,
-        }
+        })
     }
 
     pub fn image(&self) -> &MetadataImage {
         &self.image
     }
 
-    pub fn applied(&self) -> &[MetadataRecord] {
-        &self.applied
+    /// The Raft index of the last entry the image includes.
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    /// How many records were applied since start, a restored snapshot
+    /// counting as one: a cursor for [`Controller::recent_records`].
+    pub fn applied_count(&self) -> u64 {
+        self.applied_count
+    }
+
+    /// The records applied after cursor `since` (an earlier
+    /// `applied_count`), with the new cursor. `None` when they are not all
+    /// known any more — a snapshot was restored since, or too many were
+    /// applied — and the reader must resync from [`Controller::image`].
+    pub fn recent_records(&self, since: u64) -> (u64, Option<Vec<MetadataRecord>>) {
+        if since < self.recent_start || since > self.applied_count {
+            return (self.applied_count, None);
+        }
+        let skip = usize::try_from(since - self.recent_start).unwrap_or(usize::MAX);
+        (self.applied_count, Some(self.recent.iter().skip(skip).cloned().collect()))
     }
 
     pub fn raft(&self) -> &RaftNode {
@@ -155,6 +221,9 @@ impl Controller {
     }
 
     pub fn step(&mut self, now: Millis, input: ControllerInput, out: &mut Vec<ControllerEffect>) {
+        if self.failed {
+            return;
+        }
         match input {
             ControllerInput::Tick => self.raft_step(now, raft::Input::Tick, out),
             ControllerInput::Raft(env) => self.raft_step(now, raft::Input::Receive(env), out),
@@ -169,15 +238,9 @@ impl Controller {
         let mut effects = Vec::new();
         self.raft.step(now, input, &mut effects);
         for e in effects {
-            match e {
-                raft::Effect::Apply(entries) => {
-                    for entry in entries {
-                        self.apply_entry(&entry, out);
-                    }
-                }
-                other => out.push(ControllerEffect::Raft(other)),
-            }
+            self.raft_effect(e, out);
         }
+        self.maybe_snapshot(now, out);
         let leader = self.is_active();
         if leader && !self.was_leader {
             // A new active controller gives every broker a full session
@@ -196,6 +259,23 @@ impl Controller {
         self.was_leader = leader;
     }
 
+    /// Carries out what the application must of a Raft effect, and passes
+    /// the rest on.
+    fn raft_effect(&mut self, effect: raft::Effect, out: &mut Vec<ControllerEffect>) {
+        if self.failed {
+            return;
+        }
+        match effect {
+            raft::Effect::Apply(entries) => {
+                for entry in entries {
+                    self.apply_entry(&entry, out);
+                }
+            }
+            raft::Effect::RestoreSnapshot { index, data, .. } => self.restore(index, &data, out),
+            other => out.push(ControllerEffect::Raft(other)),
+        }
+    }
+
     fn apply_entry(&mut self, entry: &raft::Entry, out: &mut Vec<ControllerEffect>) {
         if !entry.data.is_empty() {
             // An entry that is not a metadata batch is skipped everywhere alike.
@@ -205,24 +285,73 @@ impl Controller {
                 for r in records {
                     // Every node refuses the same records the same way.
                     if self.image.apply(&r).is_ok() {
-                        self.applied.push(r);
+                        self.remember(r);
                     }
                 }
             }
         }
-        if let Some(f) = &self.in_flight
-            && entry.index >= f.index
-        {
-            let f = self.in_flight.take().expect("checked");
-            if let Some((to, reply)) = f.reply {
-                let reply = if entry.index == f.index && entry.term == f.term {
-                    reply
-                } else {
-                    // Another leader's entry took the index: ours was lost.
-                    ControllerReply::NotController { leader: self.raft.leader() }
-                };
-                out.push(ControllerEffect::Reply { to, reply });
+        self.applied_index = entry.index;
+        self.settle_in_flight(entry.index, Some(entry.term), out);
+    }
+
+    fn remember(&mut self, record: MetadataRecord) {
+        self.applied_count += 1;
+        self.recent.push_back(record);
+        if self.recent.len() > RECENT_RECORDS {
+            self.recent.pop_front();
+            self.recent_start += 1;
+        }
+    }
+
+    /// Answers the in-flight proposal once the log reached its index:
+    /// `term` is that of the entry at `index` if known (a snapshot does not
+    /// tell, so the proposal counts as lost and the caller asks again).
+    fn settle_in_flight(&mut self, index: Index, term: Option<Term>, out: &mut Vec<ControllerEffect>) {
+        let Some(f) = self.in_flight.take_if(|f| index >= f.index) else { return };
+        if let Some((to, reply)) = f.reply {
+            let reply = if index == f.index && term == Some(f.term) {
+                reply
+            } else {
+                // Another leader's entry took the index: ours was lost.
+                ControllerReply::NotController { leader: self.raft.leader() }
+            };
+            out.push(ControllerEffect::Reply { to, reply });
+        }
+    }
+
+    /// The leader's snapshot replaces the image (this node was too far
+    /// behind for entries).
+    fn restore(&mut self, index: Index, data: &[u8], out: &mut Vec<ControllerEffect>) {
+        match MetadataImage::from_snapshot(data) {
+            Ok(image) => self.image = image,
+            Err(e) => {
+                // Applying later entries to a stale image would build a
+                // metadata nobody else has: stop instead.
+                self.failed = true;
+                return out.push(ControllerEffect::Fatal { reason: format!("metadata snapshot at index {index}: {e}") });
             }
+        }
+        self.applied_index = index;
+        self.snapshot_index = index;
+        // One jump; readers holding an older cursor resync from the image.
+        self.applied_count += 1;
+        self.recent.clear();
+        self.recent_start = self.applied_count;
+        self.settle_in_flight(index, None, out);
+    }
+
+    /// Hands Raft the image as a snapshot every `snapshot_every` entries.
+    fn maybe_snapshot(&mut self, now: Millis, out: &mut Vec<ControllerEffect>) {
+        let every = self.config.snapshot_every;
+        if self.failed || every == 0 || self.applied_index < self.snapshot_index + every {
+            return;
+        }
+        let index = self.applied_index;
+        let mut effects = Vec::new();
+        self.raft.step(now, raft::Input::Compact { index, data: self.image.to_snapshot() }, &mut effects);
+        self.snapshot_index = index;
+        for e in effects {
+            self.raft_effect(e, out);
         }
     }
 
@@ -345,13 +474,94 @@ impl Controller {
                         out.push(ControllerEffect::Reply { to: *to, reply: ControllerReply::NotController { leader } });
                     }
                 }
-                raft::Effect::Apply(entries) => {
-                    for entry in entries {
-                        self.apply_entry(&entry, out);
-                    }
-                }
-                other => out.push(ControllerEffect::Raft(other)),
+                other => self.raft_effect(other, out),
             }
         }
+        self.maybe_snapshot(now, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Message;
+
+    fn config(id: u64, voters: Vec<u64>, snapshot_every: u64) -> ControllerConfig {
+        let raft = RaftConfig { id, voters, ..RaftConfig::default() };
+        ControllerConfig { raft, snapshot_every, ..ControllerConfig::default() }
+    }
+
+    /// A one-voter quorum: it leads itself, and each proposal commits at once.
+    fn single(snapshot_every: u64) -> Controller {
+        let mut c = Controller::new(config(1, vec![1], snapshot_every), HardState::default(), RaftLog::default(), None, 0, 1).unwrap();
+        c.step(5_000, ControllerInput::Tick, &mut Vec::new());
+        assert!(c.is_active());
+        c
+    }
+
+    fn register(c: &mut Controller, out: &mut Vec<ControllerEffect>) {
+        let request = ControllerRequest::Register { broker: 1, host: "h".into(), port: 9 };
+        c.step(5_000, ControllerInput::Request { from: 1, request }, out);
+    }
+
+    #[test]
+    fn recent_records_keep_a_bounded_window_then_ask_for_a_resync() {
+        let mut c = single(0);
+        let start = c.applied_count();
+        for _ in 0..=RECENT_RECORDS {
+            register(&mut c, &mut Vec::new());
+        }
+        let (cursor, records) = c.recent_records(start);
+        assert!(cursor - start > RECENT_RECORDS as u64);
+        assert_eq!(records, None, "the first records are not held any more");
+        let (_, records) = c.recent_records(cursor - 3);
+        assert!(matches!(records.as_deref(), Some([_, _, MetadataRecord::RegisterBroker { .. }])), "{records:?}");
+        assert_eq!(c.recent_records(cursor).1, Some(Vec::new()));
+        assert_eq!(c.recent_records(cursor + 1).1, None, "a cursor from the future");
+    }
+
+    #[test]
+    fn every_n_entries_the_image_becomes_the_snapshot_and_a_restart_starts_from_it() {
+        let mut c = single(3);
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            register(&mut c, &mut out);
+        }
+        let saved: Vec<(Index, Term, Vec<u8>)> = out
+            .iter()
+            .filter_map(|e| match e {
+                ControllerEffect::Raft(raft::Effect::SaveSnapshot { index, term, data }) => Some((*index, *term, data.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(saved.iter().map(|s| s.0).collect::<Vec<_>>(), vec![3], "entries: the no-op and 4 registrations");
+        assert_eq!(c.raft().log().snapshot_index(), 3);
+        let (index, term, data) = saved[0].clone();
+        let image = MetadataImage::from_snapshot(&data).unwrap();
+        assert_eq!(image.brokers[&1].epoch & 0xffff_ffff, 2, "the image as of entry 3: the second registration");
+        // A restart from it holds that image at once, counting it as one.
+        let snapshot = Some(Snapshot { index, term, data });
+        let log = RaftLog::with_snapshot(index, term, Vec::new()).unwrap();
+        let r = Controller::new(config(1, vec![1], 3), HardState { term, voted_for: Some(1) }, log, snapshot, 0, 2).unwrap();
+        assert_eq!((r.image(), r.applied_index(), r.applied_count()), (&image, 3, 1));
+        assert_eq!(r.recent_records(0).1, None);
+        assert_eq!(r.recent_records(1).1, Some(Vec::new()));
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_is_refused_at_start_and_stops_a_running_controller() {
+        let bad = Snapshot { index: 3, term: 1, data: vec![9] };
+        let log = RaftLog::with_snapshot(3, 1, Vec::new()).unwrap();
+        let refused = Controller::new(config(2, vec![1, 2, 3], 5), HardState::default(), log, Some(bad.clone()), 0, 1);
+        assert!(matches!(refused, Err(SnapshotError::UnknownFormat(9))));
+        let mut c = Controller::new(config(2, vec![1, 2, 3], 5), HardState::default(), RaftLog::default(), None, 0, 1).unwrap();
+        let mut out = Vec::new();
+        let message = Message::InstallSnapshot { term: 1, last_index: bad.index, last_term: bad.term, data: bad.data };
+        c.step(10, ControllerInput::Raft(Envelope { from: 1, to: 2, message }), &mut out);
+        assert!(out.iter().any(|e| matches!(e, ControllerEffect::Fatal { .. })), "{out:?}");
+        assert!(!out.iter().any(|e| matches!(e, ControllerEffect::Raft(raft::Effect::Send(_)))), "no acknowledgement after the failure");
+        out.clear();
+        c.step(20_000, ControllerInput::Tick, &mut out);
+        assert!(out.is_empty(), "a failed controller does nothing");
     }
 }

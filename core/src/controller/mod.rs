@@ -8,6 +8,6 @@ pub mod image;
 pub mod machine;
 pub mod records;
 
-pub use image::{ImageError, MetadataImage, PartitionImage};
+pub use image::{ImageError, MetadataImage, PartitionImage, SnapshotError};
 pub use machine::{Controller, ControllerConfig, ControllerEffect, ControllerInput, ControllerReply, ControllerRequest};
 pub use records::{BrokerId, MetadataRecord};

@@ -31,6 +31,10 @@ pub enum Message {
     /// `success`: the log now matches up to `match_index`. Otherwise
     /// `match_index` is a hint: the follower's log does not extend past it.
     AppendEntriesResponse { term: Term, success: bool, match_index: Index },
+    /// The leader's snapshot, whole, for a follower that needs entries the
+    /// leader compacted away (Raft §7). Answered with an
+    /// `AppendEntriesResponse` matching up to `last_index`.
+    InstallSnapshot { term: Term, last_index: Index, last_term: Term, data: Vec<u8> },
 }
 
 impl Message {
@@ -41,7 +45,8 @@ impl Message {
             | Message::RequestVote { term, .. }
             | Message::RequestVoteResponse { term, .. }
             | Message::AppendEntries { term, .. }
-            | Message::AppendEntriesResponse { term, .. } => *term,
+            | Message::AppendEntriesResponse { term, .. }
+            | Message::InstallSnapshot { term, .. } => *term,
         }
     }
 }

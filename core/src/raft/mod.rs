@@ -5,9 +5,9 @@
 //! committed entries, arm a timer.
 //!
 //! **The caller's contract:** execute effects in order, and make every
-//! `PersistState`, `Append` and `Truncate` durable before sending any
-//! `Send` that follows it. A vote or an acknowledgement then never leaves
-//! the node before what it promises survives a crash.
+//! `PersistState`, `Append`, `Truncate` and `SaveSnapshot` durable before
+//! sending any `Send` that follows it. A vote or an acknowledgement then
+//! never leaves the node before what it promises survives a crash.
 //!
 //! Leader election uses pre-vote (a node asks "would you vote for me?"
 //! before raising its term, so a node cut off and back does not depose a
@@ -15,6 +15,12 @@
 //! leader within the minimum election timeout refuses pre-votes). A new
 //! leader appends a no-op entry in its term, so entries of earlier terms
 //! commit through it (§5.4.2). Membership is fixed by configuration.
+//!
+//! Log compaction (Raft §7): the application hands the node its state as of
+//! an applied index (`Input::Compact`); the node drops the entries up to it
+//! and keeps the snapshot, whose bytes it never looks into. A follower that
+//! needs entries the leader no longer holds gets the snapshot whole
+//! (`Message::InstallSnapshot`), then the entries after it.
 
 pub mod log;
 pub mod message;
@@ -66,6 +72,15 @@ pub struct HardState {
     pub voted_for: Option<NodeId>,
 }
 
+/// The application's state as of the entry (`index`, `term`): it stands for
+/// every entry up to there. `data` is opaque to Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub index: Index,
+    pub term: Term,
+    pub data: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Follower,
@@ -81,6 +96,10 @@ pub enum Input {
     Receive(Envelope),
     /// Append `data` to the log if this node leads.
     Propose(Vec<u8>),
+    /// The application's state as of applied index `index` is `data`: the
+    /// entries up to there may go. Ignored unless `index` is applied and
+    /// past the current snapshot.
+    Compact { index: Index, data: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +121,12 @@ pub enum Effect {
     /// A proposal was appended at this index in this term; it is committed
     /// when an `Apply` covers it (and lost if another entry takes the index).
     Proposed { index: Index, term: Term },
+    /// Store this snapshot durably (before any later `Send`) and drop the
+    /// durable entries up to `index`; later entries stay.
+    SaveSnapshot { index: Index, term: Term, data: Vec<u8> },
+    /// The application's state becomes `data`, as of `index`: it replaces
+    /// whatever was applied. `Apply` continues after `index`.
+    RestoreSnapshot { index: Index, term: Term, data: Vec<u8> },
 }
 
 /// What the leader knows about a follower.
@@ -119,6 +144,8 @@ pub struct RaftNode {
     config: RaftConfig,
     hard: HardState,
     log: RaftLog,
+    /// The latest snapshot, kept whole to send to followers that need it.
+    snapshot: Option<Snapshot>,
     role: Role,
     leader: Option<NodeId>,
     commit: Index,
@@ -135,17 +162,27 @@ pub struct RaftNode {
 }
 
 impl RaftNode {
-    /// A node recovered from its durable state (a fresh node: defaults).
-    /// `now` starts its election timer; `seed` randomises the timeouts.
-    pub fn new(config: RaftConfig, hard: HardState, log: RaftLog, now: Millis, seed: u64) -> Self {
+    /// A node recovered from its durable state (a fresh node: defaults):
+    /// the snapshot, if any, and the log after it. The application starts
+    /// from the snapshot itself; the node applies what follows once it is
+    /// known to be committed. `now` starts its election timer; `seed`
+    /// randomises the timeouts.
+    pub fn new(config: RaftConfig, hard: HardState, mut log: RaftLog, snapshot: Option<Snapshot>, now: Millis, seed: u64) -> Self {
+        if let Some(s) = &snapshot {
+            // The store hands both over consistent; this makes sure.
+            log.restore(s.index, s.term);
+        }
+        // Only committed, applied entries are ever compacted.
+        let base = log.snapshot_index();
         let mut node = Self {
             config,
             hard,
             log,
+            snapshot,
             role: Role::Follower,
             leader: None,
-            commit: 0,
-            applied: 0,
+            commit: base,
+            applied: base,
             election_deadline: 0,
             last_leader_contact: None,
             votes: BTreeMap::new(),
@@ -188,6 +225,17 @@ impl RaftNode {
         &self.log
     }
 
+    /// The latest snapshot (taken here or installed from a leader).
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// The last index handed to the application (by `Apply` or
+    /// `RestoreSnapshot`).
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+
     pub fn hard_state(&self) -> HardState {
         self.hard
     }
@@ -201,6 +249,7 @@ impl RaftNode {
                 }
             }
             Input::Propose(data) => self.propose(now, data, out),
+            Input::Compact { index, data } => self.compact(index, data, out),
         }
         self.apply_committed(out);
         self.arm_timer(now, out);
@@ -330,11 +379,36 @@ impl RaftNode {
     fn send_append(&mut self, peer: NodeId, out: &mut Vec<Effect>) {
         let Some(p) = self.progress.get(&peer).copied() else { return };
         let prev_index = p.next - 1;
+        if prev_index < self.log.snapshot_index() {
+            // Compacted away here: only the snapshot brings it up.
+            return self.send_snapshot(peer, out);
+        }
         let prev_term = self.log.term_at(prev_index).expect("next index never passes the log end + 1");
         let to = prev_index + self.config.max_entries_per_message as Index;
         let entries = self.log.entries(p.next, to).to_vec();
         let message = Message::AppendEntries { term: self.hard.term, prev_index, prev_term, entries, commit: self.commit };
         self.send(peer, message, out);
+    }
+
+    /// Sent again with every heartbeat until the follower acknowledges it
+    /// (metadata snapshots are small; no chunking).
+    fn send_snapshot(&self, peer: NodeId, out: &mut Vec<Effect>) {
+        // A log compacted without its snapshot (a caller's mistake) cannot
+        // serve this follower: better silent than a wrong message.
+        let Some(s) = &self.snapshot else { return };
+        let message = Message::InstallSnapshot { term: self.hard.term, last_index: s.index, last_term: s.term, data: s.data.clone() };
+        self.send(peer, message, out);
+    }
+
+    /// The application's snapshot as of applied `index` (§7).
+    fn compact(&mut self, index: Index, data: Vec<u8>, out: &mut Vec<Effect>) {
+        if index > self.applied || index <= self.log.snapshot_index() {
+            return;
+        }
+        let Some(term) = self.log.term_at(index) else { return };
+        self.log.compact_to(index);
+        out.push(Effect::SaveSnapshot { index, term, data: data.clone() });
+        self.snapshot = Some(Snapshot { index, term, data });
     }
 
     fn receive(&mut self, now: Millis, from: NodeId, message: Message, out: &mut Vec<Effect>) {
@@ -367,7 +441,7 @@ impl RaftNode {
         }
         if term > self.hard.term {
             // A newer term: follow it (a vote request may still be refused).
-            let leader = matches!(message, Message::AppendEntries { .. }).then_some(from);
+            let leader = matches!(message, Message::AppendEntries { .. } | Message::InstallSnapshot { .. }).then_some(from);
             self.persist(term, None, out);
             self.become_follower(now, term, leader);
         }
@@ -391,17 +465,14 @@ impl RaftNode {
                 }
             }
             Message::AppendEntries { term, prev_index, prev_term, entries, commit } => {
-                if term < self.hard.term {
-                    let reply = Message::AppendEntriesResponse { term: self.hard.term, success: false, match_index: 0 };
-                    return self.send(from, reply, out);
+                if self.heard_from_leader(now, from, term, out) {
+                    self.append_entries(from, prev_index, prev_term, entries, commit, out);
                 }
-                // The current term's leader: follow it.
-                if self.role != Role::Follower || self.leader != Some(from) {
-                    self.become_follower(now, term, Some(from));
+            }
+            Message::InstallSnapshot { term, last_index, last_term, data } => {
+                if self.heard_from_leader(now, from, term, out) {
+                    self.install_snapshot(from, Snapshot { index: last_index, term: last_term, data }, out);
                 }
-                self.last_leader_contact = Some(now);
-                self.reset_election_timer(now);
-                self.append_entries(from, prev_index, prev_term, entries, commit, out);
             }
             Message::AppendEntriesResponse { term, success, match_index } => {
                 if self.role == Role::Leader && term == self.hard.term {
@@ -412,9 +483,58 @@ impl RaftNode {
         }
     }
 
+    /// A message that only a leader sends (AppendEntries, InstallSnapshot):
+    /// refused if its term is old, otherwise its sender is the current
+    /// term's leader, which this node follows. Returns whether to handle it.
+    fn heard_from_leader(&mut self, now: Millis, from: NodeId, term: Term, out: &mut Vec<Effect>) -> bool {
+        if term < self.hard.term {
+            let reply = Message::AppendEntriesResponse { term: self.hard.term, success: false, match_index: 0 };
+            self.send(from, reply, out);
+            return false;
+        }
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(now, term, Some(from));
+        }
+        self.last_leader_contact = Some(now);
+        self.reset_election_timer(now);
+        true
+    }
+
+    /// A follower's side of InstallSnapshot (§7).
+    fn install_snapshot(&mut self, from: NodeId, snapshot: Snapshot, out: &mut Vec<Effect>) {
+        let (index, term) = (snapshot.index, snapshot.term);
+        // At or below our commit, we hold all of it already (committed
+        // entries are the same everywhere): nothing to change.
+        if index > self.commit {
+            if self.log.term_at(index) != Some(term) && self.log.last_index() > index {
+                // What follows may be another history: gone durably before
+                // the snapshot says the log continues after `index`.
+                out.push(Effect::Truncate(index + 1));
+            }
+            self.log.restore(index, term);
+            out.push(Effect::SaveSnapshot { index, term, data: snapshot.data.clone() });
+            out.push(Effect::RestoreSnapshot { index, term, data: snapshot.data.clone() });
+            self.snapshot = Some(snapshot);
+            self.commit = index;
+            self.applied = index;
+        }
+        self.send(from, Message::AppendEntriesResponse { term: self.hard.term, success: true, match_index: index }, out);
+    }
+
     /// A follower's side of AppendEntries (§5.3).
-    fn append_entries(&mut self, from: NodeId, prev_index: Index, prev_term: Term, entries: Vec<Entry>, commit: Index, out: &mut Vec<Effect>) {
+    fn append_entries(&mut self, from: NodeId, prev_index: Index, prev_term: Term, mut entries: Vec<Entry>, commit: Index, out: &mut Vec<Effect>) {
         let term = self.hard.term;
+        let (mut prev_index, mut prev_term) = (prev_index, prev_term);
+        let base = self.log.snapshot_index();
+        if prev_index < base {
+            // Compacted here, so committed, so the leader holds the same
+            // entries: check from the snapshot's end on.
+            entries.retain(|e| e.index > base);
+            if entries.first().is_some_and(|e| e.index != base + 1) {
+                return;
+            }
+            (prev_index, prev_term) = (base, self.log.snapshot_term());
+        }
         if self.log.term_at(prev_index) != Some(prev_term) {
             // Not matching there: tell the leader how far back to go.
             let hint = prev_index.saturating_sub(1).min(self.log.last_index());

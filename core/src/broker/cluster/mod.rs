@@ -131,8 +131,9 @@ pub(super) struct Cluster {
     pub me: BrokerId,
     pub controller: Controller,
     pub raft_store: RaftStore,
-    /// How many of the controller's applied records the broker has acted on.
-    pub seen_records: usize,
+    /// The controller's `applied_count` when the broker last acted on its
+    /// records (a cursor for `recent_records`).
+    pub seen_records: u64,
     /// This incarnation's registration, once the controller answered.
     pub broker_epoch: Option<u64>,
     /// The local metadata includes this incarnation's registration: the
@@ -224,7 +225,7 @@ impl Cluster {
                 "need raft_heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
         }
-        let (raft_store, hard, log, recovery) =
+        let (raft_store, hard, log, snapshot, recovery) =
             RaftStore::open(storage, "meta/raft").map_err(|e| super::OpenError::RaftState(e.to_string()))?;
         let mut voters: Vec<u64> = config.voters.iter().map(|v| *v as u64).collect();
         voters.sort_unstable();
@@ -241,8 +242,10 @@ impl Cluster {
             broker_session_timeout_ms: config.broker_session_timeout_ms,
             new_controller_grace_ms: config.new_controller_grace_ms,
             unclean_leader_election: config.unclean_leader_election,
+            snapshot_every: config.metadata_snapshot_every,
         };
-        let controller = Controller::new(controller_config, hard, log, 0, seed ^ 0x7261_6674);
+        let controller = Controller::new(controller_config, hard, log, snapshot, 0, seed ^ 0x7261_6674)
+            .map_err(|e| super::OpenError::RaftState(e.to_string()))?;
         let cut = recovery.reason.map(|r| format!("{r} ({} entries kept, {} bytes cut)", recovery.entries, recovery.truncated_bytes));
         let cluster = Self {
             config: config.clone(),

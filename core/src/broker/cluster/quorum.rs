@@ -41,6 +41,7 @@ impl<S: Storage> Broker<S> {
             }
             match effect {
                 ControllerEffect::Raft(e) => self.raft_effect(e, out),
+                ControllerEffect::Fatal { reason } => self.fail(format!("controller: {reason}"), out),
                 ControllerEffect::Reply { to, reply } => {
                     let (node, call) = reply_target(to);
                     if node == me {
@@ -66,6 +67,8 @@ impl<S: Storage> Broker<S> {
             // own count may follow in the same step.
             raft::Effect::Append(entries) => c.raft_store.append(storage, &entries).and_then(|()| c.raft_store.sync(storage)),
             raft::Effect::Truncate(index) => c.raft_store.truncate(storage, index),
+            // Durable at return, like a truncation.
+            raft::Effect::SaveSnapshot { index, term, data } => c.raft_store.save_snapshot(storage, index, term, &data),
             raft::Effect::Send(env) => {
                 out.push(Effect::Send { to: env.to as i32, message: PeerMessage::Raft(env) });
                 Ok(())
@@ -75,7 +78,10 @@ impl<S: Storage> Broker<S> {
                 Ok(())
             }
             // Consumed by the controller machine.
-            raft::Effect::Apply(_) | raft::Effect::NotLeader { .. } | raft::Effect::Proposed { .. } => Ok(()),
+            raft::Effect::Apply(_)
+            | raft::Effect::RestoreSnapshot { .. }
+            | raft::Effect::NotLeader { .. }
+            | raft::Effect::Proposed { .. } => Ok(()),
         };
         if let Err(e) = result {
             self.fail(format!("metadata log: {e}"), out);

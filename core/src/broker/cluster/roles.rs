@@ -18,13 +18,16 @@ use crate::ErrorCode;
 use super::super::groups::is_offsets_partition;
 
 impl<S: Storage> Broker<S> {
-    /// Acts on records the controller applied since the last call.
+    /// Acts on records the controller applied since the last call. When
+    /// they are not all known any more (the controller restored a snapshot
+    /// or moved on too far), everything is reconciled with the image, as
+    /// at the first catch-up.
     pub(in crate::broker) fn metadata_changed(&mut self, now: Millis, out: &mut Vec<Effect>) {
         let c = self.cluster_mut();
-        let applied = c.controller.applied();
-        let fresh: Vec<MetadataRecord> = applied[c.seen_records.min(applied.len())..].to_vec();
-        c.seen_records = applied.len();
-        let was_caught_up = c.caught_up;
+        let (cursor, fresh) = c.controller.recent_records(c.seen_records);
+        c.seen_records = cursor;
+        let was_caught_up = c.caught_up && fresh.is_some();
+        let fresh: Vec<MetadataRecord> = fresh.unwrap_or_default();
         let me = c.me;
         c.caught_up = c.broker_epoch.is_some_and(|e| c.controller.image().brokers.get(&me).is_some_and(|b| b.epoch == e));
         if !c.caught_up {
@@ -37,8 +40,8 @@ impl<S: Storage> Broker<S> {
                 }
             }
         } else {
-            // First time current: local topics the metadata no longer has
-            // were deleted while this node was away.
+            // First time current (or resyncing): local topics the metadata
+            // no longer has were deleted while this node was away.
             let gone: Vec<String> = {
                 let image = self.cluster_ref().controller.image();
                 self.topics.keys().filter(|t| !image.topics.contains_key(*t)).cloned().collect()
