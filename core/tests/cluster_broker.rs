@@ -368,3 +368,28 @@ fn a_node_behind_the_metadata_snapshot_resyncs_its_topics_from_it() {
     assert_eq!(image(&net.nodes[&away]), image(&net.nodes[&active]));
     assert!(!net.nodes[&away].broker.topic_names().any(|t| t == "gone"));
 }
+
+#[test]
+fn an_acks_all_write_is_answered_when_the_isr_drops_a_dead_follower() {
+    let mut net = settled(3);
+    net.create_topic("t", 1, 2);
+    let leader = net.leader_of("t", 0).unwrap();
+    let dead = (1..=3).find(|n| *n != leader).unwrap();
+    net.nodes.get_mut(&dead).unwrap().up = false;
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(Record { offset: 0, timestamp: 1, key: None, value: Some(b"x".to_vec()), headers: vec![] });
+    let request = Request::Produce(ProduceRequest {
+        acks: -1,
+        timeout_ms: 30_000,
+        transactional_id: None,
+        topics: vec![("t".into(), vec![(0, Some(b.build().into()))])],
+    });
+    let id = net.request(leader, request);
+    // The session of the dead follower expires (1.5 s), the controller
+    // drops it from the ISR; nothing else is appended. The write must be
+    // answered then, not at its 30 s timeout.
+    net.run(3_000);
+    let Some(Response::Produce(r)) = net.replies.remove(&id) else { panic!("acks=all still waiting 3 s after the follower died") };
+    assert_eq!(r.topics[0].1[0].error, ErrorCode::None);
+    assert_eq!(net.nodes[&leader].broker.replica_status("t", 0).unwrap().isr.len(), 2);
+}

@@ -70,7 +70,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -162,7 +162,17 @@ struct Peer<M> {
     addr: SocketAddr,
     queue: mpsc::Sender<M>,
     task: JoinHandle<()>,
+    /// Told when the peer opens a new connection to us: it restarted, and
+    /// our connection to its previous incarnation may be dead without
+    /// anyone noticing (the simulator's TCP does not always report a
+    /// socket its owner dropped).
+    restarted: Arc<Notify>,
 }
+
+/// A connection younger than this is not replaced on a peer's new
+/// connection: the two sides' reconnections would otherwise chase each
+/// other.
+const RESET_MIN_AGE: Duration = MAX_BACKOFF;
 
 impl<M> Shared<M> {
     fn lock(&self) -> MutexGuard<'_, State<M>> {
@@ -249,8 +259,9 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> PeerTransport<M> {
                         state.retired.push(p.task);
                     }
                     let (queue, rx) = mpsc::channel(PEER_QUEUE);
-                    let task = tokio::spawn(run_sender(me, id, addr, rx, self.shared.dropped.clone()));
-                    Peer { addr, queue, task }
+                    let restarted = Arc::new(Notify::new());
+                    let task = tokio::spawn(run_sender(me, id, addr, rx, self.shared.dropped.clone(), restarted.clone()));
+                    Peer { addr, queue, task, restarted }
                 }
             };
             state.peers.insert(id, peer);
@@ -341,7 +352,7 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(me: NodeId, acceptor:
                 tracing::debug!(me, %remote, "accepted peer connection");
                 let Some(shared) = shared.upgrade() else { return };
                 let conn = Inbound { stream, incoming: acceptor.incoming.clone() };
-                let reader = tokio::spawn(run_reader(me, conn, remote));
+                let reader = tokio::spawn(run_reader(me, conn, remote, Arc::downgrade(&shared)));
                 let mut state = shared.lock();
                 if state.stopped {
                     reader.abort();
@@ -378,7 +389,7 @@ enum End {
     ReceiverGone,
 }
 
-async fn run_reader<M: DeserializeOwned + Send + 'static>(me: NodeId, mut conn: Inbound<M>, remote: SocketAddr) {
+async fn run_reader<M: DeserializeOwned + Send + 'static>(me: NodeId, mut conn: Inbound<M>, remote: SocketAddr, shared: Weak<Shared<M>>) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let from = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fill(&mut conn.stream, &mut buf, HANDSHAKE_LEN)).await {
         Err(_) => {
@@ -399,6 +410,12 @@ async fn run_reader<M: DeserializeOwned + Send + 'static>(me: NodeId, mut conn: 
     };
     buf.advance(HANDSHAKE_LEN);
     tracing::debug!(me, from, %remote, "peer connection open");
+    if let Some(shared) = shared.upgrade()
+        && let Some(peer) = shared.lock().peers.get(&from)
+    {
+        peer.restarted.notify_one();
+    }
+    drop(shared);
     let config = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
     let end = loop {
         if let Err(e) = fill(&mut conn.stream, &mut buf, 4).await {
@@ -474,6 +491,8 @@ struct Link {
 
 enum Event<M> {
     Message(Option<M>),
+    /// The peer opened a new connection to us (it may have restarted).
+    PeerRestarted,
     /// The peer wrote or closed on a connection it must only read.
     PeerSide(std::io::Result<usize>),
 }
@@ -501,7 +520,14 @@ async fn connect(me: NodeId, addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// The outgoing task for one peer: connects lazily, batches what is queued
 /// into one write, and backs off after failures.
-async fn run_sender<M: Serialize>(me: NodeId, to: NodeId, addr: SocketAddr, mut queue: mpsc::Receiver<M>, dropped: Arc<AtomicU64>) {
+async fn run_sender<M: Serialize>(
+    me: NodeId,
+    to: NodeId,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<M>,
+    dropped: Arc<AtomicU64>,
+    restarted: Arc<Notify>,
+) {
     let mut link: Option<Link> = None;
     let mut backoff = INITIAL_BACKOFF;
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER);
@@ -515,12 +541,20 @@ async fn run_sender<M: Serialize>(me: NodeId, to: NodeId, addr: SocketAddr, mut 
                 // before the next batch is written into it.
                 biased;
                 r = l.stream.read(&mut probe) => Event::PeerSide(r),
+                _ = restarted.notified() => Event::PeerRestarted,
                 m = queue.recv() => Event::Message(m),
             },
         };
         let first = match event {
             Event::Message(Some(m)) => m,
             Event::Message(None) => return, // every handle is gone
+            Event::PeerRestarted => {
+                if link.as_ref().is_some_and(|l| l.since.elapsed() >= RESET_MIN_AGE) {
+                    tracing::debug!(me, to, %addr, "peer reconnected to us; replacing our connection to it");
+                    link = None;
+                }
+                continue;
+            }
             Event::PeerSide(r) => {
                 match r {
                     Ok(0) => tracing::debug!(me, to, %addr, "peer closed the connection"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle, Runtime};
-use millrace_core::broker::{BrokerConfig, FlushPolicy};
+use millrace_core::broker::{BrokerConfig, ClusterConfig, FlushPolicy};
 use millrace_fault::{CrashMode, Fault, FaultPlan, Suite, Swarm};
 use millrace_net::config::ServeConfig;
 use millrace_net::server::Server;
@@ -139,6 +139,13 @@ async fn simulate(scenario: Scenario) -> Outcome {
         let flush = scenario.flush;
         let seed = scenario.seed;
         let voters = if scenario.replicated() { voters(scenario.nodes) } else { Vec::new() };
+        // The controller suite snapshots its metadata often, so snapshots
+        // are taken, sent and restored under faults; the replication suite
+        // keeps whole metadata logs for the log-matching check.
+        let cluster = scenario.replicated().then(|| ClusterConfig {
+            metadata_snapshot_every: if scenario.suite == Suite::Controller { 25 } else { 1_000 },
+            ..ClusterConfig::default()
+        });
         let node = handle
             .create_node()
             .name(format!("broker-{i}"))
@@ -146,7 +153,8 @@ async fn simulate(scenario: Scenario) -> Outcome {
             .init(move || {
                 let disk = node_disk.clone();
                 let voters = voters.clone();
-                async move { run_broker(ip, disk, flush, seed, i, voters).await }
+                let cluster = cluster.clone();
+                async move { run_broker(ip, disk, flush, seed, i, voters, cluster).await }
             })
             .build();
         brokers.push(BrokerNode { handle: node, disk, up: true });
@@ -318,7 +326,15 @@ fn apply(handle: &Handle, net: &NetSim, brokers: &mut [BrokerNode], fault: &Faul
 
 /// One broker process. A fatal storage failure stops the server; like a
 /// supervisor, the node then loses its page cache and starts again.
-async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64, index: usize, voters: Vec<String>) {
+async fn run_broker(
+    ip: IpAddr,
+    disk: SimDisk,
+    flush: FlushPolicy,
+    seed: u64,
+    index: usize,
+    voters: Vec<String>,
+    cluster: Option<ClusterConfig>,
+) {
     loop {
         let config = ServeConfig {
             listen: SocketAddr::new(ip, PORT),
@@ -326,9 +342,13 @@ async fn run_broker(ip: IpAddr, disk: SimDisk, flush: FlushPolicy, seed: u64, in
             advertised: Some(format!("{ip}:{PORT}")),
             voters: voters.clone(),
             peer_listen: None,
-            broker: BrokerConfig { flush, num_partitions: 3, node_id: index as i32 + 1, ..BrokerConfig::default() },
+            broker: BrokerConfig { flush, num_partitions: 3, node_id: index as i32 + 1, cluster: cluster.clone(), ..BrokerConfig::default() },
         };
-        let server = match Server::bind_with(config, disk.clone(), seed).await {
+        // Each start draws its own seed (from the run's deterministic
+        // randomness): nodes and incarnations must not share election
+        // timeouts or request numbering.
+        let start_seed = seed ^ madsim::rand::random::<u64>();
+        let server = match Server::bind_with(config, disk.clone(), start_seed).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("broker failed to start: {e:#}");

@@ -31,7 +31,11 @@ impl<S: Storage> Broker<S> {
             // A client must always be able to reach the node it asked.
             brokers.push(BrokerInfo { node_id: me, host: self.config.advertised_host.clone(), port: self.config.advertised_port });
         }
-        let controller_id = c.controller.raft().leader().map_or(-1, |l| l as i32);
+        // As KRaft brokers do, name this node as the controller: it
+        // forwards admin requests to the active one. Naming a node a client
+        // has not seen in the broker list (it may not have registered yet)
+        // makes librdkafka hold admin requests forever.
+        let controller_id = me;
         let mut topics = Vec::with_capacity(names.len());
         let mut create = Vec::new();
         for name in names {

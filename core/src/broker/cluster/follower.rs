@@ -66,6 +66,7 @@ impl<S: Storage> Broker<S> {
         }
         f.in_flight = None;
         let following = f.epoch;
+        let known_hw = f.high_watermark;
         let Some(p) = self.topics.get_mut(&reply.topic).and_then(|t| t.partitions.get_mut(reply.partition as usize)) else { return };
         let backoff = match reply.outcome {
             FetchOutcome::NotLeader => Some(REFUSED_BACKOFF_MS),
@@ -83,7 +84,11 @@ impl<S: Storage> Broker<S> {
                 // than we have in it ourselves: the next fetch then asks about
                 // the epoch before, until the logs agree.
                 let ours = if epoch >= 0 { p.epochs.end_offset_for(epoch, leo).map_or(p.log.log_start_offset(), |(_, end)| end) } else { leo };
-                let cut = leo.min(end_offset).min(ours).max(p.log.log_start_offset());
+                // Never below the high watermark: what lies below it is on
+                // every in-sync replica and agrees (Kafka's rule); a request
+                // to cut there can only come from a late or damaged answer.
+                let floor = known_hw.min(leo).max(p.log.log_start_offset());
+                let cut = leo.min(end_offset).min(ours).max(floor);
                 if cut >= leo {
                     Some(TROUBLE_BACKOFF_MS)
                 } else {

@@ -102,7 +102,7 @@ impl<S: Storage> Broker<S> {
         }
     }
 
-    fn high_watermark_advanced(&mut self, now: Millis, topic: &str, partition: i32, out: &mut Vec<Effect>) {
+    pub(in crate::broker) fn high_watermark_advanced(&mut self, now: Millis, topic: &str, partition: i32, out: &mut Vec<Effect>) {
         self.check_ack_waits(out);
         self.wake_parked(now, &[(topic.to_string(), partition)], out);
         self.group_writes_replicated(now, topic, partition, out);
@@ -115,7 +115,7 @@ impl<S: Storage> Broker<S> {
         let Some(l) = c.leader_state(topic, partition) else { return };
         let (leader_epoch, partition_epoch) = (l.epoch, l.partition_epoch);
         let Some(broker_epoch) = c.broker_epoch else {
-            return self.isr_change_refused(topic, partition, leader_epoch);
+            return self.isr_change_refused(now, topic, partition, leader_epoch, out);
         };
         let isr = match change {
             IsrChange::Shrink(isr) | IsrChange::Expand(isr) => isr,
@@ -133,11 +133,15 @@ impl<S: Storage> Broker<S> {
         self.call_controller(now, purpose, request, out);
     }
 
-    pub(in crate::broker) fn isr_change_refused(&mut self, topic: &str, partition: i32, leader_epoch: i32) {
+    pub(in crate::broker) fn isr_change_refused(&mut self, now: Millis, topic: &str, partition: i32, leader_epoch: i32, out: &mut Vec<Effect>) {
         if let Some(Role::Leader(l)) = self.cluster_mut().roles.get_mut(&(topic.to_string(), partition))
             && l.epoch == leader_epoch
         {
+            let before = l.isr.high_watermark();
             l.isr.isr_change_refused();
+            if l.isr.high_watermark() > before {
+                self.high_watermark_advanced(now, topic, partition, out);
+            }
         }
     }
 

@@ -244,6 +244,7 @@ impl Cluster {
             unclean_leader_election: config.unclean_leader_election,
             snapshot_every: config.metadata_snapshot_every,
         };
+        let incarnation = crate::rng::Rng::new(seed ^ 0x696e_6361_726e).next_u64() >> 2;
         let controller = Controller::new(controller_config, hard, log, snapshot, 0, seed ^ 0x7261_6674)
             .map_err(|e| super::OpenError::RaftState(e.to_string()))?;
         let cut = recovery.reason.map(|r| format!("{r} ({} entries kept, {} bytes cut)", recovery.entries, recovery.truncated_bytes));
@@ -257,11 +258,14 @@ impl Cluster {
             caught_up: false,
             next_heartbeat_at: 0,
             calls: BTreeMap::new(),
-            next_call: 0,
+            // Numbered from a random start per incarnation: a late answer to
+            // a call or fetch of the previous incarnation (same node, same
+            // peers) must not match one of this incarnation's.
+            next_call: incarnation & ((1 << 40) - 1),
             roles: BTreeMap::new(),
             ack_waits: Vec::new(),
             replica_parked: BTreeMap::new(),
-            next_fetch_seq: 0,
+            next_fetch_seq: incarnation,
             admin: BTreeMap::new(),
             next_period_at: None,
         };

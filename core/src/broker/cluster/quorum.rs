@@ -92,7 +92,7 @@ impl<S: Storage> Broker<S> {
     pub(in crate::broker) fn call_controller(&mut self, now: Millis, purpose: CallPurpose, request: ControllerRequest, out: &mut Vec<Effect>) {
         let c = self.cluster_mut();
         let call = c.next_call;
-        c.next_call += 1;
+        c.next_call = (c.next_call + 1) & ((1 << 40) - 1);
         let deadline = now + c.config.request_timeout_ms;
         c.calls.insert(call, Call { purpose, deadline });
         let me = c.me;
@@ -129,7 +129,7 @@ impl<S: Storage> Broker<S> {
             }
             CallPurpose::AlterPartition { topic, partition, leader_epoch } => {
                 if !matches!(reply, Some(ControllerReply::IsrChanged)) {
-                    self.isr_change_refused(&topic, partition, leader_epoch);
+                    self.isr_change_refused(now, &topic, partition, leader_epoch, out);
                 }
             }
             CallPurpose::Admin { id, index } => self.admin_answered(now, id, index, reply, out),
