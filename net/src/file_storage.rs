@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use millrace_core::storage::{Storage, StorageError, StorageResult};
@@ -89,17 +88,12 @@ impl Storage for FileStorage {
     fn read(&mut self, file: &str, pos: u64, len: usize) -> StorageResult<Vec<u8>> {
         let h = self.handle(file, false)?;
         let len = len.min(h.len.saturating_sub(pos) as usize);
-        let mut buf = vec![0; len];
-        let mut done = 0;
-        while done < len {
-            match h.file.read_at(&mut buf[done..], pos + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(err(file, "read", e)),
-            }
-        }
-        buf.truncate(done);
+        // Seek and read_to_end fill the buffer without zeroing it first
+        // (zeroing cost a few percent of a replicating node's CPU). The
+        // file is opened for appending, so the cursor never moves writes.
+        let mut buf = Vec::with_capacity(len);
+        (&h.file).seek(std::io::SeekFrom::Start(pos)).map_err(|e| err(file, "seek", e))?;
+        (&h.file).take(len as u64).read_to_end(&mut buf).map_err(|e| err(file, "read", e))?;
         Ok(buf)
     }
 

@@ -13,6 +13,7 @@ pub struct Entry {
     pub term: Term,
     pub index: Index,
     /// Empty for the no-op a new leader appends to commit earlier terms.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -34,7 +35,13 @@ pub enum Message {
     /// The leader's snapshot, whole, for a follower that needs entries the
     /// leader compacted away (Raft §7). Answered with an
     /// `AppendEntriesResponse` matching up to `last_index`.
-    InstallSnapshot { term: Term, last_index: Index, last_term: Term, data: Vec<u8> },
+    InstallSnapshot {
+        term: Term,
+        last_index: Index,
+        last_term: Term,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 impl Message {
