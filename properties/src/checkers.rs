@@ -198,6 +198,17 @@ mod tests {
     }
 
     #[test]
+    fn an_acks_1_write_a_leader_change_took_back_is_allowed_an_acks_all_one_is_not() {
+        let mut h = base();
+        h.insert(2, ev(4, EventKind::Invoke { node: 0, op: (1, 1), partition: 0, values: vec!["w".into()] }));
+        h.insert(3, ev(5, EventKind::WeakOk { op: (1, 1), base_offset: 2 }));
+        assert_eq!(check(&h, 0, true), vec![], "acks=1 promised nothing beyond its leader");
+        h[3] = ev(5, EventKind::Ok { op: (1, 1), base_offset: 2 });
+        let v = check(&h, 0, true);
+        assert!(v.iter().any(|v| v.invariant == "acked-not-lost"), "{v:?}");
+    }
+
+    #[test]
     fn each_violation_is_caught() {
         let kinds = |events: &[Event], heal| check(events, heal, true).into_iter().map(|v| v.invariant).collect::<BTreeSet<_>>();
         // A lost acknowledged record (and the log now has a gap at the end).

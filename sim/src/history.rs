@@ -14,6 +14,9 @@ pub enum EventKind {
     Invoke { node: usize, op: OpId, partition: i32, values: Vec<String> },
     /// Acknowledged at `base_offset` (values at consecutive offsets).
     Ok { op: OpId, base_offset: i64 },
+    /// Acknowledged with acks=1 by a replicated cluster's leader: written
+    /// there, promised nowhere else, so a leader change may take it back.
+    WeakOk { op: OpId, base_offset: i64 },
     /// Definitely not written (the broker refused it).
     Fail { op: OpId, error: String },
     /// Outcome unknown at the end of the run.

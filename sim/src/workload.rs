@@ -186,6 +186,11 @@ impl Draw {
 pub async fn producer(ctx: Ctx, client_id: u32) {
     let mut draw = Draw(ctx.seed ^ (u64::from(client_id) << 32));
     let mut router = Router::new();
+    // In a replicated cluster every second producer writes with acks=1:
+    // the leader answers alone, so an isolated leader keeps taking its
+    // writes (and a leader change may take them back); the others use
+    // acks=all, which must never lose a record.
+    let acks: i16 = if !ctx.cluster.is_empty() && client_id % 2 == 1 { 1 } else { -1 };
     let mut identity: Option<(i64, i16)> = None;
     let mut next_seq = vec![0i32; ctx.partitions as usize];
     let mut op_seq = 0u64;
@@ -218,9 +223,9 @@ pub async fn producer(ctx: Ctx, client_id: u32) {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match timeout(REQUEST_TIMEOUT, router.client(&ctx, partition).await.produce(TOPIC, partition, batch.clone(), -1)).await {
+            match timeout(REQUEST_TIMEOUT, router.client(&ctx, partition).await.produce(TOPIC, partition, batch.clone(), acks)).await {
                 Ok(Ok(base_offset)) => {
-                    ctx.record(EventKind::Ok { op, base_offset });
+                    ctx.record(if acks == 1 { EventKind::WeakOk { op, base_offset } } else { EventKind::Ok { op, base_offset } });
                     next_seq[partition as usize] = seq.wrapping_add(count as i32) & i32::MAX;
                     break;
                 }
