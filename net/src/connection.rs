@@ -31,7 +31,7 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = tokio::io::split(stream);
     let (slots, slot_rx) = mpsc::channel(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_responses(wr, slot_rx));
+    let mut writer = AbortOnDrop(tokio::spawn(write_responses(wr, slot_rx)));
     let mut seq = 0u64;
     // One receive buffer per connection: frames are split off it without
     // zero-filling, and its memory is reused once a frame is dropped.
@@ -85,7 +85,7 @@ pub async fn serve(stream: TcpStream, conn: u64, broker: mpsc::Sender<Command>) 
     }
     drop(slots);
     let _ = broker.send(Command::Disconnected { conn }).await;
-    let _ = writer.await;
+    let _ = (&mut writer.0).await;
 }
 
 /// Reads until `buf` holds at least `n` bytes; an error at end of stream.
@@ -123,4 +123,16 @@ async fn write_responses(mut wr: tokio::io::WriteHalf<TcpStream>, mut slots: mps
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Aborts the task when dropped: when a stopping server aborts a
+/// connection's reader, its writer (which owns half of the socket) must go
+/// too, or the socket outlives the server (under the simulator, a restarted
+/// server's port then accepted connections nobody read).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -80,6 +80,25 @@ mod sim_main {
         format!("scripts/chaos --replay {seed} --suite {} --nodes {} --duration {}", suite.name(), args.nodes, args.duration)
     }
 
+    /// Wall-clock bound of one seed: a hung run is reported as a failure
+    /// with its seed instead of stalling the whole runner.
+    const SEED_WALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+    /// Runs `f` on its own thread; `Err(None)` if it did not finish within
+    /// [`SEED_WALL_LIMIT`] (the thread is abandoned), `Err(Some(panic))` if
+    /// it panicked.
+    fn run_bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Option<Box<dyn std::any::Any + Send>>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        match rx.recv_timeout(SEED_WALL_LIMIT) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(panic)) => Err(Some(panic)),
+            Err(_) => Err(None),
+        }
+    }
+
     fn run_seed(args: &Args, seed: u64, suite: Suite) -> SeedResult {
         let scenario = Scenario::new(seed, suite, args.nodes, args.duration * 1000);
         let durable = scenario.durable_acks();
@@ -87,10 +106,14 @@ mod sim_main {
         let s = scenario.clone();
         // A fresh OS thread per run: madsim and std's per-thread state must
         // not carry over between seeds.
-        let ran = std::thread::spawn(move || cluster::run(&s)).join();
+        let ran = run_bounded(move || cluster::run(&s));
         let outcome = match ran {
             Ok(o) => o,
-            Err(panic) => {
+            Err(None) => {
+                let failure = format!("the simulation hung: no result after {} s of wall time (a loop that never lets simulated time pass, or a runaway run)", SEED_WALL_LIMIT.as_secs());
+                return SeedResult { seed, suite, simulated_ms: 0, failure: Some(failure), plan, history: String::new(), digest: 0 };
+            }
+            Err(Some(panic)) => {
                 let msg = panic
                     .downcast_ref::<String>()
                     .cloned()
@@ -108,11 +131,11 @@ mod sim_main {
         }
         let digest = outcome.history.digest();
         if args.check_determinism && failure.is_none() {
-            let again = std::thread::spawn(move || cluster::run(&scenario)).join();
+            let again = run_bounded(move || cluster::run(&scenario));
             match again {
                 Ok(o) if o.history.digest() == digest => {}
                 Ok(o) => failure = Some(format!("    [determinism] same seed, different history: {digest:016x} then {:016x}", o.history.digest())),
-                Err(_) => failure = Some("    [determinism] the second run panicked".into()),
+                Err(_) => failure = Some("    [determinism] the second run panicked or hung".into()),
             }
         }
         SeedResult { seed, suite, simulated_ms: outcome.simulated_ms, failure, plan, history: outcome.history.to_text(), digest }
