@@ -529,7 +529,7 @@ fn reread_batch<S: Storage + ?Sized>(
     file_len: u64,
     expected: i64,
 ) -> Result<Option<BatchHeader>, StorageError> {
-    const ATTEMPTS: usize = 4;
+    const ATTEMPTS: usize = 16;
     for _ in 0..ATTEMPTS {
         let header = storage.read(file, pos, HEADER_LEN)?;
         let Ok(h) = BatchHeader::parse(&header) else { continue };

@@ -126,7 +126,22 @@ impl LeaderPartition {
     }
 
     /// Followers lagging past the limit leave the ISR (never the leader).
+    /// A joining follower that stopped fetching stops holding the high
+    /// watermark back after the same time: by then the metadata has shown
+    /// any expansion that committed.
     pub fn check_lag(&mut self, now: Millis) -> Option<IsrChange> {
+        let stalled: Vec<BrokerId> = self
+            .joining
+            .iter()
+            .copied()
+            .filter(|r| self.followers.get(r).is_some_and(|f| now - f.caught_up_at > self.lag_time_max_ms))
+            .collect();
+        if !self.change_in_flight && !stalled.is_empty() {
+            for r in stalled {
+                self.joining.remove(&r);
+            }
+            self.advance();
+        }
         if self.change_in_flight {
             return None;
         }
@@ -154,12 +169,15 @@ impl LeaderPartition {
         self.advance();
     }
 
-    /// The controller refused the proposal (a stale partition epoch, or
-    /// this node no longer leads): nothing changed; propose anew later.
+    /// The proposal was refused, or its answer was lost: propose anew
+    /// later. A joining follower keeps counting for the high watermark
+    /// until the metadata says otherwise: an answer lost on the way (or a
+    /// refusal of a repeat whose first copy committed) does not mean the
+    /// controller did not add it, and a high watermark that moved past a
+    /// committed ISR member's log end would let that member, once leader,
+    /// lose visible records (found by the replication suite, seed 22367).
     pub fn isr_change_refused(&mut self) {
-        self.joining.clear();
         self.change_in_flight = false;
-        self.advance();
     }
 
     fn advance(&mut self) {
