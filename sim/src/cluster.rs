@@ -52,6 +52,8 @@ pub struct Scenario {
     pub flush: FlushPolicy,
     /// Fault points inside the adapter fire (slow fsyncs).
     pub buggify: bool,
+    /// Replicated suites: mix acks=1 producers in (`CHAOS_ACKS1=1`).
+    pub acks1: bool,
 }
 
 impl Scenario {
@@ -70,7 +72,8 @@ impl Scenario {
         // a crash may shorten the log under a committed offset.
         let flush = if suite == Suite::Groups || suite.replicated() { FlushPolicy::EveryBatch } else { flush };
         let group_consumers = if suite == Suite::Groups { 3 } else { 0 };
-        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, group_consumers, flush, buggify }
+        let acks1 = std::env::var("CHAOS_ACKS1").is_ok_and(|v| v == "1");
+        Self { seed, suite, nodes, fault_window_ms, partitions: 3, producers_per_node: 2, group_consumers, flush, buggify, acks1 }
     }
 
     /// Whether acknowledgements promise durability (the flush-every-batch
@@ -85,7 +88,8 @@ impl Scenario {
     }
 
     pub fn describe(&self) -> String {
-        format!("flush {:?}, buggify {}", self.flush, if self.buggify { "on" } else { "off" })
+        let acks1 = if self.acks1 { ", acks=1 producers (CHAOS_ACKS1=1)" } else { "" };
+        format!("flush {:?}, buggify {}{acks1}", self.flush, if self.buggify { "on" } else { "off" })
     }
 
     pub fn plan(&self) -> FaultPlan {
@@ -173,6 +177,7 @@ async fn simulate(scenario: Scenario) -> Outcome {
             start,
             broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
             cluster: cluster.clone(),
+            acks1: scenario.acks1,
             node: i,
             partitions: scenario.partitions,
             stop_at: start,
@@ -191,6 +196,7 @@ async fn simulate(scenario: Scenario) -> Outcome {
         start,
         broker_addr: SocketAddr::new(broker_ip(i), PORT).to_string(),
         cluster: cluster.clone(),
+        acks1: scenario.acks1,
         node: if replicated { 0 } else { i },
         partitions: scenario.partitions,
         stop_at,
