@@ -42,7 +42,7 @@ from collections import Counter
 
 import pytest
 
-from test_groups import CkMember, admin, assert_read_once, commit_sync, describe_group, drive, split_evenly
+from test_groups import CkMember, admin, assert_read_once, commit_sync, describe_group, drive, split_evenly, wait_for
 
 # kafka-python 3.x emits importlib DeprecationWarnings by the hundred.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -64,18 +64,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def log(msg):
     print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def wait_for(cond, timeout, what, poll=0.1, diag=lambda: ""):
-    """Polls cond() until it is truthy; fails after timeout with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}. {diag()}")
-        time.sleep(poll)
 
 
 # ---------------------------------------------------------------------------
