@@ -382,6 +382,15 @@ impl Controller {
         if self.in_flight.is_some() {
             return;
         }
+        // A new leader's log can hold entries of earlier terms that are not
+        // committed yet, so not in the image. A decision taken on that
+        // image can contradict them once they commit (found by the
+        // replication suite, seed 30405: a stale image still had a fenced
+        // follower in the ISR and made it leader — an unclean election).
+        // Decide only on an image that includes the whole log.
+        if self.applied_index() < self.raft.log().last_index() {
+            return;
+        }
         // Sessions first: a dead broker's partitions need new leaders.
         let timeout = self.config.broker_session_timeout_ms;
         let expired = self
