@@ -161,6 +161,8 @@ impl Driver {
         }
     }
 
+    /// Any message of the current incarnation shows it is alive (and
+    /// revives it if it was given up on: it comes back empty).
     fn heard(&mut self, now: Millis, worker: WorkerId, epoch: u64) {
         if let Some(w) = self.workers.get_mut(&worker).filter(|w| w.epoch == epoch) {
             w.last_heard = now;
@@ -232,6 +234,7 @@ impl Driver {
     }
 
     fn status(&mut self, now: Millis, worker: WorkerId, epoch: u64, id: AttemptId, outcome: TaskOutcome, out: &mut Vec<DriverEffect>) {
+        self.heard(now, worker, epoch);
         // Fencing: only the incarnation the attempt was launched on speaks
         // for it, and only while the attempt is outstanding.
         if !self.attempts.get(&id).is_some_and(|a| a.worker == worker && a.epoch == epoch) {
@@ -240,7 +243,6 @@ impl Driver {
         let a = self.attempts.remove(&id).expect("checked");
         if let Some(w) = self.workers.get_mut(&worker).filter(|w| w.epoch == epoch) {
             w.busy = w.busy.saturating_sub(1);
-            w.last_heard = now;
         }
         // A stage attempt that ended (or a job that did) ignores its tasks.
         let Some(set) = self.current_set(&a) else { return };
