@@ -78,20 +78,31 @@ fn at_most_slots_tasks_run_and_the_rest_wait_in_order() {
 }
 
 #[test]
-fn kills_stop_running_and_queued_tasks_and_late_finishes_are_ignored() {
+fn a_killed_task_keeps_its_slot_until_the_pool_answers() {
     let (mut w, _) = worker(1);
     step(&mut w, 1, WorkerInput::Launch(map_task(1, 0, 10)));
     step(&mut w, 1, WorkerInput::Launch(map_task(1, 1, 11)));
+    step(&mut w, 1, WorkerInput::Launch(map_task(1, 2, 12)));
+    // A queued task never ran: answered at once.
     let out = step(&mut w, 2, WorkerInput::Kill(11));
     assert_eq!(statuses(&out), vec![(11, TaskOutcome::Killed)]);
     assert!(runs(&out).is_empty());
+    // A running one is asked to stop; it holds its slot meanwhile.
     let out = step(&mut w, 2, WorkerInput::Kill(10));
-    assert!(out.contains(&WorkerEffect::Cancel(10)));
+    assert_eq!(out, vec![WorkerEffect::Cancel(10)]);
+    assert!(step(&mut w, 2, WorkerInput::Kill(10)).is_empty(), "asked once");
+    assert_eq!((w.running(), w.queued()), (vec![10], vec![12]));
+    let out = step(&mut w, 3, WorkerInput::Finished { attempt: 10, outcome: TaskOutcome::Killed });
     assert_eq!(statuses(&out), vec![(10, TaskOutcome::Killed)]);
-    // The executor finishes it anyway: no report, no output kept.
-    assert!(step(&mut w, 3, WorkerInput::Finished { attempt: 10, outcome: TaskOutcome::Success { result: None } }).is_empty());
-    assert!(!w.has_shuffle(1, 0, 0));
-    assert!(step(&mut w, 3, WorkerInput::Kill(99)).is_empty());
+    assert_eq!(runs(&out), vec![12]);
+    // One that finished before the cancel took effect reports what it did.
+    step(&mut w, 4, WorkerInput::Kill(12));
+    let out = step(&mut w, 5, WorkerInput::Finished { attempt: 12, outcome: TaskOutcome::Success { result: None } });
+    assert_eq!(statuses(&out), vec![(12, TaskOutcome::Success { result: None })]);
+    assert!(w.has_shuffle(1, 0, 2), "its output exists");
+    // Unknown or repeated answers change nothing.
+    assert!(step(&mut w, 6, WorkerInput::Finished { attempt: 12, outcome: TaskOutcome::Killed }).is_empty());
+    assert!(step(&mut w, 6, WorkerInput::Kill(99)).is_empty());
 }
 
 #[test]
@@ -120,9 +131,15 @@ fn cleaning_a_job_deletes_its_outputs_stops_its_tasks_and_refuses_late_launches(
     let out = step(&mut w, 2, WorkerInput::CleanJob(2));
     assert!(out.contains(&WorkerEffect::DeleteShuffle(2)));
     assert!(out.contains(&WorkerEffect::Cancel(20)));
-    assert_eq!(statuses(&out), vec![(20, TaskOutcome::Killed), (21, TaskOutcome::Killed), (25, TaskOutcome::Killed)]);
-    assert_eq!(runs(&out), vec![11]);
+    assert_eq!(statuses(&out), vec![(21, TaskOutcome::Killed), (25, TaskOutcome::Killed)], "queued: dropped");
+    assert!(runs(&out).is_empty(), "20 holds the slot until it stops");
     assert!(w.has_shuffle(1, 0, 0), "another job's output stays");
+    // 20 finished writing before it could stop: the file goes too.
+    let out = step(&mut w, 2, WorkerInput::Finished { attempt: 20, outcome: TaskOutcome::Success { result: None } });
+    assert!(out.contains(&WorkerEffect::DeleteShuffle(2)));
+    assert!(!w.has_shuffle(2, 0, 0));
+    assert_eq!(statuses(&out), vec![(20, TaskOutcome::Success { result: None })]);
+    assert_eq!(runs(&out), vec![11]);
     let out = step(&mut w, 3, WorkerInput::Launch(map_task(2, 2, 22)));
     assert_eq!(statuses(&out), vec![(22, TaskOutcome::Killed)], "answered, so the driver frees the slot");
     step(&mut w, 3, WorkerInput::CleanJob(1));

@@ -4,10 +4,16 @@
 //! order), reports every task's end, and tracks which shuffle outputs it
 //! holds so it can serve reducers.
 //!
+//! The executor pool answers every `Run` with exactly one `Finished`. A
+//! kill is a request (`Cancel`): the task keeps its slot until the pool
+//! answers — `Killed`, or whatever the task achieved if it finished first,
+//! which is reported as it is (the driver decides what a late success of
+//! a killed copy is worth). So `slots` really bounds what runs.
+//!
 //! Launches beyond `slots` are queued rather than refused: the driver
-//! counts a killed task's slot as busy until the worker reports it, so an
-//! overflow only happens in the short window where a kill and a launch
-//! cross, and refusing would turn that race into a task failure.
+//! counts a killed task's slot as busy until the worker reports it, and
+//! reports cross launches on the wire, so an overflow is a short race, and
+//! refusing would turn that race into a task failure.
 //!
 //! A restart is a new `Worker` with a new, larger epoch and nothing held:
 //! shuffle outputs and running tasks die with the incarnation.
@@ -41,8 +47,8 @@ pub enum WorkerInput {
     Tick,
     Launch(TaskDesc),
     Kill(AttemptId),
-    /// The executor pool finished a task (a shuffle-map task's output is
-    /// written by then).
+    /// The executor pool's answer to `Run` (one per task, cancelled or
+    /// not; a shuffle-map task's output is written by then).
     Finished { attempt: AttemptId, outcome: TaskOutcome },
     /// The driver's job is over: its shuffle outputs may go.
     CleanJob(JobId),
@@ -60,7 +66,8 @@ pub enum WorkerEffect {
     ToDriver(DriverInput),
     /// Hand to the executor pool; it answers with `Finished`.
     Run(TaskDesc),
-    /// Stop that task if it still runs (its `Finished` is ignored anyway).
+    /// Stop that task early if it still runs; the pool answers with
+    /// `Finished` either way (`Killed`, or the outcome it reached first).
     Cancel(AttemptId),
     /// Delete every shuffle output of the job.
     DeleteShuffle(JobId),
@@ -75,6 +82,8 @@ struct Running {
     stage: StageId,
     partition: u32,
     map: bool,
+    /// Cancel asked, answer awaited.
+    killing: bool,
 }
 
 pub struct Worker {
@@ -120,7 +129,8 @@ impl Worker {
         self.shuffles.contains(&(job, shuffle, map_partition))
     }
 
-    /// The attempts on the executor pool, in id order.
+    /// The attempts on the executor pool (cancelled ones until the pool
+    /// answers), in id order.
     pub fn running(&self) -> Vec<AttemptId> {
         self.running.keys().copied().collect()
     }
@@ -151,19 +161,22 @@ impl Worker {
             }
             WorkerInput::Launch(task) => self.launch(task, out),
             WorkerInput::Kill(attempt) => {
-                if self.running.remove(&attempt).is_some() {
-                    out.push(WorkerEffect::Cancel(attempt));
-                    self.report(attempt, TaskOutcome::Killed, out);
+                if self.running.contains_key(&attempt) {
+                    self.cancel(attempt, out);
                 } else if let Some(i) = self.queued.iter().position(|t| t.attempt == attempt) {
                     self.queued.remove(i);
                     self.report(attempt, TaskOutcome::Killed, out);
                 }
             }
             WorkerInput::Finished { attempt, outcome } => {
-                // A task cancelled meanwhile may still finish: ignored.
                 let Some(task) = self.running.remove(&attempt) else { return self.fill(out) };
-                if task.map && matches!(outcome, TaskOutcome::Success { .. }) && !self.cleaned.contains(&task.job) {
-                    self.shuffles.insert((task.job, task.stage, task.partition));
+                if task.map && matches!(outcome, TaskOutcome::Success { .. }) {
+                    if self.cleaned.contains(&task.job) {
+                        // Written after the clean-up: delete it too.
+                        out.push(WorkerEffect::DeleteShuffle(task.job));
+                    } else {
+                        self.shuffles.insert((task.job, task.stage, task.partition));
+                    }
                 }
                 self.report(attempt, outcome, out);
             }
@@ -173,9 +186,7 @@ impl Worker {
                 out.push(WorkerEffect::DeleteShuffle(job));
                 let stop: Vec<AttemptId> = self.running.iter().filter(|(_, t)| t.job == job).map(|(a, _)| *a).collect();
                 for attempt in stop {
-                    self.running.remove(&attempt);
-                    out.push(WorkerEffect::Cancel(attempt));
-                    self.report(attempt, TaskOutcome::Killed, out);
+                    self.cancel(attempt, out);
                 }
                 let (drop, keep): (Vec<TaskDesc>, Vec<TaskDesc>) = self.queued.drain(..).partition(|t| t.job == job);
                 self.queued = keep.into();
@@ -188,6 +199,13 @@ impl Worker {
             }
         }
         self.fill(out);
+    }
+
+    fn cancel(&mut self, attempt: AttemptId, out: &mut Vec<WorkerEffect>) {
+        if let Some(t) = self.running.get_mut(&attempt).filter(|t| !t.killing) {
+            t.killing = true;
+            out.push(WorkerEffect::Cancel(attempt));
+        }
     }
 
     fn register(&self, out: &mut Vec<WorkerEffect>) {
@@ -211,7 +229,7 @@ impl Worker {
         while (self.running.len() as u32) < self.config.slots {
             let Some(task) = self.queued.pop_front() else { break };
             let map = matches!(task.output, StageOutput::ShuffleMap { .. });
-            self.running.insert(task.attempt, Running { job: task.job, stage: task.stage, partition: task.partition, map });
+            self.running.insert(task.attempt, Running { job: task.job, stage: task.stage, partition: task.partition, map, killing: false });
             out.push(WorkerEffect::Run(task));
         }
     }
