@@ -55,6 +55,9 @@ enum FaultKind {
     Slow { for_ms: Millis },
     /// One shuffle output file is gone.
     LoseOutput,
+    /// Messages to and from the worker take up to `extra` ms longer (a
+    /// congested link: kills arrive late, so losing copies finish).
+    Lag { for_ms: Millis, extra: Millis },
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +72,7 @@ impl Fault {
         self.at
             + match self.kind {
                 FaultKind::Crash { down } => down,
-                FaultKind::Pause { for_ms } | FaultKind::Slow { for_ms } => for_ms,
+                FaultKind::Pause { for_ms } | FaultKind::Slow { for_ms } | FaultKind::Lag { for_ms, .. } => for_ms,
                 FaultKind::LoseOutput => 0,
             }
     }
@@ -82,6 +85,8 @@ enum Ev {
     Worker { w: usize, epoch: u64, input: WorkerInput },
     WorkerTick { w: usize, epoch: u64 },
     ExecDone { w: usize, epoch: u64, attempt: AttemptId },
+    /// A cancelled task stops (unless it finished first).
+    CancelDone { w: usize, epoch: u64, attempt: AttemptId },
     Fault(Fault),
     Restart { w: usize },
     Submit(JobId),
@@ -95,10 +100,12 @@ struct SimWorker {
     /// This incarnation's shuffle files: (job, stage, map partition) ->
     /// buckets.
     disk: BTreeMap<(JobId, StageId, u32), Vec<Vec<u64>>>,
-    /// The executor pool.
-    executing: BTreeMap<AttemptId, TaskDesc>,
+    /// The executor pool: tasks running, and whether a cancel is under way.
+    executing: BTreeMap<AttemptId, (TaskDesc, bool)>,
     paused_until: Millis,
     slow_until: Millis,
+    lag_until: Millis,
+    lag: Millis,
     ticks: BTreeSet<Millis>,
 }
 
@@ -118,6 +125,9 @@ struct Stats {
     speculative: u64,
     kills: u64,
     crashes: u64,
+    /// Second successes of a result partition reaching the driver while
+    /// its job runs (the commit coordinator must refuse them).
+    duplicate_results: u64,
 }
 
 struct Sim {
@@ -135,8 +145,14 @@ struct Sim {
     /// driver, as (job, stage, partition, worker, epoch); the newest epoch
     /// each worker registered with.
     tasks: BTreeMap<AttemptId, TaskDesc>,
-    reported: BTreeSet<(JobId, StageId, u32, WorkerId, u64)>,
+    reported: BTreeMap<(JobId, StageId, u32, WorkerId, u64), Millis>,
     told_epoch: BTreeMap<WorkerId, u64>,
+    /// The driver's view of each worker's current incarnation, mirrored
+    /// from what it was told: (epoch, last heard, alive); and the times it
+    /// gave up on an incarnation for silence.
+    heard: BTreeMap<WorkerId, (u64, Millis, bool)>,
+    results_reported: BTreeSet<(JobId, u32)>,
+    given_up: BTreeMap<(WorkerId, u64), Vec<Millis>>,
     quiet_at: Millis,
     trace: u64,
     stats: Stats,
@@ -202,14 +218,17 @@ fn reference(spec: &JobSpec) -> Vec<Vec<u8>> {
     results
 }
 
-/// A random job: one of five shapes, 1–8 partitions per stage, stage ids
+/// A random job: one of five shapes, 1–8 partitions per map stage, 1–16
+/// in the result stage, stage ids
 /// out of order.
 fn random_job(rng: &mut Rng, job: JobId, workers: usize) -> JobSpec {
     let id = |i: u32| (i * 7 + 2) % 11;
     let mut n = |max: u64| 1 + (rng.next_u64() % max) as u32;
     let payload = (job.wrapping_mul(0x1000_0001) ^ 0xabcd).to_le_bytes().to_vec();
     let shape = n(5);
-    let (a, b, c) = (n(8), n(6), n(6));
+    // The result stage (c) is the widest: it runs in waves, so copies race
+    // while other partitions still run.
+    let (a, b, c) = (n(8), n(8), n(16));
     let mk = |i: u32, partitions: u32, parents: &[u32], output: StageOutput| StageSpec {
         id: id(i),
         partitions,
@@ -220,8 +239,8 @@ fn random_job(rng: &mut Rng, job: JobId, workers: usize) -> JobSpec {
     };
     let map = |buckets: u32| StageOutput::ShuffleMap { partitions: buckets };
     let mut stages = match shape {
-        1 => vec![mk(0, a, &[], StageOutput::Result)],
-        2 => vec![mk(0, a, &[], map(b)), mk(1, b, &[0], StageOutput::Result)],
+        1 => vec![mk(0, c, &[], StageOutput::Result)],
+        2 => vec![mk(0, a, &[], map(c)), mk(1, c, &[0], StageOutput::Result)],
         3 => vec![mk(0, a, &[], map(b)), mk(1, b, &[0], map(c)), mk(2, c, &[1], StageOutput::Result)],
         4 => vec![mk(0, a, &[], map(c)), mk(1, b, &[], map(c)), mk(2, c, &[0, 1], StageOutput::Result)],
         _ => vec![mk(0, a, &[], map(b)), mk(1, b, &[0], map(c)), mk(2, b, &[0], map(c)), mk(3, c, &[1, 2], StageOutput::Result)],
@@ -237,7 +256,10 @@ fn random_job(rng: &mut Rng, job: JobId, workers: usize) -> JobSpec {
 impl Sim {
     fn new(seed: u64, workers: usize, faults: &[Fault]) -> Self {
         let mut rng = Rng::new(seed);
-        let config = DriverConfig { worker_timeout_ms: WORKER_TIMEOUT_MS, ..DriverConfig::default() };
+        // Speculation as configured by default, or more eager (so several
+        // copies race within one stage, not only the last task's).
+        let (speculation_quantile, speculation_multiplier) = [(0.9, 3.0), (0.75, 2.0), (0.5, 1.5)][(rng.next_u64() % 3) as usize];
+        let config = DriverConfig { worker_timeout_ms: WORKER_TIMEOUT_MS, speculation_quantile, speculation_multiplier, ..DriverConfig::default() };
         let mut sim = Sim {
             now: 0,
             seq: 0,
@@ -249,8 +271,11 @@ impl Sim {
             fail_pct: rng.next_u64() % 8,
             failed_once: BTreeSet::new(),
             tasks: BTreeMap::new(),
-            reported: BTreeSet::new(),
+            reported: BTreeMap::new(),
             told_epoch: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            results_reported: BTreeSet::new(),
+            given_up: BTreeMap::new(),
             quiet_at: 0,
             trace: 0xcbf2_9ce4_8422_2325,
             stats: Stats::default(),
@@ -266,6 +291,8 @@ impl Sim {
                 executing: BTreeMap::new(),
                 paused_until: 0,
                 slow_until: 0,
+                lag_until: 0,
+                lag: 0,
                 ticks: BTreeSet::new(),
             });
             let at = (sim.rng.next_u64() % 50) as Millis;
@@ -304,8 +331,11 @@ impl Sim {
         self.queue.insert((at, self.seq), ev);
     }
 
-    fn delay(&mut self) -> Millis {
-        1 + (self.rng.next_u64() % 15) as Millis
+    /// A message's delay to or from worker `w`.
+    fn delay(&mut self, w: usize) -> Millis {
+        let sw = &self.workers[w];
+        let extra = if self.now < sw.lag_until { sw.lag } else { 0 };
+        1 + (self.rng.next_u64() % (15 + extra as u64)) as Millis
     }
 
     fn worker_index(worker: WorkerId) -> usize {
@@ -373,6 +403,14 @@ impl Sim {
                     self.exec_done(w, attempt);
                 }
             }
+            Ev::CancelDone { w, epoch, attempt } => {
+                if self.postpone(w, Ev::CancelDone { w, epoch, attempt }) {
+                    return Ok(());
+                }
+                if self.workers[w].epoch == epoch && self.workers[w].executing.remove(&attempt).is_some() {
+                    self.to_worker(w, epoch, WorkerInput::Finished { attempt, outcome: TaskOutcome::Killed });
+                }
+            }
             Ev::Restart { w } => {
                 let sw = &mut self.workers[w];
                 sw.epoch += 1;
@@ -417,6 +455,10 @@ impl Sim {
                 sw.paused_until = sw.paused_until.max(self.now + for_ms);
             }
             FaultKind::Slow { for_ms } => self.workers[w].slow_until = self.now + for_ms,
+            FaultKind::Lag { for_ms, extra } => {
+                self.workers[w].lag_until = self.now + for_ms;
+                self.workers[w].lag = extra;
+            }
             FaultKind::LoseOutput => {
                 let keys: Vec<_> = self.workers[w].disk.keys().copied().collect();
                 if keys.is_empty() || self.workers[w].machine.is_none() {
@@ -431,7 +473,26 @@ impl Sim {
     }
 
     fn to_driver(&mut self, input: DriverInput) -> Result<(), String> {
-        match &input {
+        self.observe(&input);
+        let mut out = Vec::new();
+        self.driver.step(self.now, input, &mut out);
+        let mirrored: Vec<(WorkerId, u64)> = self.heard.iter().filter(|(_, h)| h.2).map(|(w, h)| (*w, h.0)).collect();
+        if mirrored != self.driver.live_workers() {
+            return Err(format!("the checker's view of live workers {mirrored:?} is not the driver's {:?}", self.driver.live_workers()));
+        }
+        for e in out {
+            self.hash(&format!("{}:{e:?}", self.now));
+            self.driver_effect(e)?;
+        }
+        Ok(())
+    }
+
+    /// Mirrors what the driver was told: map outputs reported, worker
+    /// incarnations registered, heard from, and (after `worker_timeout_ms`
+    /// of silence at one of its steps) given up on.
+    fn observe(&mut self, input: &DriverInput) {
+        let now = self.now;
+        match input {
             DriverInput::RegisterWorker { worker, epoch, .. } => {
                 let e = self.told_epoch.entry(*worker).or_default();
                 *e = (*e).max(*epoch);
@@ -439,18 +500,32 @@ impl Sim {
             DriverInput::TaskStatus { worker, epoch, attempt, outcome: TaskOutcome::Success { .. } } => {
                 let t = &self.tasks[attempt];
                 if matches!(t.output, StageOutput::ShuffleMap { .. }) {
-                    self.reported.insert((t.job, t.stage, t.partition, *worker, *epoch));
+                    self.reported.insert((t.job, t.stage, t.partition, *worker, *epoch), now);
+                } else if !self.results_reported.insert((t.job, t.partition)) && self.jobs[&t.job].outcome.is_none() {
+                    self.stats.duplicate_results += 1;
                 }
             }
             _ => {}
         }
-        let mut out = Vec::new();
-        self.driver.step(self.now, input, &mut out);
-        for e in out {
-            self.hash(&format!("{}:{e:?}", self.now));
-            self.driver_effect(e)?;
+        if let DriverInput::RegisterWorker { worker, epoch, .. } | DriverInput::Heartbeat { worker, epoch } | DriverInput::TaskStatus { worker, epoch, .. } =
+            input
+        {
+            let registers = matches!(input, DriverInput::RegisterWorker { .. });
+            match self.heard.get_mut(worker) {
+                Some(h) if h.0 == *epoch => *h = (*epoch, now, true),
+                Some(h) if registers && h.0 < *epoch => *h = (*epoch, now, true),
+                None if registers => {
+                    self.heard.insert(*worker, (*epoch, now, true));
+                }
+                _ => {}
+            }
         }
-        Ok(())
+        for (worker, h) in &mut self.heard {
+            if h.2 && now - h.1 >= WORKER_TIMEOUT_MS {
+                h.2 = false;
+                self.given_up.entry((*worker, h.0)).or_default().push(now);
+            }
+        }
     }
 
     fn hash(&mut self, s: &str) {
@@ -465,7 +540,7 @@ impl Sim {
                 self.check_launch(&task)?;
                 self.stats.launches += 1;
                 let key = (task.job, task.stage, task.stage_attempt, task.partition);
-                if self.workers.iter().flat_map(|w| w.executing.values()).any(|t| (t.job, t.stage, t.stage_attempt, t.partition) == key) {
+                if self.workers.iter().flat_map(|w| w.executing.values()).any(|(t, _)| (t.job, t.stage, t.stage_attempt, t.partition) == key) {
                     self.stats.speculative += 1;
                 }
                 self.tasks.insert(task.attempt, task.clone());
@@ -511,10 +586,17 @@ impl Sim {
                 if loc.map_partition != m as u32 {
                     return Err(format!("job {} stage {}: map outputs out of order: {:?}", task.job, task.stage, input.maps));
                 }
-                if !self.reported.contains(&(task.job, input.shuffle, m as u32, loc.worker, loc.worker_epoch)) {
+                let Some(reported) = self.reported.get(&(task.job, input.shuffle, m as u32, loc.worker, loc.worker_epoch)) else {
                     return Err(format!(
                         "job {} stage {} partition {} reads map {m} of stage {} at worker {} epoch {}, which never reported it",
                         task.job, task.stage, task.partition, input.shuffle, loc.worker, loc.worker_epoch
+                    ));
+                };
+                let gave_up = self.given_up.get(&(loc.worker, loc.worker_epoch)).and_then(|t| t.iter().find(|t| *t >= reported));
+                if let Some(t) = gave_up {
+                    return Err(format!(
+                        "job {} stage {} partition {} (attempt {}) reads map {m} of stage {} at worker {} epoch {}, reported at {reported} ms, but the driver gave up on that worker at {t} ms",
+                        task.job, task.stage, task.partition, task.attempt, input.shuffle, loc.worker, loc.worker_epoch
                     ));
                 }
                 let told = self.told_epoch.get(&loc.worker).copied().unwrap_or(0);
@@ -562,7 +644,7 @@ impl Sim {
         if self.workers[w].machine.is_none() {
             return;
         }
-        let (epoch, at) = (self.workers[w].epoch, self.now + self.delay());
+        let (epoch, at) = (self.workers[w].epoch, self.now + self.delay(w));
         self.push(at, Ev::Worker { w, epoch, input });
     }
 
@@ -574,17 +656,25 @@ impl Sim {
         for e in out {
             match e {
                 WorkerEffect::ToDriver(input) => {
-                    let at = self.now + self.delay();
+                    let at = self.now + self.delay(w);
                     self.push(at, Ev::Driver(input));
                 }
                 WorkerEffect::Run(task) => {
-                    let slow = if self.now < self.workers[w].slow_until { 30 } else { 1 };
+                    // Durations with a tail: one task in ten is a straggler.
+                    let straggler = if self.rng.next_u64() % 10 == 0 { 2 + (self.rng.next_u64() % 8) as Millis } else { 1 };
+                    let slow = if self.now < self.workers[w].slow_until { 30 } else { straggler };
                     let at = self.now + (20 + (self.rng.next_u64() % 100) as Millis) * slow;
-                    self.workers[w].executing.insert(task.attempt, task.clone());
+                    self.workers[w].executing.insert(task.attempt, (task.clone(), false));
                     self.push(at, Ev::ExecDone { w, epoch, attempt: task.attempt });
                 }
                 WorkerEffect::Cancel(attempt) => {
-                    self.workers[w].executing.remove(&attempt);
+                    // Cancellation is cooperative: the task stops a little
+                    // later, or finishes first.
+                    if let Some((_, cancelling)) = self.workers[w].executing.get_mut(&attempt) {
+                        *cancelling = true;
+                        let at = self.now + (self.rng.next_u64() % 100) as Millis;
+                        self.push(at, Ev::CancelDone { w, epoch, attempt });
+                    }
                 }
                 WorkerEffect::DeleteShuffle(job) => self.workers[w].disk.retain(|(j, _, _), _| *j != job),
                 WorkerEffect::Timer { at } => {
@@ -600,7 +690,7 @@ impl Sim {
     /// output lost while it ran is a fetch failure), maybe fails, else
     /// writes its output and reports.
     fn exec_done(&mut self, w: usize, attempt: AttemptId) {
-        let Some(task) = self.workers[w].executing.remove(&attempt) else { return };
+        let Some((task, _)) = self.workers[w].executing.remove(&attempt) else { return };
         let spec = self.jobs[&task.job].spec.stages.iter().find(|s| s.id == task.stage).expect("a stage").clone();
         let outcome = match self.fetch(&task) {
             Err((shuffle, map_partition, worker)) => {
@@ -681,10 +771,11 @@ fn faults_from(seed: u64) -> (usize, Vec<Fault>) {
             let at = (rng.next_u64() % 2_500) as Millis;
             let worker = (rng.next_u64() % workers as u64) as usize;
             let d = 10 + (rng.next_u64() % 2_500) as Millis;
-            let kind = match rng.next_u64() % 4 {
+            let kind = match rng.next_u64() % 6 {
                 0 => FaultKind::Crash { down: d },
                 1 => FaultKind::Pause { for_ms: d.max(200) },
                 2 => FaultKind::Slow { for_ms: d.max(100) },
+                3 | 4 => FaultKind::Lag { for_ms: d.max(100), extra: (d * 7) % 1_500 },
                 _ => FaultKind::LoseOutput,
             };
             Fault { at, worker, kind }
@@ -695,10 +786,11 @@ fn faults_from(seed: u64) -> (usize, Vec<Fault>) {
 
 fn fault_strategy() -> impl Strategy<Value = Fault> {
     let kind = prop_oneof![
-        (10..2_500i64).prop_map(|down| FaultKind::Crash { down }),
-        (200..2_500i64).prop_map(|for_ms| FaultKind::Pause { for_ms }),
-        (100..3_000i64).prop_map(|for_ms| FaultKind::Slow { for_ms }),
-        Just(FaultKind::LoseOutput),
+        2 => (10..2_500i64).prop_map(|down| FaultKind::Crash { down }),
+        2 => (200..2_500i64).prop_map(|for_ms| FaultKind::Pause { for_ms }),
+        1 => (100..3_000i64).prop_map(|for_ms| FaultKind::Slow { for_ms }),
+        1 => Just(FaultKind::LoseOutput),
+        2 => (100..2_500i64, 0..1_500i64).prop_map(|(for_ms, extra)| FaultKind::Lag { for_ms, extra }),
     ];
     (0..2_500i64, 0..5usize, kind).prop_map(|(at, worker, kind)| Fault { at, worker, kind })
 }
@@ -751,6 +843,7 @@ fn the_faults_exercise_every_recovery_path() {
         total.speculative += s.speculative;
         total.kills += s.kills;
         total.crashes += s.crashes;
+        total.duplicate_results += s.duplicate_results;
     }
     eprintln!("{total:?}");
     assert!(total.crashes > 10 && total.fetch_failures > 10 && total.injected_failures > 10 && total.kills > 10, "{total:?}");
