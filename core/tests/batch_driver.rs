@@ -605,3 +605,23 @@ fn a_running_map_stage_reruns_a_lost_partition_within_its_attempt() {
     assert!(matches!(job_end(&out), Some(DriverEffect::JobSucceeded { .. })));
     assert_eq!(h.d.progress(1).unwrap().stages[0].attempt, 0);
 }
+
+#[test]
+fn a_dropped_connection_is_a_loss_at_once() {
+    let mut h = H::new(no_speculation());
+    h.register(1, 1, 1);
+    h.register(2, 1, 1);
+    let l = launches(&h.submit(1, two_stage(2, 1)));
+    let out = h.step(DriverInput::WorkerLost { worker: 2, epoch: 1 });
+    assert!(kills(&out).is_empty(), "unreachable: nothing to tell it");
+    assert_eq!(h.d.live_workers(), vec![(1, 1)]);
+    // Map 1 waits for worker 1's slot; a stale epoch's report changes nothing.
+    assert!(h.step(DriverInput::WorkerLost { worker: 1, epoch: 0 }).is_empty());
+    let next = launches(&h.ok(1, &l[0].1));
+    assert_eq!(next.iter().map(|(w, t)| (*w, t.partition)).collect::<Vec<_>>(), vec![(1, 1)]);
+    // It reconnects (same epoch): back, empty; its old task's report is fenced.
+    let out = h.register(2, 1, 1);
+    assert!(launches(&out).is_empty(), "nothing left to place");
+    assert!(h.ok(2, &l[1].1).is_empty());
+    assert_eq!(h.d.live_workers(), vec![(1, 1), (2, 1)]);
+}

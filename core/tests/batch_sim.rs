@@ -5,7 +5,8 @@
 //! running tasks) and restarts with a new epoch, pauses (stops answering,
 //! past the driver's timeout or not, then resumes with the same epoch),
 //! runs slowly (speculation), loses one shuffle file; tasks fail at random
-//! (at most once per partition, below `task_max_failures`).
+//! (at most once per partition, below `task_max_failures`); the driver's
+//! adapter may notice a crashed worker's connection drop (`WorkerLost`).
 //!
 //! The fake executor computes something whose answer is known: a source
 //! stage's partition emits numbers derived from (job, stage, partition), a
@@ -372,28 +373,28 @@ impl Sim {
 
     fn handle(&mut self, ev: Ev) -> Result<(), String> {
         match ev {
-            Ev::Driver(input) => self.to_driver(input)?,
+            Ev::Driver(input) => self.deliver_to_driver(input)?,
             Ev::DriverTick => {
                 self.driver_ticks.remove(&self.now);
-                self.to_driver(DriverInput::Tick)?;
+                self.deliver_to_driver(DriverInput::Tick)?;
             }
             Ev::Submit(job) => {
                 let spec = self.jobs[&job].spec.clone();
-                self.to_driver(DriverInput::SubmitJob { job, spec })?;
+                self.deliver_to_driver(DriverInput::SubmitJob { job, spec })?;
             }
-            Ev::Cancel(job) => self.to_driver(DriverInput::CancelJob { job })?,
+            Ev::Cancel(job) => self.deliver_to_driver(DriverInput::CancelJob { job })?,
             Ev::Worker { w, epoch, input } => {
                 if self.postpone(w, Ev::Worker { w, epoch, input: input.clone() }) {
                     return Ok(());
                 }
-                self.to_worker(w, epoch, input);
+                self.deliver_to_worker(w, epoch, input);
             }
             Ev::WorkerTick { w, epoch } => {
                 if self.postpone(w, Ev::WorkerTick { w, epoch }) {
                     return Ok(());
                 }
                 self.workers[w].ticks.remove(&self.now);
-                self.to_worker(w, epoch, WorkerInput::Tick);
+                self.deliver_to_worker(w, epoch, WorkerInput::Tick);
             }
             Ev::ExecDone { w, epoch, attempt } => {
                 if self.postpone(w, Ev::ExecDone { w, epoch, attempt }) {
@@ -408,7 +409,7 @@ impl Sim {
                     return Ok(());
                 }
                 if self.workers[w].epoch == epoch && self.workers[w].executing.remove(&attempt).is_some() {
-                    self.to_worker(w, epoch, WorkerInput::Finished { attempt, outcome: TaskOutcome::Killed });
+                    self.deliver_to_worker(w, epoch, WorkerInput::Finished { attempt, outcome: TaskOutcome::Killed });
                 }
             }
             Ev::Restart { w } => {
@@ -420,7 +421,7 @@ impl Sim {
                 let config = WorkerConfig { id: w as WorkerId + 1, slots: sw.slots, heartbeat_ms: HEARTBEAT_MS };
                 sw.machine = Some(Worker::new(config, sw.epoch));
                 let epoch = sw.epoch;
-                self.to_worker(w, epoch, WorkerInput::Start);
+                self.deliver_to_worker(w, epoch, WorkerInput::Start);
             }
             Ev::Fault(f) => self.fault(f),
         }
@@ -447,7 +448,13 @@ impl Sim {
                     sw.disk.clear();
                     sw.executing.clear();
                     sw.paused_until = 0;
+                    let epoch = sw.epoch;
                     self.push(self.now + down, Ev::Restart { w });
+                    if self.rng.next_u64() % 2 == 0 {
+                        // The driver's adapter sees the connection drop.
+                        let at = self.now + self.delay(w);
+                        self.push(at, Ev::Driver(DriverInput::WorkerLost { worker: w as WorkerId + 1, epoch }));
+                    }
                 }
             }
             FaultKind::Pause { for_ms } => {
@@ -467,12 +474,12 @@ impl Sim {
                 let (job, shuffle, map_partition) = keys[(self.rng.next_u64() % keys.len() as u64) as usize];
                 self.workers[w].disk.remove(&(job, shuffle, map_partition));
                 let epoch = self.workers[w].epoch;
-                self.to_worker(w, epoch, WorkerInput::ShuffleLost { job, shuffle, map_partition });
+                self.deliver_to_worker(w, epoch, WorkerInput::ShuffleLost { job, shuffle, map_partition });
             }
         }
     }
 
-    fn to_driver(&mut self, input: DriverInput) -> Result<(), String> {
+    fn deliver_to_driver(&mut self, input: DriverInput) -> Result<(), String> {
         self.observe(&input);
         let mut out = Vec::new();
         self.driver.step(self.now, input, &mut out);
@@ -518,6 +525,12 @@ impl Sim {
                     self.heard.insert(*worker, (*epoch, now, true));
                 }
                 _ => {}
+            }
+        }
+        if let DriverInput::WorkerLost { worker, epoch } = input {
+            if let Some(h) = self.heard.get_mut(worker).filter(|h| h.0 == *epoch && h.2) {
+                h.2 = false;
+                self.given_up.entry((*worker, *epoch)).or_default().push(now);
             }
         }
         for (worker, h) in &mut self.heard {
@@ -648,7 +661,7 @@ impl Sim {
         self.push(at, Ev::Worker { w, epoch, input });
     }
 
-    fn to_worker(&mut self, w: usize, epoch: u64, input: WorkerInput) {
+    fn deliver_to_worker(&mut self, w: usize, epoch: u64, input: WorkerInput) {
         let sw = &mut self.workers[w];
         let Some(machine) = sw.machine.as_mut().filter(|_| sw.epoch == epoch) else { return };
         let mut out = Vec::new();
@@ -710,7 +723,7 @@ impl Sim {
             }
         };
         let epoch = self.workers[w].epoch;
-        self.to_worker(w, epoch, WorkerInput::Finished { attempt, outcome });
+        self.deliver_to_worker(w, epoch, WorkerInput::Finished { attempt, outcome });
     }
 
     /// Reads the task's bucket of every map output it names, from the

@@ -92,7 +92,9 @@ impl Driver {
 
     /// Forgets an ended job (its state and progress); a running one stays.
     pub fn forget(&mut self, job: JobId) {
-        self.jobs.remove(&job).filter(|j| j.state == JobState::Running).map(|j| self.jobs.insert(job, j));
+        if self.jobs.get(&job).is_some_and(|j| j.state != JobState::Running) {
+            self.jobs.remove(&job);
+        }
     }
 
     /// The live workers with their epochs, in id order.
@@ -107,6 +109,11 @@ impl Driver {
             DriverInput::RegisterWorker { worker, epoch, slots } => self.register(now, worker, epoch, slots, out),
             DriverInput::Heartbeat { worker, epoch } => self.heard(now, worker, epoch),
             DriverInput::TaskStatus { worker, epoch, attempt, outcome } => self.status(now, worker, epoch, attempt, outcome, out),
+            DriverInput::WorkerLost { worker, epoch } => {
+                if self.workers.get(&worker).is_some_and(|w| w.epoch == epoch && w.alive) {
+                    self.worker_lost(worker, epoch, false, out);
+                }
+            }
             DriverInput::Tick => {}
         }
         self.expire_workers(now, out);

@@ -161,6 +161,11 @@ pub enum DriverInput {
     RegisterWorker { worker: WorkerId, epoch: u64, slots: u32 },
     Heartbeat { worker: WorkerId, epoch: u64 },
     TaskStatus { worker: WorkerId, epoch: u64, attempt: AttemptId, outcome: TaskOutcome },
+    /// The adapter saw the connection to that incarnation drop (messages
+    /// may have been lost): treat it as lost now rather than after
+    /// `worker_timeout_ms`. If it reconnects with the same epoch it comes
+    /// back empty.
+    WorkerLost { worker: WorkerId, epoch: u64 },
     Tick,
 }
 
