@@ -625,3 +625,59 @@ fn a_dropped_connection_is_a_loss_at_once() {
     assert!(h.ok(2, &l[1].1).is_empty());
     assert_eq!(h.d.live_workers(), vec![(1, 1), (2, 1)]);
 }
+
+/// The example in the book ("The batch driver and workers"), step by step.
+#[test]
+fn the_books_example_a_worker_dies_mid_shuffle() {
+    let mut h = H::new(no_speculation());
+    h.register(1, 1, 2); // worker A
+    h.register(2, 1, 2); // worker B
+    let mut spec = two_stage(4, 2);
+    spec.stages[1].preferred = vec![vec![1], vec![1]];
+    // 1. Stage 1 needs stage 0: the maps run first, spread over A and B.
+    let maps = launches(&h.submit(1, spec));
+    let placed = |l: &[(WorkerId, TaskDesc)]| l.iter().map(|(w, t)| (t.stage, t.partition, *w, t.attempt)).collect::<Vec<_>>();
+    assert_eq!(placed(&maps), vec![(0, 0, 1, 1), (0, 1, 2, 2), (0, 2, 1, 3), (0, 3, 2, 4)]);
+    // 2. All four succeed: the reduces run on A (preferred), reading A, B, A, B.
+    let mut reduces = Vec::new();
+    for (w, t) in &maps {
+        reduces.extend(launches(&h.ok(*w, t)));
+    }
+    assert_eq!(placed(&reduces), vec![(1, 0, 1, 5), (1, 1, 1, 6)]);
+    assert_eq!(reduces[1].1.inputs[0].maps.iter().map(|m| m.worker).collect::<Vec<_>>(), vec![1, 2, 1, 2]);
+    // 3. Reduce 0 commits. B crashes; reduce 1 cannot fetch map 1 from it.
+    h.ok(1, &reduces[0].1);
+    h.now = 50;
+    let out = h.report(1, &reduces[1].1, TaskOutcome::FetchFailed { shuffle: 0, map_partition: 1, worker: 2 });
+    assert_eq!(out, vec![DriverEffect::Timer { at: 250 }]);
+    let p = h.d.progress(1).unwrap();
+    assert_eq!((p.stages[0].done, p.stages[1].done), (2, 1), "maps 1 and 3 (both on B) unregistered; reduce 0 kept");
+    // 4. The resubmission: stage 0 attempt 1 over maps 1 and 3. The driver
+    // does not know B is dead: map 3 goes there, and hangs.
+    let again = launches(&h.at(250, DriverInput::Tick));
+    assert_eq!(placed(&again), vec![(0, 1, 1, 7), (0, 3, 2, 8)]);
+    assert!(again.iter().all(|(_, t)| t.stage_attempt == 1));
+    // 5. B restarts with epoch 2: its first incarnation is lost, map 3
+    // (attempt 8) is placed again — not counted as a failure.
+    let out = h.at(300, DriverInput::RegisterWorker { worker: 2, epoch: 2, slots: 2 });
+    h.epochs.insert(2, 2);
+    let m3 = launches(&out);
+    assert_eq!(placed(&m3), vec![(0, 3, 2, 9)]);
+    // 6. Maps 1 and 3 succeed: stage 1 attempt 1 runs reduce 1 only.
+    assert!(launches(&h.ok(1, &again[0].1)).is_empty());
+    let r1 = launches(&h.ok(2, &m3[0].1));
+    assert_eq!(placed(&r1), vec![(1, 1, 1, 10)]);
+    assert_eq!(r1[0].1.stage_attempt, 1);
+    let locations: Vec<(WorkerId, u64)> = r1[0].1.inputs[0].maps.iter().map(|m| (m.worker, m.worker_epoch)).collect();
+    assert_eq!(locations, vec![(1, 1), (1, 1), (1, 1), (2, 2)]);
+    // 7. It commits: the job succeeds, both workers clean up.
+    let out = h.ok(1, &r1[0].1);
+    assert_eq!(
+        out,
+        vec![
+            DriverEffect::JobSucceeded { job: 1, results: vec![b"r0".to_vec(), b"r1".to_vec()] },
+            DriverEffect::CleanJob { worker: 1, job: 1 },
+            DriverEffect::CleanJob { worker: 2, job: 1 },
+        ]
+    );
+}
