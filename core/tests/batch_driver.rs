@@ -554,6 +554,7 @@ fn invalid_specs_fail_at_submission() {
         (JobSpec { stages: vec![result(1, 1, &[0]), map(0, 1, &[], 1)] }, "not the last"),
         (JobSpec { stages: vec![map(0, 1, &[], 1), result(1, 1, &[2])] }, "reads stage 2"),
         (JobSpec { stages: vec![map(0, 1, &[], 1), map(0, 1, &[], 1), result(1, 1, &[0])] }, "twice"),
+        (JobSpec { stages: vec![result(0, u32::MAX, &[])] }, "at most"),
     ];
     for (i, (spec, why)) in cases.into_iter().enumerate() {
         let job = 10 + i as JobId;

@@ -10,6 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::tasks::TaskSet;
 use super::{AttemptId, JobId, JobProgress, JobSpec, JobState, MapLocation, ShuffleInput, StageId, StageOutput, StageProgress, StageSpec, WorkerId};
 
+/// More partitions than this in one stage is a mistake, not a job (the
+/// driver keeps a slot per partition).
+pub(crate) const MAX_PARTITIONS: u32 = 1 << 20;
+
 /// Where a map output lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Output {
@@ -89,6 +93,9 @@ impl Job {
                     Some(parent) if parent.is_map() => {}
                     _ => return Err(format!("stage {} reads stage {p}, which is not an earlier shuffle-map stage", s.id)),
                 }
+            }
+            if s.partitions > MAX_PARTITIONS {
+                return Err(format!("stage {} has {} partitions (at most {MAX_PARTITIONS})", s.id, s.partitions));
             }
             if !s.preferred.is_empty() && s.preferred.len() != s.partitions as usize {
                 return Err(format!("stage {}: {} preferred lists for {} partitions", s.id, s.preferred.len(), s.partitions));

@@ -32,7 +32,8 @@ pub type WorkerId = u32;
 pub type AttemptId = u64;
 
 /// A job: its stages in topological order (every parent before its
-/// children); the last one is the result stage.
+/// children); the last one is the result stage. Stage ids are the job's
+/// own; shuffles are not shared between jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub stages: Vec<StageSpec>,
@@ -159,6 +160,8 @@ pub enum DriverInput {
     /// A worker incarnation announces itself; a new `epoch` means the
     /// previous incarnation is gone, with its tasks and shuffle outputs.
     RegisterWorker { worker: WorkerId, epoch: u64, slots: u32 },
+    /// Every `heartbeat_ms`; `worker_timeout_ms` without any message of
+    /// the incarnation and it is lost.
     Heartbeat { worker: WorkerId, epoch: u64 },
     TaskStatus { worker: WorkerId, epoch: u64, attempt: AttemptId, outcome: TaskOutcome },
     /// The adapter saw the connection to that incarnation drop (messages
