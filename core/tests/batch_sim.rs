@@ -528,7 +528,8 @@ impl Sim {
             }
         }
         if let DriverInput::WorkerLost { worker, epoch } = input {
-            if let Some(h) = self.heard.get_mut(worker).filter(|h| h.0 == *epoch && h.2) {
+            let alive = self.heard.get_mut(worker).filter(|h| h.0 == *epoch && h.2);
+            if let Some(h) = alive {
                 h.2 = false;
                 self.given_up.entry((*worker, *epoch)).or_default().push(now);
             }
