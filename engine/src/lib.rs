@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod exec;
 pub mod expr;
+pub mod job;
 pub mod local;
 pub mod ops;
 pub mod physical;
