@@ -4,7 +4,8 @@
 //! library holds the history checkers for DESIGN.md §5's invariants, and
 //! the `chaos` binary (`scripts/chaos`) runs seeds through the simulator
 //! and judges each history with them. [`batch`] is the batch driver and
-//! workers' in-memory harness.
+//! workers' harness and the batch chaos suite (`--suite batch`), which needs
+//! no simulated nodes.
 
 pub mod batch;
 pub mod checkers;

@@ -1,6 +1,8 @@
-//! The batch driver and worker machines of `millrace_core::batch` under a
-//! seeded in-memory network with faults ([`sim`]), generic over what the
-//! tasks compute (`tests/batch_sim.rs` runs a fake executor whose answers
-//! are known).
+//! The batch suites: the driver and worker machines of
+//! `millrace_core::batch` under a seeded in-memory network with faults
+//! ([`sim`]), running either a fake executor whose answers are known
+//! (`tests/batch_sim.rs`) or the engine's real tasks ([`chaos`], the
+//! chaos runner's `--suite batch`).
 
+pub mod chaos;
 pub mod sim;
