@@ -5,12 +5,16 @@
 //!
 //! A seed draws 3–5 workers, two to five jobs submitted over the first two
 //! seconds (so they overlap), sometimes one more that is cancelled, and up
-//! to four faults over the first 2.5 s (see [`sim::FaultKind`]). A job is a
-//! random plan from `millrace_engine::testing` (filters, projections,
-//! aggregates, joins of every kind, sorts, limits, distinct, union,
-//! explode, repartition over random tables with NULLs) or one of three
-//! SQL-shaped ones over random in-memory tables: a word count, a group-by,
-//! a join of orders and customers (inner, left or full) with an aggregate.
+//! to four faults (see [`sim::FaultKind`]), half at any time in the first
+//! 2.5 s and half within 600 ms of a job's submission. A job is (half the
+//! time) a random plan from `millrace_engine::testing` (filters,
+//! projections, aggregates, joins of every kind, sorts, limits, distinct,
+//! union, explode, repartition over random tables with NULLs), with 1–7
+//! reduce partitions, or one of four SQL-shaped ones over random in-memory
+//! tables, with 1–8: a word count, a group-by, a filter-and-project whose
+//! only stage is a 4–16 partition scan (many result tasks, so copies race
+//! the commit coordinator), a join of customers and orders (inner, left or
+//! full) with an aggregate.
 //! The plan is cut into stages, turned into the driver's `JobSpec` by
 //! `millrace_engine::job::job_spec`, and each task a worker runs executes
 //! `millrace_engine::job::execute` on the decoded stage plan, fetching its
@@ -148,6 +152,26 @@ fn group_by(rng: &mut Rng) -> (String, LogicalPlan, bool) {
     (format!("group-by over {n} sales rows in {parts} partitions: {sql}"), ctx.sql(sql).expect("group-by plans").plan, false)
 }
 
+/// A single-stage job: its result stage is the scan itself, as wide as
+/// the table's partitions (so many result tasks race, and copies of them).
+fn filter_project(rng: &mut Rng) -> (String, LogicalPlan, bool) {
+    let n = rng.next_u64() % 80;
+    let rows = (0..n)
+        .map(|i| {
+            let word = WORDS[(rng.next_u64() % WORDS.len() as u64) as usize].to_string();
+            let v = (rng.next_u64() % 100) as i64 - 30;
+            vec![Value::Int(i as i64), maybe(rng, v), maybe(rng, word)]
+        })
+        .collect();
+    let schema = Schema::new(vec![Field::new("id", DataType::Int64), Field::new("v", DataType::Int64), Field::new("s", DataType::Utf8)]);
+    let mut ctx = Context::new();
+    let parts = 4 + (rng.next_u64() % 13) as u32;
+    let t = ctx.from_rows(schema, rows, parts).expect("a table");
+    ctx.register("t", &t);
+    let sql = "SELECT id, v * 2 + 1 AS w, upper(s) AS u, CASE WHEN v > 10 THEN 'big' ELSE 'small' END AS size FROM t WHERE v IS NULL OR v % 3 <> 0";
+    (format!("filter and project over {n} rows in {parts} partitions: {sql}"), ctx.sql(sql).expect("filter-project plans").plan, false)
+}
+
 fn join_aggregate(rng: &mut Rng) -> (String, LogicalPlan, bool) {
     let tiers = ["gold", "silver", "bronze"];
     let customers = 1 + rng.next_u64() % 15;
@@ -204,12 +228,12 @@ impl Scenario {
         for id in 1..=n + u64::from(cancelled) {
             let submit_at = (rng.next_u64() % 2_000) as Millis;
             let cancel_at = (id > n).then(|| submit_at + (rng.next_u64() % 400) as Millis);
-            let shuffle = 1 + (rng.next_u64() % 4) as u32;
-            let (what, plan, expect, config) = match rng.next_u64() % 6 {
-                0..=2 => {
+            let shuffle = 1 + (rng.next_u64() % 8) as u32;
+            let (what, plan, expect, config) = match rng.next_u64() % 8 {
+                0..=3 => {
                     let p: RandomPlan = sample(&random_plan(), rng.next_u64());
                     // Wider than the generator's 1-3, for more tasks to race.
-                    let config = PlannerConfig { shuffle_partitions: p.shuffle_partitions + (rng.next_u64() % 3) as u32 };
+                    let config = PlannerConfig { shuffle_partitions: p.shuffle_partitions + (rng.next_u64() % 5) as u32 };
                     let reference = evaluate(&p.plan, None).expect("the reference evaluates a random plan");
                     let expect = if p.limit_unordered() {
                         let local = run_local(&p.plan, config, None).expect("a random plan runs locally");
@@ -222,8 +246,9 @@ impl Scenario {
                 }
                 k => {
                     let (what, plan, ordered) = match k {
-                        3 => word_count(&mut rng),
-                        4 => group_by(&mut rng),
+                        4 => word_count(&mut rng),
+                        5 => group_by(&mut rng),
+                        6 => filter_project(&mut rng),
                         _ => join_aggregate(&mut rng),
                     };
                     let rows = evaluate(&plan, None).expect("the reference evaluates a fixed plan");
