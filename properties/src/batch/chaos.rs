@@ -278,7 +278,7 @@ impl Scenario {
                     // A fetch failure costs the reducer's stage an attempt,
                     // and four in a row fail the job: a split shorter than
                     // four resubmission rounds heals in time.
-                    7 => FaultKind::Split { other: 1 + (rng.next_u64() % (workers as u64 - 1)) as usize + worker, for_ms: 10 + d % 600 },
+                    7 => FaultKind::Split { other: (worker + 1 + (rng.next_u64() % (workers as u64 - 1)) as usize) % workers, for_ms: 10 + d % 600 },
                     _ => FaultKind::Crash { down: d % 500 },
                 };
                 Fault { at, worker, kind }
