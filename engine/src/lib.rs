@@ -23,6 +23,8 @@ pub mod reference;
 pub mod shuffle;
 pub mod source;
 pub mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 pub mod value;
 
