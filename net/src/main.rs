@@ -67,13 +67,16 @@ enum JobCommand {
     /// The jobs submitted to a node (running, and the last ones ended):
     /// state, elapsed time, and per stage the tasks done.
     Status {
-        /// Only this job, with its query.
+        /// Only this job (like 2-7), with its query and stages.
+        #[arg(value_parser = millrace_net::batch::proto::parse_job)]
         job: Option<u64>,
         #[command(flatten)]
         conn: BatchConn,
     },
     /// Cancel a running job (asked of any node, it reaches the job's driver).
     Cancel {
+        /// The job (like 2-7: node 2's seventh job).
+        #[arg(value_parser = millrace_net::batch::proto::parse_job)]
         job: u64,
         #[command(flatten)]
         conn: BatchConn,
@@ -341,7 +344,10 @@ fn sql_on_cluster(args: &SqlArgs, server: &str) -> anyhow::Result<()> {
     let mut bar = progress::StageBar::new();
     let result = run_query(server, &args.query, args.shuffle_partitions, |e| match e {
         Event::Accepted { job, node, shuffle_partitions } => {
-            bar.println(&format!("job {job} running on the cluster of node {node} ({server}); {shuffle_partitions} shuffle partitions"));
+            bar.println(&format!(
+                "job {} running, driven by node {node} ({server}); {shuffle_partitions} shuffle partitions",
+                millrace_net::batch::proto::job_name(job)
+            ));
         }
         Event::Progress(p) => bar.update(p),
     });
@@ -454,7 +460,7 @@ fn job(cmd: JobCommand) -> anyhow::Result<()> {
                 };
                 let query: String = j.query.split_whitespace().collect::<Vec<_>>().join(" ");
                 let query = if job.is_none() && query.chars().count() > 60 { format!("{}...", query.chars().take(57).collect::<String>()) } else { query };
-                println!("{:<16}  {:<10}  {:>8.1}s  {:<40}  {}", j.job, state, j.elapsed_ms as f64 / 1000.0, stages, query);
+                println!("{:<16}  {:<10}  {:>8.1}s  {:<40}  {}", millrace_net::batch::proto::job_name(j.job), state, j.elapsed_ms as f64 / 1000.0, stages, query);
                 if let JobState::Failed { reason } = &j.state {
                     println!("{:<16}  {reason}", "");
                 }

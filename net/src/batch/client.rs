@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use arrow::array::RecordBatch;
 use millrace_core::batch::{JobId, JobProgress};
 
-use super::proto::{JobInfo, Reply, Request, client_hello, read_frame, write_frame};
+use super::proto::{JobInfo, Reply, Request, client_hello, job_name, read_frame, write_frame};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,7 +59,7 @@ pub fn run_query(server: &str, sql: &str, shuffle_partitions: Option<u32>, mut o
     let mut job = None;
     loop {
         let reply: Reply = read_frame(&mut stream).map_err(|e| match job {
-            Some(j) => anyhow::anyhow!("lost the connection to the batch service at {server} while job {j} ran: {e:#} (did the node stop?)"),
+            Some(j) => anyhow::anyhow!("lost the connection to the batch service at {server} while job {} ran: {e:#} (did the node stop?)", job_name(j)),
             None => lost(server, e),
         })?;
         match reply {
@@ -70,7 +70,8 @@ pub fn run_query(server: &str, sql: &str, shuffle_partitions: Option<u32>, mut o
             Reply::Progress(p) => on_event(Event::Progress(&p)),
             Reply::ResultPart(bytes) => parts.push(bytes),
             Reply::Succeeded { .. } => break,
-            Reply::Failed { job: Some(j), reason } => bail!("job {j} failed: {reason}"),
+            Reply::Failed { job: Some(j), reason } if reason.starts_with("cancelled") => bail!("job {} was {reason}", job_name(j)),
+            Reply::Failed { job: Some(j), reason } => bail!("job {} failed: {reason}", job_name(j)),
             Reply::Failed { job: None, reason } => bail!("{reason}"),
             Reply::Error(e) => bail!("{e}"),
             other => bail!("unexpected answer from {server}: {other:?}"),

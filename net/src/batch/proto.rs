@@ -51,6 +51,31 @@ pub enum Fetched {
     TooLarge(u64),
 }
 
+/// The node whose driver runs `job` (job ids carry it in their high 32
+/// bits, so they are unique across drivers).
+pub fn job_node(job: JobId) -> u32 {
+    (job >> 32) as u32
+}
+
+/// A job id as people see it: `node-sequence`, e.g. `2-7` (node 2's
+/// seventh job).
+pub fn job_name(job: JobId) -> String {
+    format!("{}-{}", job >> 32, job & 0xffff_ffff)
+}
+
+/// `node-sequence`, or the id as one number.
+pub fn parse_job(s: &str) -> Result<JobId, String> {
+    let bad = || format!("{s:?} is not a job id (like 2-7: the node that ran it, then its number there)");
+    match s.split_once('-') {
+        Some((node, seq)) => {
+            let node: u32 = node.trim().parse().map_err(|_| bad())?;
+            let seq: u32 = seq.trim().parse().map_err(|_| bad())?;
+            Ok((u64::from(node) << 32) | u64::from(seq))
+        }
+        None => s.trim().parse().map_err(|_| bad()),
+    }
+}
+
 /// First bytes a command-line client sends on a node's batch port.
 pub const CLIENT_MAGIC: [u8; 4] = *b"MLRB";
 /// Bumped when requests or replies change.

@@ -70,10 +70,7 @@ const FRAME_MARGIN: usize = 64 << 10;
 /// A client must send its hello and request within this.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The node whose driver runs `job`.
-pub fn job_node(job: JobId) -> u32 {
-    (job >> 32) as u32
-}
+use super::proto::{job_name, job_node};
 
 /// What a node's batch service needs.
 pub struct BatchSetup {
@@ -353,7 +350,15 @@ fn plan(sql: &str, shuffle_partitions: u32) -> Result<JobSpec, String> {
         let stages = cut(&plan, PlannerConfig { shuffle_partitions }).map_err(|e| e.to_string())?;
         Ok(job_spec(&stages))
     });
-    planned.unwrap_or_else(|_| Err("the planner panicked (a bug: please report the query)".into()))
+    let planned = planned.unwrap_or_else(|_| Err("the planner panicked (a bug: please report the query)".into()));
+    planned.map_err(|e: String| {
+        if e.contains("No such file") {
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            format!("{e} (files are opened by the cluster's nodes: a relative path is resolved in the node's working directory, {cwd}; use absolute paths)")
+        } else {
+            e
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -675,8 +680,8 @@ impl Node {
         meta.ended = Some(now);
         let secs = (now - meta.submitted) as f64 / 1000.0;
         match &outcome {
-            Ok(results) => tracing::info!(job, results = results.len(), "job succeeded in {secs:.2} s"),
-            Err(reason) => tracing::info!(job, %reason, note = ?meta.note, "job failed after {secs:.2} s"),
+            Ok(results) => tracing::info!(job = %job_name(job), results = results.len(), "job succeeded in {secs:.2} s"),
+            Err(reason) => tracing::info!(job = %job_name(job), %reason, note = ?meta.note, "job failed after {secs:.2} s"),
         }
         if let Some(replies) = meta.replies.take() {
             if let Some(p) = progress.filter(|p| Some(p) != meta.last_progress.as_ref()) {
@@ -691,7 +696,7 @@ impl Node {
                 }
                 Err(reason) => {
                     let reason = match &meta.note {
-                        Some(note) if reason == "cancelled" => format!("cancelled ({note})"),
+                        Some(note) if reason == "cancelled" => note.clone(),
                         _ => reason,
                     };
                     replies.send(Reply::Failed { job: Some(job), reason })
@@ -764,7 +769,7 @@ impl Node {
                 };
                 let job = (u64::from(self.me) << 32) | self.next_job;
                 self.next_job += 1;
-                tracing::info!(job, stages = spec.stages.len(), shuffle_partitions, query = %sql, "job submitted");
+                tracing::info!(job = %job_name(job), stages = spec.stages.len(), shuffle_partitions, query = %sql, "job submitted");
                 let _ = replies.send(Reply::Accepted { job, node: self.me, shuffle_partitions });
                 let meta = JobMeta { query: sql, submitted: self.now(), ended: None, session, replies: Some(replies), last_progress: None, note: None };
                 self.jobs.insert(job, meta);
@@ -779,10 +784,10 @@ impl Node {
                     .collect();
                 for job in running {
                     if let Some(m) = self.jobs.get_mut(&job) {
-                        m.note = Some("the client disconnected".into());
+                        m.note = Some("cancelled: the client disconnected".into());
                         m.replies = None;
                     }
-                    tracing::info!(job, "the client disconnected; cancelling its job");
+                    tracing::info!(job = %job_name(job), "the client disconnected; cancelling its job");
                     self.driver_step(DriverInput::CancelJob { job });
                 }
             }
@@ -813,9 +818,9 @@ impl Node {
                 let answer = if owner != self.me {
                     if self.nodes.contains(&owner) {
                         self.send(owner, Body::Cancel { job });
-                        Reply::Done(format!("cancellation of job {job} sent to node {owner}, its driver"))
+                        Reply::Done(format!("cancellation of job {} sent to node {owner}, its driver", job_name(job)))
                     } else {
-                        Reply::Error(format!("job {job} would run on node {owner}, which is not in this cluster"))
+                        Reply::Error(format!("job {} would run on node {owner}, which is not in this cluster", job_name(job)))
                     }
                 } else {
                     match self.driver.job_state(job) {
@@ -824,9 +829,9 @@ impl Node {
                                 m.note = Some("cancelled by `millrace job cancel`".into());
                             }
                             self.driver_step(DriverInput::CancelJob { job });
-                            Reply::Done(format!("job {job} cancelled"))
+                            Reply::Done(format!("job {} cancelled", job_name(job)))
                         }
-                        Some(state) => Reply::Error(format!("job {job} has already ended: {}", state_name(&state))),
+                        Some(state) => Reply::Error(format!("job {} has already ended: {}", job_name(job), state_name(&state))),
                         None => Reply::Error(self.not_here(job)),
                     }
                 };
@@ -838,9 +843,9 @@ impl Node {
     fn not_here(&self, job: JobId) -> String {
         let owner = job_node(job);
         if owner == self.me {
-            format!("no job {job} on node {} (unknown, or ended long ago)", self.me)
+            format!("no job {} on node {} (unknown, or ended long ago)", job_name(job), self.me)
         } else {
-            format!("job {job} was submitted to node {owner}, not to this node ({}): ask that node's batch port", self.me)
+            format!("job {} was submitted to node {owner}, not to this node ({}): ask that node's batch port", job_name(job), self.me)
         }
     }
 }
