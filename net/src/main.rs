@@ -440,9 +440,12 @@ fn job(cmd: JobCommand) -> anyhow::Result<()> {
     use millrace_net::batch::client;
     match cmd {
         JobCommand::Status { job, conn } => {
-            let jobs = client::status(&conn.server, job)?;
+            let status = client::status(&conn.server, job)?;
+            let workers: Vec<String> = status.workers.iter().map(|(w, slots)| format!("{w} ({slots} slots)")).collect();
+            println!("node {} ({}): live workers {}", status.node, conn.server, if workers.is_empty() { "none".into() } else { workers.join(", ") });
+            let jobs = status.jobs;
             if jobs.is_empty() {
-                println!("no jobs on {}", conn.server);
+                println!("no jobs");
                 return Ok(());
             }
             println!("{:<16}  {:<10}  {:>9}  {:<40}  QUERY", "JOB", "STATE", "ELAPSED", "STAGES (tasks done/total)");

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use arrow::array::RecordBatch;
 use millrace_core::batch::{JobId, JobProgress};
 
-use super::proto::{JobInfo, Reply, Request, client_hello, job_name, read_frame, write_frame};
+use super::proto::{Reply, Status, Request, client_hello, job_name, read_frame, write_frame};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,12 +80,12 @@ pub fn run_query(server: &str, sql: &str, shuffle_partitions: Option<u32>, mut o
     Ok(millrace_engine::job::decode_results(&parts)?)
 }
 
-/// The jobs of the node at `server` (or one of them).
-pub fn status(server: &str, job: Option<JobId>) -> anyhow::Result<Vec<JobInfo>> {
+/// The live workers and the jobs of the node at `server` (or one job).
+pub fn status(server: &str, job: Option<JobId>) -> anyhow::Result<Status> {
     let mut stream = connect(server)?;
     write_frame(&mut stream, &Request::Status { job }).map_err(|e| lost(server, e))?;
     match read_frame::<Reply>(&mut stream).map_err(|e| lost(server, e))? {
-        Reply::Jobs(jobs) => Ok(jobs),
+        Reply::Status(status) => Ok(status),
         Reply::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from {server}: {other:?}"),
     }

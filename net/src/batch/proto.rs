@@ -104,9 +104,18 @@ pub enum Reply {
     Succeeded { job: JobId },
     /// `job` is `None` when the query never became a job (a planning error).
     Failed { job: Option<JobId>, reason: String },
-    Jobs(Vec<JobInfo>),
+    Status(Status),
     Done(String),
     Error(String),
+}
+
+/// A node's answer to `Status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub node: u32,
+    /// The workers its driver counts as live: (node, task slots).
+    pub workers: Vec<(u32, u32)>,
+    pub jobs: Vec<JobInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

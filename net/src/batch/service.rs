@@ -57,7 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::proto::{BatchMsg, Body, CLIENT_MAGIC, CLIENT_VERSION, Fetched, JobInfo, MAX_CLIENT_FRAME, Reply, Request, decode, encode_frame};
+use super::proto::{BatchMsg, Body, CLIENT_MAGIC, CLIENT_VERSION, Fetched, JobInfo, MAX_CLIENT_FRAME, Reply, Request, Status, decode, encode_frame};
 use crate::clock::Clock;
 use crate::config::{BatchConfig, ServeConfig};
 use crate::peer::{Extras, Foreign, LinkEvent, MAX_FRAME_BYTES, PeerTransport};
@@ -809,7 +809,15 @@ impl Node {
                     .collect::<Vec<_>>();
                 let answer = match job {
                     Some(j) if infos.is_empty() => Reply::Error(self.not_here(j)),
-                    _ => Reply::Jobs(infos),
+                    _ => {
+                        let workers = self
+                            .driver
+                            .live_workers()
+                            .into_iter()
+                            .map(|(w, _)| (w, self.worker_slots.get(&w).copied().unwrap_or(0)))
+                            .collect();
+                        Reply::Status(Status { node: self.me, workers, jobs: infos })
+                    }
                 };
                 let _ = reply.send(answer);
             }
