@@ -58,11 +58,16 @@ struct Cluster {
 impl Cluster {
     /// Three nodes that stay dead when killed; `toml` is every node's config.
     fn start(dir: &Path, toml: &str) -> Cluster {
+        Self::start_restarting(dir, toml, 3_600_000)
+    }
+
+    /// Three nodes, each restarted `restart_ms` after it dies.
+    fn start_restarting(dir: &Path, toml: &str, restart_ms: u64) -> Cluster {
         let config = dir.join("node.toml");
         std::fs::write(&config, toml).unwrap();
         let base = free_base_port();
         let supervisor = Command::new(BIN)
-            .args(["dev-cluster", "--nodes", "3", "--base-port", &base.to_string(), "--restart-delay-ms", "3600000", "--data-dir"])
+            .args(["dev-cluster", "--nodes", "3", "--base-port", &base.to_string(), "--restart-delay-ms", &restart_ms.to_string(), "--data-dir"])
             .arg(dir.join("cluster"))
             .arg("--")
             .arg("--config")
@@ -73,7 +78,13 @@ impl Cluster {
             .spawn()
             .unwrap();
         let cluster = Cluster { dir: dir.to_path_buf(), supervisor, base };
-        // Every driver counts every node as a live worker.
+        cluster.wait_for_workers();
+        cluster
+    }
+
+    /// Until every driver counts every node as a live worker.
+    fn wait_for_workers(&self) {
+        let cluster = self;
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in 1..=3 {
             loop {
@@ -88,7 +99,10 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        cluster
+    }
+
+    fn pid(&self, node: u16) -> String {
+        std::fs::read_to_string(self.dir.join(format!("cluster/node-{node}/pid"))).unwrap_or_default().trim().to_string()
     }
 
     fn batch(&self, node: u16) -> String {
@@ -100,8 +114,8 @@ impl Cluster {
     }
 
     fn kill(&self, node: u16) {
-        let pid = std::fs::read_to_string(self.dir.join(format!("cluster/node-{node}/pid"))).unwrap();
-        let status = Command::new("kill").args(["-KILL", pid.trim()]).status().unwrap();
+        let pid = self.pid(node);
+        let status = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
         assert!(status.success(), "kill -KILL {pid}");
     }
 
@@ -328,6 +342,36 @@ fn job_status_cancel_and_errors() {
     let o = cluster.millrace(&["sql", "--server", &dead, "SELECT 1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("cannot reach the batch service at") && !err.contains("panicked"), "{err}");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn restarted_nodes_rejoin_as_drivers_and_workers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir("restart");
+    let (sales, products, _) = write_data(&dir, 5_000);
+    let cluster = Cluster::start_restarting(&dir, "[batch]\nslots = 2\n", 200);
+    let sql = format!(
+        "SELECT p.category, s.region, count(*) AS n, sum(s.qty) AS q FROM read_csv('{sales}', 6) s JOIN read_csv('{products}') p ON s.product = p.product GROUP BY p.category, s.region ORDER BY p.category, s.region"
+    );
+    let expected = run_to_csv(&cluster, &["--local"], &sql, &dir.join("local.csv"));
+    assert_eq!(run_to_csv(&cluster, &["--server", &cluster.batch(1)], &sql, &dir.join("before.csv")), expected);
+    // Node 1 (a driver that has served a job) and node 3 (a worker) die and
+    // come back as new incarnations: the others serve the new driver with
+    // fresh worker machines, and every driver registers the new workers.
+    let before = (cluster.pid(1), cluster.pid(3));
+    cluster.kill(1);
+    cluster.kill(3);
+    wait_until("nodes 1 and 3 restart", &cluster, Duration::from_secs(20), || {
+        let now = (cluster.pid(1), cluster.pid(3));
+        now.0 != before.0 && now.1 != before.1
+    });
+    cluster.wait_for_workers();
+    for node in 1..=3 {
+        let out = dir.join(format!("after-{node}.csv"));
+        assert_eq!(run_to_csv(&cluster, &["--server", &cluster.batch(node)], &sql, &out), expected, "through node {node}");
+    }
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
