@@ -15,7 +15,7 @@ pub const DEFAULT_DATA_DIR: &str = "./millrace-data";
 /// (9094 next to 9092).
 pub const BATCH_PORT_AFTER_LISTEN: u16 = 2;
 /// A cluster node's batch port, when not configured: its peer (voter) port
-/// + 100, on the voter address's IP (9193 next to a voter at 9093; the
+/// plus 100, on the voter address's IP (9193 next to a voter at 9093; the
 /// dev-cluster's nodes 19192.. get 19292..).
 pub const BATCH_PORT_AFTER_PEER: u16 = 100;
 
