@@ -318,7 +318,7 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
     if let Some(p) = args.shuffle_partitions {
         config.planner.shuffle_partitions = p.max(1);
     }
-    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_engine::sql::Catalog::default())?;
+    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_net::batch::catalog())?;
     if args.explain {
         println!("{}", plan.display_indent());
         for st in millrace_engine::physical::cut(&plan, config.planner)? {

@@ -346,7 +346,7 @@ fn start_pool(slots: u32, exec: &Arc<Exec>, done: mpsc::UnboundedSender<Done>) -
 /// files' schemas).
 fn plan(sql: &str, shuffle_partitions: u32) -> Result<JobSpec, String> {
     let planned = std::panic::catch_unwind(|| {
-        let plan = millrace_engine::sql::plan_sql(sql, &millrace_engine::sql::Catalog::default()).map_err(|e| e.to_string())?;
+        let plan = millrace_engine::sql::plan_sql(sql, &super::catalog()).map_err(|e| e.to_string())?;
         let stages = cut(&plan, PlannerConfig { shuffle_partitions }).map_err(|e| e.to_string())?;
         Ok(job_spec(&stages))
     });
