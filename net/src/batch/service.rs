@@ -681,7 +681,11 @@ impl Node {
         let secs = (now - meta.submitted) as f64 / 1000.0;
         match &outcome {
             Ok(results) => tracing::info!(job = %job_name(job), results = results.len(), "job succeeded in {secs:.2} s"),
-            Err(reason) => tracing::info!(job = %job_name(job), %reason, note = ?meta.note, "job failed after {secs:.2} s"),
+            Err(reason) if reason == "cancelled" => {
+                let why = meta.note.as_deref().unwrap_or("cancelled");
+                tracing::info!(job = %job_name(job), "job {why} after {secs:.2} s");
+            }
+            Err(reason) => tracing::info!(job = %job_name(job), %reason, "job failed after {secs:.2} s"),
         }
         if let Some(replies) = meta.replies.take() {
             if let Some(p) = progress.filter(|p| Some(p) != meta.last_progress.as_ref()) {
