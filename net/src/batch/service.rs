@@ -158,6 +158,7 @@ impl BatchService {
             local: VecDeque::new(),
             next_hello: 0,
             last_tick: 0,
+            strangers: BTreeSet::new(),
         };
         tracing::info!(node = setup.node, batch_listen = %local_addr, slots, peers = ?setup.peers, "batch service listening");
         let tasks = vec![tokio::spawn(node.run(inbox, links, commands, done)), tokio::spawn(accept_clients(foreign, commands_tx))];
@@ -421,6 +422,8 @@ struct Node {
     local: VecDeque<(u64, Body)>,
     next_hello: Millis,
     last_tick: Millis,
+    /// Nodes outside the cluster that sent something (warned once).
+    strangers: BTreeSet<u32>,
 }
 
 impl Node {
@@ -506,6 +509,13 @@ impl Node {
     }
 
     fn handle(&mut self, from: u32, incarnation: u64, body: Body) {
+        if !self.nodes.contains(&from) {
+            // Not in this node's voter list: it could not be answered.
+            if self.strangers.insert(from) {
+                tracing::warn!(from, "ignoring batch messages from a node not in this cluster's voter list (do all nodes have the same voters?)");
+            }
+            return;
+        }
         match body {
             Body::ToDriver(input) => {
                 let worker = match &input {
