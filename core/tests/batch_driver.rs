@@ -518,6 +518,26 @@ fn cancelling_kills_the_tasks_reports_and_cleans() {
 }
 
 #[test]
+fn a_worker_registering_again_is_told_to_clean_every_ended_job() {
+    // Its connection broke while jobs ended, so their CleanJobs were lost.
+    let mut h = H::new(no_speculation());
+    h.register(1, 1, 2);
+    let l = launches(&h.submit(1, two_stage(2, 1)));
+    let end = run_to_end(&mut h, l);
+    assert!(matches!(job_end(&end), Some(DriverEffect::JobSucceeded { job: 1, .. })));
+    let l = launches(&h.submit(2, two_stage(1, 1)));
+    assert_eq!(l.len(), 1);
+    // The same incarnation registers again (a reconnection): job 1 ended,
+    // job 2 still runs and keeps its outputs.
+    assert_eq!(cleans(&h.register(1, 1, 2)), vec![(1, 1)]);
+    // A new incarnation is a different case: it starts empty.
+    assert!(cleans(&h.register(1, 2, 2)).is_empty());
+    // Forgotten jobs are not cleaned again.
+    h.d.forget(1);
+    assert!(cleans(&h.register(1, 2, 2)).is_empty());
+}
+
+#[test]
 fn concurrent_jobs_share_the_workers_first_submitted_first() {
     let mut h = H::new(no_speculation());
     h.register(1, 1, 2);

@@ -255,10 +255,7 @@ fn binary_op(op: BinaryOp, l: Col, lt: DataType, r: Col, rt: DataType, rows: usi
                 to_type(l, DataType::Float64)?,
                 to_type(r, DataType::Float64)?,
             );
-            let r = r.map(|a| {
-                let zero = cmp::eq(a, &Scalar::new(Float64Array::from(vec![0.0])))?;
-                Ok(nullif(a, &zero)?)
-            })?;
+            let r = r.map(zero_to_null)?;
             binary(&l, &r, |a, b| Ok(numeric::div(a, b)?))
         }
         Plus | Minus | Multiply | Modulo => {
@@ -280,15 +277,7 @@ fn binary_op(op: BinaryOp, l: Col, lt: DataType, r: Col, rt: DataType, rows: usi
             }
             let (l, r) = (to_type(l, c)?, to_type(r, c)?);
             let r = if op == Modulo {
-                r.map(|a| {
-                    let zero: ArrayRef = if c == DataType::Float64 {
-                        Arc::new(Float64Array::from(vec![0.0]))
-                    } else {
-                        Arc::new(Int64Array::from(vec![0]))
-                    };
-                    let is_zero = cmp::eq(a, &Scalar::new(zero))?;
-                    Ok(nullif(a, &is_zero)?)
-                })?
+                r.map(zero_to_null)?
             } else {
                 r
             };
@@ -302,6 +291,19 @@ fn binary_op(op: BinaryOp, l: Col, lt: DataType, r: Col, rt: DataType, rows: usi
             })
         }
     }
+}
+
+/// A divisor with its zeros made NULL (x / 0 and x % 0 are NULL). A float
+/// zero is either sign: Arrow's comparison kernels order floats totally,
+/// where -0.0 is not 0.0, so the test is `==` on the values instead.
+fn zero_to_null(a: &ArrayRef) -> Result<ArrayRef> {
+    let is_zero = match a.data_type() {
+        arrow::datatypes::DataType::Float64 => {
+            BooleanArray::from_unary(a.as_primitive::<Float64Type>(), |x| x == 0.0)
+        }
+        _ => cmp::eq(a, &Scalar::new(Int64Array::from(vec![0])))?,
+    };
+    Ok(nullif(a, &is_zero)?)
 }
 
 fn map_str(a: &ArrayRef, f: impl Fn(&str) -> String) -> ArrayRef {

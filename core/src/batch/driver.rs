@@ -156,6 +156,16 @@ impl Driver {
                 w.slots = slots;
                 w.last_heard = now;
                 w.alive = true;
+                // The same incarnation registering again reconnected: a
+                // CleanJob sent while its connection was broken was lost,
+                // and it would keep that job's shuffle outputs until it
+                // restarts. Every ended job the driver still knows is
+                // cleaned again (the worker takes a repeat as a no-op).
+                for (id, job) in &self.jobs {
+                    if job.state != JobState::Running {
+                        out.push(DriverEffect::CleanJob { worker, job: *id });
+                    }
+                }
             }
             previous => {
                 // A new incarnation: the previous one is gone, with its

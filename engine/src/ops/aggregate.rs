@@ -151,12 +151,56 @@ pub fn aggregate(
 }
 
 /// Maps group keys to dense group ids in first-seen order.
+///
+/// A single BIGINT key or a single STRING key has a table of its own that
+/// holds the key itself (a string of up to 16 bytes inside the entry), so
+/// a lookup touches one entry and no encoded row; any other key list is
+/// encoded in Arrow's row format. NULL is a group of its own in every
+/// form (NULL keys group together).
 #[derive(Default)]
 struct GroupTable {
-    conv: Option<RowConverter>,
-    rows: Option<Rows>,
-    index: HashTable<(u64, usize)>,
+    keys: Keys,
     count: usize,
+}
+
+#[derive(Default)]
+enum Keys {
+    #[default]
+    Unset,
+    I64(I64Keys),
+    Str(StrKeys),
+    Rows(RowKeys),
+}
+
+#[derive(Default)]
+struct I64Keys {
+    index: HashTable<(i64, usize)>,
+    keys: Vec<i64>,
+    null_id: Option<usize>,
+}
+
+/// A string key's table entry: the hash, the group, the length and, for
+/// short keys, the bytes themselves.
+struct StrEntry {
+    hash: u64,
+    id: usize,
+    len: usize,
+    inline: [u64; 2],
+}
+
+#[derive(Default)]
+struct StrKeys {
+    index: HashTable<StrEntry>,
+    /// Group `id`'s key is `data[offsets[id]..offsets[id + 1]]`.
+    data: Vec<u8>,
+    offsets: Vec<usize>,
+    null_id: Option<usize>,
+}
+
+struct RowKeys {
+    conv: RowConverter,
+    rows: Rows,
+    index: HashTable<(u64, usize)>,
 }
 
 impl GroupTable {
@@ -173,39 +217,128 @@ impl GroupTable {
             self.count = 1;
             return Ok(vec![0; n]);
         }
-        if self.conv.is_none() {
-            let conv = keys::converter(key_cols)?;
-            self.rows = Some(conv.empty_rows(1024, 1024 * 16));
-            self.conv = Some(conv);
-        }
-        let conv = self
-            .conv
-            .as_ref()
-            .ok_or_else(|| exec_err!("group table without a converter"))?;
-        let batch_rows = keys::encode(conv, key_cols)?;
-        let stored = self
-            .rows
-            .as_mut()
-            .ok_or_else(|| exec_err!("group table without rows"))?;
-        let mut ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let row = batch_rows.row(i);
-            let bytes = row.as_ref();
-            let h = keys::hash_bytes(bytes);
-            let found = self
-                .index
-                .find(h, |&(hh, id)| hh == h && stored.row(id).as_ref() == bytes);
-            let id = match found {
-                Some(&(_, id)) => id,
-                None => {
-                    let id = self.count;
-                    stored.push(row);
-                    self.index.insert_unique(h, (h, id), |&(hh, _)| hh);
-                    self.count += 1;
-                    id
+        if matches!(self.keys, Keys::Unset) {
+            self.keys = match (key_cols.len(), key_cols[0].data_type()) {
+                (1, ArrowType::Int64) => Keys::I64(I64Keys::default()),
+                (1, ArrowType::Utf8) => Keys::Str(StrKeys {
+                    offsets: vec![0],
+                    ..StrKeys::default()
+                }),
+                _ => {
+                    let conv = keys::converter(key_cols)?;
+                    Keys::Rows(RowKeys {
+                        rows: conv.empty_rows(1024, 1024 * 16),
+                        conv,
+                        index: HashTable::new(),
+                    })
                 }
             };
-            ids.push(id);
+        }
+        let mut ids = Vec::with_capacity(n);
+        let count = &mut self.count;
+        match &mut self.keys {
+            Keys::Unset => return Err(exec_err!("group table without keys")),
+            Keys::I64(t) => {
+                let col = cast(&key_cols[0], &ArrowType::Int64)?;
+                let a = col.as_primitive::<Int64Type>();
+                let values = a.values();
+                for i in 0..n {
+                    if a.is_null(i) {
+                        let id = *t.null_id.get_or_insert_with(|| {
+                            t.keys.push(0);
+                            *count += 1;
+                            *count - 1
+                        });
+                        ids.push(id);
+                        continue;
+                    }
+                    let k = values[i];
+                    let h = keys::hash_i64(k);
+                    let id = match t.index.find(h, |&(kk, _)| kk == k) {
+                        Some(&(_, id)) => id,
+                        None => {
+                            let id = *count;
+                            t.index
+                                .insert_unique(h, (k, id), |&(kk, _)| keys::hash_i64(kk));
+                            t.keys.push(k);
+                            *count += 1;
+                            id
+                        }
+                    };
+                    ids.push(id);
+                }
+            }
+            Keys::Str(t) => {
+                let col = cast(&key_cols[0], &ArrowType::Utf8)?;
+                let a = col.as_string::<i32>();
+                for i in 0..n {
+                    if a.is_null(i) {
+                        let id = *t.null_id.get_or_insert_with(|| {
+                            t.offsets.push(t.data.len());
+                            *count += 1;
+                            *count - 1
+                        });
+                        ids.push(id);
+                        continue;
+                    }
+                    let bytes = a.value(i).as_bytes();
+                    let len = bytes.len();
+                    let inline = keys::inline_key(bytes);
+                    let h = keys::hash_str(bytes, inline);
+                    let (data, offsets) = (&t.data, &t.offsets);
+                    let found = t.index.find(h, |e| {
+                        e.hash == h
+                            && e.len == len
+                            && e.inline == inline
+                            && (len <= keys::INLINE
+                                || &data[offsets[e.id]..offsets[e.id + 1]] == bytes)
+                    });
+                    let id = match found {
+                        Some(e) => e.id,
+                        None => {
+                            let id = *count;
+                            t.data.extend_from_slice(bytes);
+                            t.offsets.push(t.data.len());
+                            t.index.insert_unique(
+                                h,
+                                StrEntry {
+                                    hash: h,
+                                    id,
+                                    len,
+                                    inline,
+                                },
+                                |e| e.hash,
+                            );
+                            *count += 1;
+                            id
+                        }
+                    };
+                    ids.push(id);
+                }
+            }
+            Keys::Rows(t) => {
+                let batch_rows = keys::encode(&t.conv, key_cols)?;
+                for i in 0..n {
+                    let row = batch_rows.row(i);
+                    let bytes = row.as_ref();
+                    let h = keys::hash_bytes(bytes);
+                    let stored = &t.rows;
+                    let found = t
+                        .index
+                        .find(h, |&(hh, id)| hh == h && stored.row(id).as_ref() == bytes);
+                    let id = match found {
+                        Some(&(_, id)) => id,
+                        None => {
+                            let id = *count;
+                            t.rows.push(row);
+                            t.index.insert_unique(h, (h, id), |&(hh, _)| hh);
+                            *count += 1;
+                            id
+                        }
+                    };
+                    ids.push(id);
+                }
+            }
         }
         Ok(ids)
     }
@@ -220,9 +353,37 @@ impl GroupTable {
         if g == 0 {
             return Ok(Vec::new());
         }
-        match (&self.conv, &self.rows) {
-            (Some(conv), Some(rows)) => Ok(conv.convert_rows(rows.iter())?),
-            _ => group
+        match std::mem::take(&mut self.keys) {
+            Keys::I64(t) => {
+                let keys = t.keys;
+                Ok(vec![match t.null_id {
+                    None => Arc::new(Int64Array::from(keys)) as ArrayRef,
+                    Some(n) => Arc::new(
+                        keys.iter()
+                            .enumerate()
+                            .map(|(i, k)| (i != n).then_some(*k))
+                            .collect::<Int64Array>(),
+                    ),
+                }])
+            }
+            Keys::Str(t) => {
+                let mut b = arrow::array::StringBuilder::with_capacity(
+                    t.offsets.len().saturating_sub(1),
+                    t.data.len(),
+                );
+                for id in 0..t.offsets.len() - 1 {
+                    if Some(id) == t.null_id {
+                        b.append_null();
+                    } else {
+                        let s = std::str::from_utf8(&t.data[t.offsets[id]..t.offsets[id + 1]])
+                            .map_err(|e| exec_err!("a group key is not UTF-8: {e}"))?;
+                        b.append_value(s);
+                    }
+                }
+                Ok(vec![Arc::new(b.finish())])
+            }
+            Keys::Rows(t) => Ok(t.conv.convert_rows(t.rows.iter())?),
+            Keys::Unset => group
                 .iter()
                 .map(|(e, _)| {
                     Ok(arrow::array::new_empty_array(

@@ -23,16 +23,37 @@ pub fn explode(
 ) -> Result<RecordBatch> {
     let src = cast(&evaluate(expr, batch, schema)?, &DataType::Utf8.to_arrow())?;
     let src = src.as_string::<i32>();
+    // Row numbers are needed only to repeat kept columns.
+    let track = !keep.is_empty();
     let mut idx: Vec<u32> = Vec::new();
     let mut pieces = StringBuilder::with_capacity(batch.num_rows() * 8, src.value_data().len());
-    for i in 0..src.len() {
-        if src.is_null(i) {
-            continue;
-        }
-        for piece in src.value(i).split(separator) {
-            if !piece.is_empty() {
-                pieces.append_value(piece);
+    let mut push = |piece: &str, i: usize| {
+        if !piece.is_empty() {
+            pieces.append_value(piece);
+            if track {
                 idx.push(i as u32);
+            }
+        }
+    };
+    match separator.as_bytes() {
+        // One ASCII byte (a space, a comma): split with a char pattern,
+        // which searches with memchr; `str::split` with a `&str` pattern
+        // runs the general two-way substring search for every piece. An
+        // ASCII byte never occurs inside a multi-byte character, so the
+        // pieces are the same.
+        &[b] if b.is_ascii() => {
+            let c = b as char;
+            for i in 0..src.len() {
+                if src.is_valid(i) {
+                    src.value(i).split(c).for_each(|p| push(p, i));
+                }
+            }
+        }
+        _ => {
+            for i in 0..src.len() {
+                if src.is_valid(i) {
+                    src.value(i).split(separator).for_each(|p| push(p, i));
+                }
             }
         }
     }

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType as ArrowType, Int64Type};
 use arrow::compute::{cast, concat_batches, take};
 use hashbrown::HashTable;
 
@@ -68,47 +69,13 @@ pub fn hash_join(
     let mut li: Vec<u32> = Vec::new();
     let mut ri: Vec<u32> = Vec::new();
     if l.num_rows() > 0 && r.num_rows() > 0 {
-        let conv = keys::converter(&lkeys)?;
-        let lrows = keys::encode(&conv, &lkeys)?;
-        let rrows = keys::encode(&conv, &rkeys)?;
-        // Build: heads of chains of equal keys; `next` links the rest in
-        // row order so matches come out in the build side's order.
-        let mut table: HashTable<(u64, u32, u32)> = HashTable::new(); // (hash, first, last)
-        let mut next = vec![NONE; r.num_rows()];
-        for i in 0..r.num_rows() {
-            if keys::any_null(&rkeys, i) {
-                continue;
-            }
-            let bytes = rrows.row(i);
-            let h = keys::hash_bytes(bytes.as_ref());
-            match table.find_mut(h, |&(hh, first, _)| {
-                hh == h && rrows.row(first as usize) == bytes
-            }) {
-                Some(entry) => {
-                    next[entry.2 as usize] = i as u32;
-                    entry.2 = i as u32;
-                }
-                None => {
-                    table.insert_unique(h, (h, i as u32, i as u32), |&(hh, _, _)| hh);
-                }
-            }
-        }
-        for i in 0..l.num_rows() {
-            if keys::any_null(&lkeys, i) {
-                continue;
-            }
-            let bytes = lrows.row(i);
-            let h = keys::hash_bytes(bytes.as_ref());
-            if let Some(&(_, first, _)) = table.find(h, |&(hh, first, _)| {
-                hh == h && rrows.row(first as usize) == bytes
-            }) {
-                let mut j = first;
-                while j != NONE {
-                    li.push(i as u32);
-                    ri.push(j);
-                    j = next[j as usize];
-                }
-            }
+        if lkeys.len() == 1
+            && lkeys[0].data_type() == &ArrowType::Int64
+            && rkeys[0].data_type() == &ArrowType::Int64
+        {
+            match_i64(&lkeys[0], &rkeys[0], &mut li, &mut ri);
+        } else {
+            match_rows(&lkeys, &rkeys, &mut li, &mut ri)?;
         }
     }
 
@@ -172,6 +139,100 @@ pub fn hash_join(
         }
     }
     gather(&l, &r, &lo, &ro, &joined_schema)
+}
+
+/// Matching pairs (left row, right row) for any key columns, encoded in
+/// Arrow's row format: left rows in order, each one's matches in right
+/// order.
+fn match_rows(
+    lkeys: &[ArrayRef],
+    rkeys: &[ArrayRef],
+    li: &mut Vec<u32>,
+    ri: &mut Vec<u32>,
+) -> Result<()> {
+    let rows = rkeys.first().map_or(0, |k| k.len());
+    let lrows_n = lkeys.first().map_or(0, |k| k.len());
+    let conv = keys::converter(lkeys)?;
+    let lrows = keys::encode(&conv, lkeys)?;
+    let rrows = keys::encode(&conv, rkeys)?;
+    // Build: heads of chains of equal keys; `next` links the rest in
+    // row order so matches come out in the build side's order.
+    let mut table: HashTable<(u64, u32, u32)> = HashTable::new(); // (hash, first, last)
+    let mut next = vec![NONE; rows];
+    for i in 0..rows {
+        if keys::any_null(rkeys, i) {
+            continue;
+        }
+        let bytes = rrows.row(i);
+        let h = keys::hash_bytes(bytes.as_ref());
+        match table.find_mut(h, |&(hh, first, _)| {
+            hh == h && rrows.row(first as usize) == bytes
+        }) {
+            Some(entry) => {
+                next[entry.2 as usize] = i as u32;
+                entry.2 = i as u32;
+            }
+            None => {
+                table.insert_unique(h, (h, i as u32, i as u32), |&(hh, _, _)| hh);
+            }
+        }
+    }
+    for i in 0..lrows_n {
+        if keys::any_null(lkeys, i) {
+            continue;
+        }
+        let bytes = lrows.row(i);
+        let h = keys::hash_bytes(bytes.as_ref());
+        if let Some(&(_, first, _)) = table.find(h, |&(hh, first, _)| {
+            hh == h && rrows.row(first as usize) == bytes
+        }) {
+            let mut j = first;
+            while j != NONE {
+                li.push(i as u32);
+                ri.push(j);
+                j = next[j as usize];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`match_rows`] for one BIGINT key on both sides: the table holds the
+/// key itself, so a probe reads one entry and no encoded row.
+fn match_i64(lkey: &ArrayRef, rkey: &ArrayRef, li: &mut Vec<u32>, ri: &mut Vec<u32>) {
+    let (lk, rk) = (lkey.as_primitive::<Int64Type>(), rkey.as_primitive::<Int64Type>());
+    let mut table: HashTable<(i64, u32, u32)> = HashTable::with_capacity(rk.len()); // (key, first, last)
+    let mut next = vec![NONE; rk.len()];
+    for i in 0..rk.len() {
+        if rk.is_null(i) {
+            continue;
+        }
+        let k = rk.value(i);
+        let h = keys::hash_i64(k);
+        match table.find_mut(h, |e| e.0 == k) {
+            Some(entry) => {
+                next[entry.2 as usize] = i as u32;
+                entry.2 = i as u32;
+            }
+            None => {
+                table.insert_unique(h, (k, i as u32, i as u32), |e| keys::hash_i64(e.0));
+            }
+        }
+    }
+    for i in 0..lk.len() {
+        if lk.is_null(i) {
+            continue;
+        }
+        let k = lk.value(i);
+        if let Some(&(_, first, _)) = table.find(keys::hash_i64(k), |e| e.0 == k) {
+            let mut j = first;
+            while j != NONE {
+                li.push(i as u32);
+                ri.push(j);
+                j = next[j as usize];
+            }
+        }
+    }
 }
 
 fn gather(

@@ -193,8 +193,8 @@ mod runner {
         }
         let s = r.stats;
         let plan = format!(
-            "{}  ran: {} launches, {} fetch failures ({} across a split), {} injected task failures, {} speculative copies, {} kills, {} crashes, {} messages lost with broken connections, {} shuffle outputs leaked\n",
-            r.scenario, s.launches, s.fetch_failures, s.split_fetches, s.injected_failures, s.speculative, s.kills, s.crashes, s.dropped, s.leaked
+            "{}  ran: {} launches, {} fetch failures ({} across a split), {} injected task failures, {} speculative copies, {} kills, {} crashes, {} messages lost with broken connections, {} CleanJobs lost with a broken connection (sent again on re-registration)\n",
+            r.scenario, s.launches, s.fetch_failures, s.split_fetches, s.injected_failures, s.speculative, s.kills, s.crashes, s.dropped, s.lost_cleanups
         );
         let mut history = r.history.join("\n");
         history.push('\n');
