@@ -1065,3 +1065,24 @@ async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender
     stream.flush().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_engine::source::TopicRange;
+
+    /// A topic scan's stage prefers each partition's leader; the stages
+    /// after the shuffle prefer nothing.
+    #[test]
+    fn topic_scans_prefer_the_partition_leaders() {
+        let topics = KafkaTopics::with_leaders("127.0.0.1:1", "orders", BTreeMap::from([(0, 2), (1, 3), (2, 1)]));
+        let mut catalog = millrace_engine::sql::Catalog::default();
+        catalog.topics = Some(Box::new(|_: &str| Ok((0..3).map(|partition| TopicRange { partition, start: 0, end: 10 }).collect())));
+        let plan = millrace_engine::sql::plan_sql("SELECT key, count(*) FROM topic('orders') GROUP BY key", &catalog).unwrap();
+        let stages = cut(&plan, PlannerConfig { shuffle_partitions: 4 }).unwrap();
+        let mut spec = job_spec(&stages);
+        prefer_leaders(&mut spec, &stages, &topics);
+        assert_eq!(spec.stages[0].preferred, vec![vec![2], vec![3], vec![1]]);
+        assert!(spec.stages[1..].iter().all(|s| s.preferred.is_empty()), "{:?}", spec.stages.iter().map(|s| &s.preferred).collect::<Vec<_>>());
+    }
+}

@@ -36,6 +36,16 @@ impl KafkaTopics {
         KafkaTopics { bootstrap: bootstrap.to_string(), leaders: Arc::default() }
     }
 
+    /// Topics whose leaders are known without asking a broker (tests).
+    #[cfg(test)]
+    pub(crate) fn with_leaders(bootstrap: &str, topic: &str, leaders: BTreeMap<i32, i32>) -> KafkaTopics {
+        let t = KafkaTopics::new(bootstrap);
+        if let Ok(mut l) = t.leaders.lock() {
+            l.insert(topic.to_string(), leaders);
+        }
+        t
+    }
+
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
