@@ -110,6 +110,10 @@ struct SqlArgs {
     /// Print the logical plan and its stages instead of running it.
     #[arg(long)]
     explain: bool,
+    /// Broker that `topic('name')` reads from in a local run. With
+    /// --server the cluster's nodes read from their own brokers.
+    #[arg(long, short = 'b', default_value = DEFAULT_LISTEN, env = "MILLRACE_BOOTSTRAP")]
+    bootstrap: String,
 }
 
 #[derive(Subcommand)]
@@ -318,7 +322,9 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
     if let Some(p) = args.shuffle_partitions {
         config.planner.shuffle_partitions = p.max(1);
     }
-    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_net::batch::catalog())?;
+    let topics = millrace_net::batch::topics::KafkaTopics::new(&args.bootstrap);
+    config.topics = Some(std::sync::Arc::new(topics.clone()));
+    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_net::batch::catalog(Some(&topics)))?;
     if args.explain {
         println!("{}", plan.display_indent());
         for st in millrace_engine::physical::cut(&plan, config.planner)? {

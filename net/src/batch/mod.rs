@@ -12,13 +12,22 @@ pub mod proto;
 #[cfg(not(madsim))]
 pub mod service;
 
-/// The tables `millrace sql` knows, locally and on a cluster: files only.
-pub fn catalog() -> millrace_engine::sql::Catalog {
+#[cfg(not(madsim))]
+pub mod topics;
+
+/// The tables `millrace sql` knows, locally and on a cluster: files, and
+/// `topic('name')` read from the brokers of `topics` (without it, a topic
+/// is refused).
+#[cfg(not(madsim))]
+pub fn catalog(topics: Option<&topics::KafkaTopics>) -> millrace_engine::sql::Catalog {
     let mut catalog = millrace_engine::sql::Catalog::default();
-    catalog.topics = Some(Box::new(|topic: &str| {
-        Err(millrace_engine::EngineError::Plan(format!(
-            "topic('{topic}'): batch queries do not read topics yet (files only: read_csv, read_json, read_parquet, read_text)"
-        )))
-    }));
+    catalog.topics = Some(match topics {
+        Some(t) => topics::resolver(t.clone()),
+        None => Box::new(|topic: &str| {
+            Err(millrace_engine::EngineError::Plan(format!(
+                "topic('{topic}'): this node knows no Kafka broker to read topics from"
+            )))
+        }),
+    });
     catalog
 }

@@ -71,6 +71,7 @@ const FRAME_MARGIN: usize = 64 << 10;
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 use super::proto::{job_name, job_node};
+use super::topics::KafkaTopics;
 
 /// What a node's batch service needs.
 pub struct BatchSetup {
@@ -79,6 +80,9 @@ pub struct BatchSetup {
     /// Every other node's batch address.
     pub peers: BTreeMap<u32, SocketAddr>,
     pub config: BatchConfig,
+    /// This node's Kafka listener, where `topic('name')` scans read (the
+    /// client routes each partition to its leader); none: topics are refused.
+    pub kafka: Option<String>,
 }
 
 /// A running batch service; dropping it stops it.
@@ -97,7 +101,9 @@ impl BatchService {
         let addrs = config.batch_addresses(listen_port)?;
         let node = u32::try_from(config.broker.node_id).map_err(|_| anyhow::anyhow!("node id {} is negative", config.broker.node_id))?;
         let peers = addrs.peers.iter().map(|(id, a)| (*id as u32, *a)).collect();
-        match Self::start(BatchSetup { node, listen: addrs.listen, peers, config: config.batch.clone() }).await {
+        let ip = if config.listen.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { config.listen.ip() };
+        let kafka = Some(SocketAddr::new(ip, listen_port).to_string());
+        match Self::start(BatchSetup { node, listen: addrs.listen, peers, config: config.batch.clone(), kafka }).await {
             Ok(s) => Ok(Some(s)),
             Err(e) if addrs.derived => {
                 tracing::warn!("batch service disabled: {e:#} (set batch_listen to choose its address)");
@@ -130,6 +136,7 @@ impl BatchService {
             next_fetch: AtomicU64::new(1),
             transport: transport.clone(),
             task_delay: Duration::from_millis(setup.config.task_delay_ms),
+            topics: setup.kafka.as_deref().map(KafkaTopics::new),
         });
         let (done_tx, done) = mpsc::unbounded_channel();
         let pool = start_pool(slots, &exec, done_tx)?;
@@ -196,6 +203,8 @@ struct Exec {
     next_fetch: AtomicU64,
     transport: PeerTransport<BatchMsg>,
     task_delay: Duration,
+    /// Reads `topic('name')` scans through this node's broker.
+    topics: Option<KafkaTopics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -282,7 +291,10 @@ impl Exec {
         let too_large = Mutex::new(None);
         let task = &t.task;
         let fetch = |shuffle: StageId, loc: &MapLocation, reduce: u32| self.fetch(task, &t.cancel, shuffle, loc, reduce, &too_large);
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| execute(task, &FetchFrom::new(task, fetch))));
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| match &self.topics {
+            Some(topics) => execute(task, &FetchFrom::new(task, fetch).with_topics(topics)),
+            None => execute(task, &FetchFrom::new(task, fetch)),
+        }));
         let mut executed = ran.unwrap_or_else(|panic| {
             let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             Executed { outcome: TaskOutcome::Failed { reason: format!("the task panicked: {msg}") }, blocks: None }
@@ -345,11 +357,15 @@ fn start_pool(slots: u32, exec: &Arc<Exec>, done: mpsc::UnboundedSender<Done>) -
 
 /// Plans `sql` into the driver's job (blocking: the planner reads the
 /// files' schemas).
-fn plan(sql: &str, shuffle_partitions: u32) -> Result<JobSpec, String> {
+fn plan(sql: &str, shuffle_partitions: u32, topics: Option<&KafkaTopics>) -> Result<JobSpec, String> {
     let planned = std::panic::catch_unwind(|| {
-        let plan = millrace_engine::sql::plan_sql(sql, &super::catalog()).map_err(|e| e.to_string())?;
+        let plan = millrace_engine::sql::plan_sql(sql, &super::catalog(topics)).map_err(|e| e.to_string())?;
         let stages = cut(&plan, PlannerConfig { shuffle_partitions }).map_err(|e| e.to_string())?;
-        Ok(job_spec(&stages))
+        let mut spec = job_spec(&stages);
+        if let Some(topics) = topics {
+            prefer_leaders(&mut spec, &stages, topics);
+        }
+        Ok(spec)
     });
     let planned = planned.unwrap_or_else(|_| Err("the planner panicked (a bug: please report the query)".into()));
     planned.map_err(|e: String| {
@@ -360,6 +376,47 @@ fn plan(sql: &str, shuffle_partitions: u32) -> Result<JobSpec, String> {
             e
         }
     })
+}
+
+/// Sends a topic scan's task for a partition to the node leading it (the
+/// driver's workers are the nodes, by the same ids as the brokers): the
+/// stages whose partitions are topic ranges (through unions of scans) get
+/// one preferred node per partition; any other stage is left as it is.
+fn prefer_leaders(spec: &mut JobSpec, stages: &[millrace_engine::physical::Stage], topics: &KafkaTopics) {
+    use millrace_engine::physical::Op;
+    use millrace_engine::source::Source;
+    fn walk(op: &Op, topics: &KafkaTopics) -> Option<Vec<Vec<u32>>> {
+        match op {
+            Op::Scan { source: Source::Topic { topic, ranges }, .. } => {
+                let leaders = topics.leaders(topic);
+                Some(ranges.iter().map(|r| leaders.get(&r.partition).and_then(|l| u32::try_from(*l).ok()).into_iter().collect()).collect())
+            }
+            Op::Scan { source, .. } => Some(vec![Vec::new(); source.partitions() as usize]),
+            Op::Union { inputs } => {
+                let mut out = Vec::new();
+                for (child, n) in inputs {
+                    let c = walk(child, topics)?;
+                    if c.len() != *n as usize {
+                        return None;
+                    }
+                    out.extend(c);
+                }
+                Some(out)
+            }
+            Op::Project { input, .. } | Op::Filter { input, .. } | Op::Explode { input, .. } | Op::Aggregate { input, .. } | Op::Sort { input, .. } | Op::Limit { input, .. } => {
+                walk(input, topics)
+            }
+            Op::ShuffleRead { .. } | Op::HashJoin { .. } => None,
+        }
+    }
+    for (spec, stage) in spec.stages.iter_mut().zip(stages) {
+        if let Some(preferred) = walk(&stage.plan.op, topics)
+            && preferred.len() == spec.partitions as usize
+            && preferred.iter().any(|p| !p.is_empty())
+        {
+            spec.preferred = preferred;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -765,8 +822,9 @@ impl Node {
             Command::Submit { session, sql, shuffle_partitions, replies } => {
                 let partitions = shuffle_partitions.filter(|p| *p > 0).unwrap_or_else(|| self.default_shuffle_partitions());
                 let commands = self.commands.clone();
+                let topics = self.exec.topics.clone();
                 tokio::task::spawn_blocking(move || {
-                    let planned = plan(&sql, partitions);
+                    let planned = plan(&sql, partitions, topics.as_ref());
                     let _ = commands.send(Command::Planned { session, sql, shuffle_partitions: partitions, replies, planned });
                 });
             }
@@ -1006,4 +1064,25 @@ async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender
     }
     stream.flush().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_engine::source::TopicRange;
+
+    /// A topic scan's stage prefers each partition's leader; the stages
+    /// after the shuffle prefer nothing.
+    #[test]
+    fn topic_scans_prefer_the_partition_leaders() {
+        let topics = KafkaTopics::with_leaders("127.0.0.1:1", "orders", BTreeMap::from([(0, 2), (1, 3), (2, 1)]));
+        let mut catalog = millrace_engine::sql::Catalog::default();
+        catalog.topics = Some(Box::new(|_: &str| Ok((0..3).map(|partition| TopicRange { partition, start: 0, end: 10 }).collect())));
+        let plan = millrace_engine::sql::plan_sql("SELECT key, count(*) FROM topic('orders') GROUP BY key", &catalog).unwrap();
+        let stages = cut(&plan, PlannerConfig { shuffle_partitions: 4 }).unwrap();
+        let mut spec = job_spec(&stages);
+        prefer_leaders(&mut spec, &stages, &topics);
+        assert_eq!(spec.stages[0].preferred, vec![vec![2], vec![3], vec![1]]);
+        assert!(spec.stages[1..].iter().all(|s| s.preferred.is_empty()), "{:?}", spec.stages.iter().map(|s| &s.preferred).collect::<Vec<_>>());
+    }
 }
