@@ -278,7 +278,20 @@ struct ConsumeArgs {
     conn: Conn,
 }
 
-fn main() -> anyhow::Result<()> {
+/// An error is printed as one line of its causes (`Error: a: b`), exit
+/// code 1: anyhow's `Debug` output, which `main` returning `Result` uses,
+/// adds a stack backtrace whenever RUST_BACKTRACE is set.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| "info".into()),
