@@ -1009,6 +1009,14 @@ impl Planner<'_> {
         aggs: Option<&mut Aggs>,
         clause: &str,
     ) -> Result<Expr> {
+        // Keywords the parser reads as niladic functions (`user`,
+        // `current_date`) name a column when one has that name.
+        if matches!(f.args, FunctionArguments::None) {
+            let n = object_name(&f.name);
+            if schema.index_of(&n).is_ok() {
+                return Ok(col(n));
+            }
+        }
         let name = object_name(&f.name).to_ascii_lowercase();
         let (args, distinct): (Vec<&FunctionArgExpr>, bool) = match &f.args {
             FunctionArguments::None => (Vec::new(), false),
