@@ -55,7 +55,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 /// `2026-01-02T03:04:05.678Z` (or `+01:00`, a space for `T`, any number of
@@ -147,7 +155,16 @@ mod tests {
         assert_eq!(parse_interval("1 day").unwrap(), 86_400_000);
         assert_eq!(parse_interval("500 milliseconds").unwrap(), 500);
         assert_eq!(parse_interval(" 10  MINUTES ").unwrap(), 600_000);
-        for bad in ["", "5", "minutes", "5 minuets", "0 seconds", "-1 minute", "1.5 minutes", "1 minute 2"] {
+        for bad in [
+            "",
+            "5",
+            "minutes",
+            "5 minuets",
+            "0 seconds",
+            "-1 minute",
+            "1.5 minutes",
+            "1 minute 2",
+        ] {
             let e = parse_interval(bad).unwrap_err().to_string();
             assert!(e.contains("bad interval"), "{bad}: {e}");
         }
@@ -157,13 +174,29 @@ mod tests {
     fn rfc3339_round_trips() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T00:00:01.5Z"), Some(1500));
-        assert_eq!(parse_rfc3339("2026-11-27T14:52:02.123456Z"), Some(1_795_791_122_123));
-        assert_eq!(parse_rfc3339("2026-11-27 15:52:02.123+01:00"), Some(1_795_791_122_123));
+        assert_eq!(
+            parse_rfc3339("2026-11-27T14:52:02.123456Z"),
+            Some(1_795_791_122_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-27 15:52:02.123+01:00"),
+            Some(1_795_791_122_123)
+        );
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59.999Z"), Some(-1));
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999Z");
-        assert_eq!(format_rfc3339(1_795_791_122_123), "2026-11-27T14:52:02.123Z");
+        assert_eq!(
+            format_rfc3339(1_795_791_122_123),
+            "2026-11-27T14:52:02.123Z"
+        );
         assert_eq!(format_rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        for bad in ["", "2026-02-30T00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T25:00:00Z", "x", "2026-01-01T00:00:00.Z"] {
+        for bad in [
+            "",
+            "2026-02-30T00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T25:00:00Z",
+            "x",
+            "2026-01-01T00:00:00.Z",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
         for ms in [0, 1, -86_400_001, 4_102_444_800_000, 1_000_000_000_123] {

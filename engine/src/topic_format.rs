@@ -161,9 +161,9 @@ fn json_value(v: &serde_json::Value, t: DataType) -> Value {
         (J::Number(n), DataType::Timestamp) => {
             n.as_i64().map(Value::Timestamp).unwrap_or(Value::Null)
         }
-        (J::String(s), DataType::Timestamp) => {
-            parse_rfc3339(s).map(Value::Timestamp).unwrap_or(Value::Null)
-        }
+        (J::String(s), DataType::Timestamp) => parse_rfc3339(s)
+            .map(Value::Timestamp)
+            .unwrap_or(Value::Null),
         _ => Value::Null,
     }
 }
@@ -271,7 +271,13 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                vec![Str("ann".into()), Int(3), Float(1.5), Bool(true), Timestamp(1000)],
+                vec![
+                    Str("ann".into()),
+                    Int(3),
+                    Float(1.5),
+                    Bool(true),
+                    Timestamp(1000)
+                ],
                 vec![Str("7".into()), Null, Float(2.0), Null, Timestamp(2500)],
                 nulls.clone(),
                 nulls.clone(),

@@ -101,7 +101,11 @@ fn batches(recs: &BTreeMap<i32, Vec<TopicRecord>>, cuts: &[u8]) -> Vec<Vec<Topic
             let n = rs.len() as i64;
             let (s, e) = (n * from as i64 / 100, n * c as i64 / 100);
             if e > s {
-                ranges.push(TopicRange { partition: *p, start: s, end: e });
+                ranges.push(TopicRange {
+                    partition: *p,
+                    start: s,
+                    end: e,
+                });
             }
         }
         out.push(ranges);
@@ -110,10 +114,18 @@ fn batches(recs: &BTreeMap<i32, Vec<TopicRecord>>, cuts: &[u8]) -> Vec<Vec<Topic
     out
 }
 
-fn slice(recs: &BTreeMap<i32, Vec<TopicRecord>>, ranges: &[TopicRange]) -> Vec<(i32, Vec<TopicRecord>)> {
+fn slice(
+    recs: &BTreeMap<i32, Vec<TopicRecord>>,
+    ranges: &[TopicRange],
+) -> Vec<(i32, Vec<TopicRecord>)> {
     ranges
         .iter()
-        .map(|r| (r.partition, recs[&r.partition][r.start as usize..r.end as usize].to_vec()))
+        .map(|r| {
+            (
+                r.partition,
+                recs[&r.partition][r.start as usize..r.end as usize].to_vec(),
+            )
+        })
         .collect()
 }
 
@@ -125,12 +137,18 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         (J::Number(x), J::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(i), Some(j)) => i == j,
             _ => {
-                let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+                let (x, y) = (
+                    x.as_f64().unwrap_or(f64::NAN),
+                    y.as_f64().unwrap_or(f64::NAN),
+                );
                 (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
             }
         },
         (J::Object(x), J::Object(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|((k1, v1), (k2, v2))| k1 == k2 && close(v1, v2))
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k1, v1), (k2, v2))| k1 == k2 && close(v1, v2))
         }
         (x, y) => x == y,
     }
@@ -155,11 +173,19 @@ fn same_records(a: &[OutputRecord], b: &[OutputRecord]) -> Result<(), String> {
 
 /// The batch engine's answer over all input: the SELECT by the reference
 /// evaluator, as records keyed by the first `g` columns.
-fn batch_answer(select: &str, recs: &BTreeMap<i32, Vec<TopicRecord>>, g: usize) -> Vec<OutputRecord> {
+fn batch_answer(
+    select: &str,
+    recs: &BTreeMap<i32, Vec<TopicRecord>>,
+    g: usize,
+) -> Vec<OutputRecord> {
     let all: Vec<(i32, Vec<TopicRecord>)> = recs.iter().map(|(p, r)| (*p, r.clone())).collect();
     let ranges: Vec<TopicRange> = all
         .iter()
-        .map(|(p, r)| TopicRange { partition: *p, start: 0, end: r.len() as i64 })
+        .map(|(p, r)| TopicRange {
+            partition: *p,
+            start: 0,
+            end: r.len() as i64,
+        })
         .collect();
     let mut catalog = Catalog::default();
     catalog.topics = Some(Box::new(move |_| Ok(ranges.clone())));
@@ -183,10 +209,18 @@ fn run_batch(
     watermark: Option<i64>,
     shuffle_partitions: u32,
 ) -> Result<BatchOutput, String> {
-    let topic = MemoryTopic::new(&recs.iter().map(|(p, r)| (*p, r.clone())).collect::<Vec<_>>());
+    let topic = MemoryTopic::new(
+        &recs
+            .iter()
+            .map(|(p, r)| (*p, r.clone()))
+            .collect::<Vec<_>>(),
+    );
     let plan = q.batch_plan(ranges, watermark).map_err(|e| e.to_string())?;
-    let result = run_local(&plan, PlannerConfig { shuffle_partitions }, Some(&topic)).map_err(|e| e.to_string())?;
-    let out = q.finish_batch(state, &result, watermark).map_err(|e| e.to_string())?;
+    let result = run_local(&plan, PlannerConfig { shuffle_partitions }, Some(&topic))
+        .map_err(|e| e.to_string())?;
+    let out = q
+        .finish_batch(state, &result, watermark)
+        .map_err(|e| e.to_string())?;
     let reference = q
         .reference_batch(state, &slice(recs, ranges), watermark)
         .map_err(|e| e.to_string())?;
@@ -203,7 +237,7 @@ fn run_batch(
 // ------------------------------------------------------------ properties
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn complete_mode_folds_to_the_batch_answer(
@@ -336,19 +370,38 @@ fn a_batch_is_the_same_when_run_again_and_its_state_round_trips() {
     .unwrap();
     let recs = example_records();
     let ranges = [
-        TopicRange { partition: 0, start: 0, end: 3 },
-        TopicRange { partition: 1, start: 0, end: 2 },
+        TopicRange {
+            partition: 0,
+            start: 0,
+            end: 3,
+        },
+        TopicRange {
+            partition: 1,
+            start: 0,
+            end: 2,
+        },
     ];
     let a = run_batch(&q, &StreamState::default(), &recs, &ranges, None, 3).unwrap();
     let b = run_batch(&q, &StreamState::default(), &recs, &ranges, None, 1).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.state.to_bytes(), b.state.to_bytes());
-    assert_eq!(StreamState::from_bytes(&a.state.to_bytes()).unwrap(), a.state);
+    assert_eq!(
+        StreamState::from_bytes(&a.state.to_bytes()).unwrap(),
+        a.state
+    );
     assert_eq!(a.max_event_time, Some(25_000));
     // The plan itself is serde data.
     let json = serde_json::to_string(&q).unwrap();
     assert_eq!(serde_json::from_str::<StreamPlan>(&json).unwrap(), q);
-    assert_eq!((q.input_topic(), q.sink_topic(), q.is_stateful(), q.watermark_delay_ms()), ("pv", "out", true, Some(2_000)));
+    assert_eq!(
+        (
+            q.input_topic(),
+            q.sink_topic(),
+            q.is_stateful(),
+            q.watermark_delay_ms()
+        ),
+        ("pv", "out", true, Some(2_000))
+    );
 }
 
 #[test]
@@ -362,8 +415,16 @@ fn output_records_name_their_group_and_format_times() {
     .unwrap();
     let recs = example_records();
     let ranges = [
-        TopicRange { partition: 0, start: 0, end: 3 },
-        TopicRange { partition: 1, start: 0, end: 2 },
+        TopicRange {
+            partition: 0,
+            start: 0,
+            end: 3,
+        },
+        TopicRange {
+            partition: 1,
+            start: 0,
+            end: 2,
+        },
     ];
     let out = run_batch(&q, &StreamState::default(), &recs, &ranges, None, 2).unwrap();
     assert_eq!(
@@ -389,10 +450,25 @@ fn stateless_queries_and_key_value_columns() {
     .unwrap();
     assert!(!q.is_stateful());
     let recs = example_records();
-    let ranges = [TopicRange { partition: 0, start: 0, end: 4 }];
+    let ranges = [TopicRange {
+        partition: 0,
+        start: 0,
+        end: 4,
+    }];
     let out = run_batch(&q, &StreamState::default(), &recs, &ranges, None, 2).unwrap();
-    let kv: Vec<(Option<&str>, &str)> = out.records.iter().map(|r| (r.key.as_deref(), r.value.as_str())).collect();
-    assert_eq!(kv, vec![(Some("cart"), "20"), (Some("cart"), "50"), (Some("home"), "10")]);
+    let kv: Vec<(Option<&str>, &str)> = out
+        .records
+        .iter()
+        .map(|r| (r.key.as_deref(), r.value.as_str()))
+        .collect();
+    assert_eq!(
+        kv,
+        vec![
+            (Some("cart"), "20"),
+            (Some("cart"), "50"),
+            (Some("home"), "10")
+        ]
+    );
     assert_eq!(out.state.groups(), 0);
 }
 
@@ -404,22 +480,42 @@ fn update_mode_evicts_windows_the_watermark_passed() {
     )
     .unwrap();
     let recs = example_records();
-    let first = [TopicRange { partition: 0, start: 0, end: 2 }];
+    let first = [TopicRange {
+        partition: 0,
+        start: 0,
+        end: 2,
+    }];
     let a = run_batch(&q, &StreamState::default(), &recs, &first, None, 2).unwrap();
     assert_eq!(a.state.groups(), 2);
     let wm = q.advance_watermark(None, a.max_event_time);
     assert_eq!(wm, Some(9_999));
     // Offset 2 of partition 0 (ts 3000) is late now; partition 1's are not.
     let second = [
-        TopicRange { partition: 0, start: 2, end: 3 },
-        TopicRange { partition: 1, start: 0, end: 2 },
+        TopicRange {
+            partition: 0,
+            start: 2,
+            end: 3,
+        },
+        TopicRange {
+            partition: 1,
+            start: 0,
+            end: 2,
+        },
     ];
     let b = run_batch(&q, &a.state, &recs, &second, wm, 2).unwrap();
     assert_eq!(b.input_rows, 2);
     assert_eq!(b.records.len(), 2);
     // The windows [0, 10 s) are not evicted yet (end 10000 > 9999).
     assert_eq!(b.state.groups(), 4);
-    let c = run_batch(&q, &b.state, &recs, &[], q.advance_watermark(wm, b.max_event_time), 2).unwrap();
+    let c = run_batch(
+        &q,
+        &b.state,
+        &recs,
+        &[],
+        q.advance_watermark(wm, b.max_event_time),
+        2,
+    )
+    .unwrap();
     assert!(c.records.is_empty());
     // Watermark 25000: windows ending at 10 s and 20 s are gone.
     assert_eq!(c.state.groups(), 1);
@@ -442,54 +538,107 @@ fn mode(m: OutputMode) -> StreamOptions {
 fn append_mode_needs_a_watermark_on_the_windows_time_column() {
     let e = err(&insert(&windowed("'1 minute'")), mode(OutputMode::Append));
     assert!(e.contains("append mode needs a watermark"), "{e}");
-    let e = err(&insert(&grouped()), mode(OutputMode::Append).with_watermark("ts", 10));
-    assert!(e.contains("append mode needs a watermark on the window's time column"), "{e}");
+    let e = err(
+        &insert(&grouped()),
+        mode(OutputMode::Append).with_watermark("ts", 10),
+    );
+    assert!(
+        e.contains("append mode needs a watermark on the window's time column"),
+        "{e}"
+    );
 }
 
 #[test]
 fn complete_mode_needs_an_aggregation() {
-    let e = err(&insert(&format!("SELECT page FROM topic('pv', {SCHEMA})")), mode(OutputMode::Complete));
-    assert!(e.contains("complete output mode needs an aggregation"), "{e}");
+    let e = err(
+        &insert(&format!("SELECT page FROM topic('pv', {SCHEMA})")),
+        mode(OutputMode::Complete),
+    );
+    assert!(
+        e.contains("complete output mode needs an aggregation"),
+        "{e}"
+    );
 }
 
 #[test]
 fn order_by_limit_distinct_and_stream_joins_are_refused() {
-    let e = err(&insert(&format!("{} ORDER BY n", grouped())), mode(OutputMode::Complete));
-    assert!(e.contains("ORDER BY is not supported in a stream query"), "{e}");
-    let e = err(&insert(&format!("SELECT page FROM topic('pv', {SCHEMA}) LIMIT 3")), mode(OutputMode::Append));
-    assert!(e.contains("LIMIT is not supported in a stream query"), "{e}");
-    let e = err(&insert(&format!("SELECT DISTINCT page FROM topic('pv', {SCHEMA})")), mode(OutputMode::Append));
-    assert!(e.contains("DISTINCT is not supported in a stream query"), "{e}");
+    let e = err(
+        &insert(&format!("{} ORDER BY n", grouped())),
+        mode(OutputMode::Complete),
+    );
+    assert!(
+        e.contains("ORDER BY is not supported in a stream query"),
+        "{e}"
+    );
+    let e = err(
+        &insert(&format!("SELECT page FROM topic('pv', {SCHEMA}) LIMIT 3")),
+        mode(OutputMode::Append),
+    );
+    assert!(
+        e.contains("LIMIT is not supported in a stream query"),
+        "{e}"
+    );
+    let e = err(
+        &insert(&format!("SELECT DISTINCT page FROM topic('pv', {SCHEMA})")),
+        mode(OutputMode::Append),
+    );
+    assert!(
+        e.contains("DISTINCT is not supported in a stream query"),
+        "{e}"
+    );
     let e = err(
         &insert("SELECT a.key FROM topic('a') a JOIN topic('b') b ON a.key = b.key"),
         mode(OutputMode::Append),
     );
     assert!(e.contains("a join of two streams is not supported"), "{e}");
-    let e = err(&insert("SELECT key FROM topic('a') UNION ALL SELECT key FROM topic('b')"), mode(OutputMode::Append));
+    let e = err(
+        &insert("SELECT key FROM topic('a') UNION ALL SELECT key FROM topic('b')"),
+        mode(OutputMode::Append),
+    );
     assert!(e.contains("UNION is not supported"), "{e}");
 }
 
 #[test]
 fn only_count_sum_min_max_avg_aggregate_a_stream() {
     let e = err(
-        &insert(&format!("SELECT page, count(DISTINCT v) AS d FROM topic('pv', {SCHEMA}) GROUP BY page")),
+        &insert(&format!(
+            "SELECT page, count(DISTINCT v) AS d FROM topic('pv', {SCHEMA}) GROUP BY page"
+        )),
         mode(OutputMode::Update),
     );
-    assert!(e.contains("count(DISTINCT v) is not supported in a stream query"), "{e}");
+    assert!(
+        e.contains("count(DISTINCT v) is not supported in a stream query"),
+        "{e}"
+    );
 }
 
 #[test]
 fn the_watermark_column_must_exist_and_be_a_timestamp() {
-    let e = err(&insert(&grouped()), mode(OutputMode::Update).with_watermark("when", 10));
-    assert!(e.contains("the watermark column 'when' is not a column of the stream"), "{e}");
-    let e = err(&insert(&grouped()), mode(OutputMode::Update).with_watermark("page", 10));
-    assert!(e.contains("the watermark column 'page' is STRING; a watermark needs a TIMESTAMP"), "{e}");
+    let e = err(
+        &insert(&grouped()),
+        mode(OutputMode::Update).with_watermark("when", 10),
+    );
+    assert!(
+        e.contains("the watermark column 'when' is not a column of the stream"),
+        "{e}"
+    );
+    let e = err(
+        &insert(&grouped()),
+        mode(OutputMode::Update).with_watermark("page", 10),
+    );
+    assert!(
+        e.contains("the watermark column 'page' is STRING; a watermark needs a TIMESTAMP"),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_stream_query_is_insert_into_select() {
     let e = err(&grouped(), mode(OutputMode::Update));
-    assert!(e.contains("a stream query is INSERT INTO <sink topic> SELECT"), "{e}");
+    assert!(
+        e.contains("a stream query is INSERT INTO <sink topic> SELECT"),
+        "{e}"
+    );
     let e = err("INSERT INTO out VALUES (1)", mode(OutputMode::Update));
     assert!(e.contains("a stream query is INSERT INTO"), "{e}");
 }
@@ -502,7 +651,11 @@ fn the_dataset_api_builds_stream_plans() {
     use millrace_engine::topic_format::TopicFormat;
     let scan = LogicalPlan::scan(Source::Topic {
         topic: "pv".into(),
-        ranges: vec![TopicRange { partition: 0, start: 5, end: 9 }],
+        ranges: vec![TopicRange {
+            partition: 0,
+            start: 5,
+            end: 9,
+        }],
         format: Some(TopicFormat::parse("json", "page STRING, ts TIMESTAMP, v BIGINT").unwrap()),
     })
     .unwrap();
@@ -510,13 +663,33 @@ fn the_dataset_api_builds_stream_plans() {
         .time_window(col("ts"), 10_000, 10_000)
         .unwrap()
         .aggregate(
-            vec![(col("window_start"), "window_start".into()), (col("window_end"), "window_end".into())],
+            vec![
+                (col("window_start"), "window_start".into()),
+                (col("window_end"), "window_end".into()),
+            ],
             vec![(count_star(), "n".into())],
         )
         .unwrap();
-    let q = StreamPlan::from_plan(plan, "out", mode(OutputMode::Append).with_watermark("ts", 0)).unwrap();
+    let q = StreamPlan::from_plan(
+        plan,
+        "out",
+        mode(OutputMode::Append).with_watermark("ts", 0),
+    )
+    .unwrap();
     let recs = example_records();
     // The plan's own ranges are ignored: the batch reads what it is given.
-    let out = run_batch(&q, &StreamState::default(), &recs, &[TopicRange { partition: 1, start: 0, end: 2 }], None, 1).unwrap();
+    let out = run_batch(
+        &q,
+        &StreamState::default(),
+        &recs,
+        &[TopicRange {
+            partition: 1,
+            start: 0,
+            end: 2,
+        }],
+        None,
+        1,
+    )
+    .unwrap();
     assert_eq!((out.input_rows, out.state.groups()), (2, 2));
 }

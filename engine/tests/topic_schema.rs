@@ -26,11 +26,17 @@ fn topic() -> MemoryTopic {
             0,
             vec![
                 rec(0, r#"{"user":"ann","page":"home","ts":60000}"#),
-                rec(1, r#"{"user":"bob","page":"home","ts":"1970-01-01T00:01:30Z"}"#),
+                rec(
+                    1,
+                    r#"{"user":"bob","page":"home","ts":"1970-01-01T00:01:30Z"}"#,
+                ),
                 rec(2, "garbage"),
             ],
         ),
-        (1, vec![rec(0, r#"{"user":"ann","page":"cart","ts":125000}"#)]),
+        (
+            1,
+            vec![rec(0, r#"{"user":"ann","page":"cart","ts":125000}"#)],
+        ),
     ])
 }
 
@@ -38,8 +44,16 @@ fn context() -> Context {
     let mut ctx = Context::new();
     ctx.catalog.topics = Some(Box::new(|_| {
         Ok(vec![
-            TopicRange { partition: 0, start: 0, end: 3 },
-            TopicRange { partition: 1, start: 0, end: 1 },
+            TopicRange {
+                partition: 0,
+                start: 0,
+                end: 3,
+            },
+            TopicRange {
+                partition: 1,
+                start: 0,
+                end: 1,
+            },
         ])
     }));
     ctx
@@ -63,10 +77,34 @@ fn declared_json_columns_follow_the_topics_own() {
     assert_eq!(
         got,
         vec![
-            vec![Value::Int(0), Value::Int(0), s("ann"), s("home"), Value::Timestamp(60_000)],
-            vec![Value::Int(0), Value::Int(1), s("bob"), s("home"), Value::Timestamp(90_000)],
-            vec![Value::Int(0), Value::Int(2), Value::Null, Value::Null, Value::Null],
-            vec![Value::Int(1), Value::Int(0), s("ann"), s("cart"), Value::Timestamp(125_000)],
+            vec![
+                Value::Int(0),
+                Value::Int(0),
+                s("ann"),
+                s("home"),
+                Value::Timestamp(60_000)
+            ],
+            vec![
+                Value::Int(0),
+                Value::Int(1),
+                s("bob"),
+                s("home"),
+                Value::Timestamp(90_000)
+            ],
+            vec![
+                Value::Int(0),
+                Value::Int(2),
+                Value::Null,
+                Value::Null,
+                Value::Null
+            ],
+            vec![
+                Value::Int(1),
+                Value::Int(0),
+                s("ann"),
+                s("cart"),
+                Value::Timestamp(125_000)
+            ],
         ]
     );
 }
@@ -88,7 +126,9 @@ fn a_windowed_count_over_a_topic() {
 
 #[test]
 fn csv_values_and_plain_topics() {
-    let got = run("SELECT count(*) AS n, count(user) AS users FROM topic('pv', 'csv', 'user STRING, n BIGINT')");
+    let got = run(
+        "SELECT count(*) AS n, count(user) AS users FROM topic('pv', 'csv', 'user STRING, n BIGINT')",
+    );
     // Every value is one CSV field (no commas outside quotes here, but JSON
     // has commas: the first field is `{"user":"ann"`).
     assert_eq!(got, vec![vec![Value::Int(4), Value::Int(4)]]);
@@ -103,6 +143,9 @@ fn topic_argument_errors() {
         Err(e) => e.to_string(),
     };
     assert!(err("SELECT * FROM topic('pv', 'json')").contains("topic() takes a name"));
-    assert!(err("SELECT * FROM topic('pv', 'avro', 'a STRING')").contains("unknown value format 'avro'"));
+    assert!(
+        err("SELECT * FROM topic('pv', 'avro', 'a STRING')")
+            .contains("unknown value format 'avro'")
+    );
     assert!(err("SELECT * FROM topic('pv', 'json', 'a MAP')").contains("unknown type MAP"));
 }

@@ -89,7 +89,9 @@ fn windows_in_the_dataset_api_and_sub_second_intervals() {
         .group_by(vec![col("window_start")])
         .agg(vec![count_star()])
         .unwrap()
-        .sort(vec![millrace_engine::plan::SortKey::asc(col("window_start"))])
+        .sort(vec![millrace_engine::plan::SortKey::asc(col(
+            "window_start",
+        ))])
         .unwrap();
     let got = batches_to_rows(&ds.collect().unwrap());
     assert_eq!(
@@ -100,7 +102,10 @@ fn windows_in_the_dataset_api_and_sub_second_intervals() {
             vec![ts(1000), Value::Int(1)],
         ]
     );
-    assert_eq!(same_rows(&got, &evaluate(&ds.plan, None).unwrap(), true), Ok(()));
+    assert_eq!(
+        same_rows(&got, &evaluate(&ds.plan, None).unwrap(), true),
+        Ok(())
+    );
 }
 
 #[test]
@@ -111,9 +116,15 @@ fn window_errors_name_the_problem() {
         Err(e) => e.to_string(),
     };
     let e = err("SELECT count(*) FROM t GROUP BY window(ts, '5 minutes', '10 minutes')");
-    assert!(e.contains("slide '10 minutes' is longer than the window size '5 minutes'"), "{e}");
+    assert!(
+        e.contains("slide '10 minutes' is longer than the window size '5 minutes'"),
+        "{e}"
+    );
     let e = err("SELECT count(*) FROM t GROUP BY window(page, '5 minutes')");
-    assert!(e.contains("window() needs a TIMESTAMP column, but page is STRING"), "{e}");
+    assert!(
+        e.contains("window() needs a TIMESTAMP column, but page is STRING"),
+        "{e}"
+    );
     let e = err("SELECT count(*) FROM t GROUP BY window(ts, '5 minuets')");
     assert!(e.contains("bad interval '5 minuets'"), "{e}");
     let e = err("SELECT count(*) FROM t GROUP BY window(ts, 5)");

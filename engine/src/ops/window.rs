@@ -34,7 +34,10 @@ pub fn time_window(
     size: i64,
     slide: i64,
 ) -> Result<RecordBatch> {
-    let t = cast(&evaluate(time, batch, schema)?, &DataType::Timestamp.to_arrow())?;
+    let t = cast(
+        &evaluate(time, batch, schema)?,
+        &DataType::Timestamp.to_arrow(),
+    )?;
     let t = t.as_primitive::<TimestampMillisecondType>();
     let mut idx: Vec<u32> = Vec::with_capacity(batch.num_rows());
     let mut starts: Vec<i64> = Vec::with_capacity(batch.num_rows());
@@ -59,7 +62,10 @@ pub fn time_window(
     let mut fields = schema.fields.clone();
     fields.push(Field::new("window_start", DataType::Timestamp));
     fields.push(Field::new("window_end", DataType::Timestamp));
-    Ok(RecordBatch::try_new(Schema::new(fields).to_arrow(), columns)?)
+    Ok(RecordBatch::try_new(
+        Schema::new(fields).to_arrow(),
+        columns,
+    )?)
 }
 
 #[cfg(test)]

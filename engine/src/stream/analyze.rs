@@ -23,7 +23,10 @@ pub(crate) enum PostStep {
         exprs: Vec<(Expr, String)>,
         types: Vec<DataType>,
     },
-    Filter { input: Schema, predicate: Expr },
+    Filter {
+        input: Schema,
+        predicate: Expr,
+    },
 }
 
 /// The aggregation of a stateful query.
@@ -66,7 +69,11 @@ impl StreamPlan {
 
     /// The Dataset API path: a plan whose one scan is a `Source::Topic`
     /// (its ranges are ignored).
-    pub fn from_plan(plan: LogicalPlan, sink_topic: &str, opts: StreamOptions) -> Result<StreamPlan> {
+    pub fn from_plan(
+        plan: LogicalPlan,
+        sink_topic: &str,
+        opts: StreamOptions,
+    ) -> Result<StreamPlan> {
         let mut query = plan;
         let mut topics = Vec::new();
         clear_ranges(&mut query, &mut topics);
@@ -170,6 +177,11 @@ impl StreamPlan {
         &self.options
     }
 
+    /// The whole query (its topic scan without ranges), for EXPLAIN.
+    pub fn query(&self) -> &LogicalPlan {
+        &self.query
+    }
+
     /// The query's output columns.
     pub fn output_schema(&self) -> &Schema {
         &self.output
@@ -186,7 +198,11 @@ impl StreamPlan {
 
     /// The watermark after a batch: the largest event time seen minus the
     /// delay, never moving back (Spark's rule). `None` without a watermark.
-    pub fn advance_watermark(&self, current: Option<i64>, max_event_time: Option<i64>) -> Option<i64> {
+    pub fn advance_watermark(
+        &self,
+        current: Option<i64>,
+        max_event_time: Option<i64>,
+    ) -> Option<i64> {
         let delay = self.watermark_delay_ms()?;
         let proposed = max_event_time.map(|m| m.saturating_sub(delay));
         match (current, proposed) {
@@ -267,7 +283,9 @@ fn check_stateless(plan: &LogicalPlan) -> Result<()> {
 /// Refuses a node kind a stream query cannot have (aggregates aside).
 fn refuse_node(plan: &LogicalPlan) -> Result<()> {
     let refuse = |what: &str, why: &str| {
-        Err(plan_err!("{what} is not supported in a stream query: {why}"))
+        Err(plan_err!(
+            "{what} is not supported in a stream query: {why}"
+        ))
     };
     match plan {
         LogicalPlan::Scan { .. }
@@ -357,7 +375,11 @@ fn split_aggregate(plan: &LogicalPlan) -> Result<Option<Stateful>> {
                     aggs: aggs.clone(),
                     window_end,
                     agg_schema: Schema::new(
-                        agg_schema.fields.into_iter().map(|f| Field::new(f.name, f.data_type)).collect(),
+                        agg_schema
+                            .fields
+                            .into_iter()
+                            .map(|f| Field::new(f.name, f.data_type))
+                            .collect(),
                     ),
                     post,
                 }));

@@ -19,13 +19,13 @@ use super::output::{OutputRecord, record};
 use super::partial::{finish, merge, partial_aggs, width};
 use super::state::{GroupKey, StreamState};
 use crate::error::Result;
+use crate::exec_err;
 use crate::expr::{AggExpr, AggFunc, col, count_star, lit};
 use crate::plan::LogicalPlan;
 use crate::reference::{Row, cast, eval_row, evaluate};
 use crate::source::{Source, TopicRange, TopicRecord};
 use crate::types::Value;
 use crate::value::batches_to_rows;
-use crate::exec_err;
 
 /// What a batch writes and the state after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,7 +126,12 @@ impl StreamPlan {
         self.finish_rows(state, evaluate(&plan, Some(&topic))?, watermark)
     }
 
-    fn finish_rows(&self, state: &StreamState, rows: Vec<Row>, watermark: Option<i64>) -> Result<BatchOutput> {
+    fn finish_rows(
+        &self,
+        state: &StreamState,
+        rows: Vec<Row>,
+        watermark: Option<i64>,
+    ) -> Result<BatchOutput> {
         let Some(s) = &self.stateful else {
             let mut records: Vec<OutputRecord> =
                 rows.iter().map(|r| record(&self.output, r, None)).collect();
@@ -163,7 +168,12 @@ impl StreamPlan {
             if let Value::Int(n) = row[partial_end] {
                 input_rows += n.max(0) as u64;
             }
-            if has_event_time && let Value::Timestamp(t) = cast(row[partial_end + 1].clone(), crate::types::DataType::Timestamp) {
+            if has_event_time
+                && let Value::Timestamp(t) = cast(
+                    row[partial_end + 1].clone(),
+                    crate::types::DataType::Timestamp,
+                )
+            {
                 max_event_time = Some(max_event_time.map_or(t, |m| m.max(t)));
             }
             let partial = &row[g..partial_end];

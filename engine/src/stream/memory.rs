@@ -16,7 +16,10 @@ impl MemoryTopic {
     pub fn new(input: &[(i32, Vec<TopicRecord>)]) -> MemoryTopic {
         let mut partitions: BTreeMap<i32, Vec<TopicRecord>> = BTreeMap::new();
         for (p, records) in input {
-            partitions.entry(*p).or_default().extend(records.iter().cloned());
+            partitions
+                .entry(*p)
+                .or_default()
+                .extend(records.iter().cloned());
         }
         for records in partitions.values_mut() {
             records.sort_by_key(|r| r.offset);

@@ -104,7 +104,10 @@ mod tests {
         let mut a = vec![Value::Float(1.0), Value::Int(1)];
         merge(AggFunc::Avg, &mut a, &[Value::Float(5.0), Value::Int(3)]);
         assert_eq!(finish(AggFunc::Avg, &a), Value::Float(1.5));
-        assert_eq!(finish(AggFunc::Avg, &[Value::Null, Value::Int(0)]), Value::Null);
+        assert_eq!(
+            finish(AggFunc::Avg, &[Value::Null, Value::Int(0)]),
+            Value::Null
+        );
         let mut c = vec![Value::Int(i64::MAX)];
         merge(AggFunc::Sum, &mut c, &[Value::Int(1)]);
         assert_eq!(c, vec![Value::Int(i64::MIN)]);

@@ -88,7 +88,9 @@ impl StreamState {
 
     /// Each group's key and partial columns, in key order.
     pub fn entries(&self) -> impl Iterator<Item = (&[Value], &[Value])> {
-        self.groups.iter().map(|(k, v)| (k.0.as_slice(), v.as_slice()))
+        self.groups
+            .iter()
+            .map(|(k, v)| (k.0.as_slice(), v.as_slice()))
     }
 
     /// The checkpoint bytes (bincode), the same for the same state.
