@@ -487,8 +487,9 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
             let key = format!("k{}", self.rng.next_u64() % 5);
             let offset = self.world.input[p].len() as i64;
             self.produced += 1;
-            let value = format!("v{}", self.produced);
-            self.world.input[p].push(InputRecord { partition: p as i32, offset, timestamp: self.now - lag, key: Some(key), value });
+            let ts = self.now - lag;
+            let value = format!("{{\"id\":{},\"page\":\"{key}\",\"ts\":{ts}}}", self.produced);
+            self.world.input[p].push(InputRecord { partition: p as i32, offset, timestamp: ts, key: Some(key), value });
         }
         let next = self.now + 20 + (self.rng.next_u64() % 100) as Millis;
         self.at(next, Event::Produce);
