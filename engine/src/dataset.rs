@@ -162,6 +162,18 @@ impl Dataset {
         Ok(self.with(self.plan.clone().explode(e, separator, name)?))
     }
 
+    /// Event-time windows of `size` every `slide` (tumbling when `None`)
+    /// over the TIMESTAMP `time`, adding `window_start` and `window_end`:
+    /// `ds.window(col("ts"), "10 minutes", Some("5 minutes"))?.group_by(vec![col("window_start"), col("window_end")])`.
+    pub fn window(self, time: Expr, size: &str, slide: Option<&str>) -> Result<Dataset> {
+        let size_ms = crate::time::parse_interval(size)?;
+        let slide_ms = match slide {
+            Some(s) => crate::time::parse_interval(s)?,
+            None => size_ms,
+        };
+        Ok(self.with(self.plan.clone().time_window(time, size_ms, slide_ms)?))
+    }
+
     pub fn group_by(self, keys: Vec<Expr>) -> Grouped {
         Grouped { ds: self, keys }
     }

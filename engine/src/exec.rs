@@ -10,6 +10,7 @@ use crate::eval::{evaluate, filter_batch};
 use crate::exec_err;
 use crate::ops::aggregate::{AggMode, aggregate};
 use crate::ops::split_count;
+use crate::ops::window::time_window;
 use crate::ops::explode::explode;
 use crate::ops::join::{JoinSpec, hash_join};
 use crate::ops::sort::{limit, sort};
@@ -200,6 +201,15 @@ pub fn run(op: &Op, p: u32, inputs: &dyn TaskInputs) -> Result<Vec<RecordBatch>,
             keep,
         } => narrow(run(input, p, inputs)?, |b| {
             explode(b, schema, expr, separator, name, keep)
+        })?,
+        Op::TimeWindow {
+            input,
+            schema,
+            time,
+            size_ms,
+            slide_ms,
+        } => narrow(run(input, p, inputs)?, |b| {
+            time_window(b, schema, time, *size_ms, *slide_ms)
         })?,
         Op::Aggregate {
             input,

@@ -23,8 +23,11 @@ pub mod reference;
 pub mod shuffle;
 pub mod source;
 pub mod sql;
+pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod time;
+pub mod topic_format;
 pub mod types;
 pub mod value;
 

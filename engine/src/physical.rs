@@ -48,6 +48,15 @@ pub enum Op {
         name: String,
         keep: Vec<usize>,
     },
+    /// Windows of `size_ms` every `slide_ms` over `time`; see
+    /// `LogicalPlan::TimeWindow`.
+    TimeWindow {
+        input: Box<Op>,
+        schema: Schema,
+        time: Expr,
+        size_ms: i64,
+        slide_ms: i64,
+    },
     Aggregate {
         input: Box<Op>,
         schema: Schema,
@@ -171,6 +180,7 @@ fn shuffles_read(op: &Op) -> Vec<u32> {
             Op::Project { input, .. }
             | Op::Filter { input, .. }
             | Op::Explode { input, .. }
+            | Op::TimeWindow { input, .. }
             | Op::Aggregate { input, .. }
             | Op::Sort { input, .. }
             | Op::Limit { input, .. } => walk(input, out),
@@ -302,6 +312,25 @@ impl Cutter {
                         separator: separator.clone(),
                         name: name.clone(),
                         keep,
+                    },
+                    n,
+                )
+            }
+            LogicalPlan::TimeWindow {
+                input,
+                time,
+                size_ms,
+                slide_ms,
+            } => {
+                let schema = input.schema()?;
+                let (child, n) = self.plan(input)?;
+                (
+                    Op::TimeWindow {
+                        input: Box::new(child),
+                        schema,
+                        time: time.clone(),
+                        size_ms: *size_ms,
+                        slide_ms: *slide_ms,
                     },
                     n,
                 )

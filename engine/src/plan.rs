@@ -102,6 +102,18 @@ pub enum LogicalPlan {
         partitions: u32,
         keys: Vec<Expr>,
     },
+    /// Event-time windows: each row once per window `[start, start +
+    /// size)` that contains `time` (windows start at multiples of `slide`
+    /// from the epoch, so a tumbling window has `slide == size`), with the
+    /// TIMESTAMP columns `window_start` and `window_end` appended. A row
+    /// whose time is NULL is in no window and is dropped.
+    /// SQL: `GROUP BY window(ts, '10 minutes', '5 minutes')`.
+    TimeWindow {
+        input: Box<LogicalPlan>,
+        time: Expr,
+        size_ms: i64,
+        slide_ms: i64,
+    },
     /// Give every column the same table qualifier (`FROM t AS x`).
     Alias {
         input: Box<LogicalPlan>,
@@ -135,6 +147,12 @@ impl LogicalPlan {
             LogicalPlan::Explode { input, name, .. } => {
                 let mut s = input.schema()?;
                 s.fields.push(Field::new(name, DataType::Utf8));
+                s
+            }
+            LogicalPlan::TimeWindow { input, .. } => {
+                let mut s = input.schema()?;
+                s.fields.push(Field::new("window_start", DataType::Timestamp));
+                s.fields.push(Field::new("window_end", DataType::Timestamp));
                 s
             }
             LogicalPlan::Aggregate { input, group, aggs } => {
@@ -212,6 +230,38 @@ impl LogicalPlan {
             expr,
             separator,
             name: name.into(),
+        })
+    }
+
+    /// Windows of `size_ms` every `slide_ms` over the TIMESTAMP `time`.
+    pub fn time_window(self, time: Expr, size_ms: i64, slide_ms: i64) -> Result<LogicalPlan> {
+        let s = self.schema()?;
+        let t = time.data_type(&s)?;
+        if t != DataType::Timestamp {
+            return Err(plan_err!(
+                "window() needs a TIMESTAMP column, but {time} is {t} (CAST it AS TIMESTAMP, or declare it TIMESTAMP in topic())"
+            ));
+        }
+        if size_ms <= 0 || slide_ms <= 0 {
+            return Err(plan_err!("window(): the size and slide must be positive"));
+        }
+        if slide_ms > size_ms {
+            return Err(plan_err!(
+                "window(): the slide ({slide_ms} ms) must not be longer than the size ({size_ms} ms)"
+            ));
+        }
+        for n in ["window_start", "window_end"] {
+            if s.index_of(n).is_ok() {
+                return Err(plan_err!(
+                    "window(): the input already has a column named '{n}'"
+                ));
+            }
+        }
+        Ok(LogicalPlan::TimeWindow {
+            input: Box::new(self),
+            time,
+            size_ms,
+            slide_ms,
         })
     }
 
@@ -381,6 +431,12 @@ impl LogicalPlan {
                 name,
                 ..
             } => format!("Explode split({expr}, '{separator}') AS {name}"),
+            LogicalPlan::TimeWindow {
+                time,
+                size_ms,
+                slide_ms,
+                ..
+            } => format!("TimeWindow {time} size={size_ms}ms slide={slide_ms}ms"),
             LogicalPlan::Aggregate { group, aggs, .. } => format!(
                 "Aggregate group=[{}] aggs=[{}]",
                 list(group.iter().map(|(e, _)| e.to_string())),
@@ -431,6 +487,7 @@ impl LogicalPlan {
             LogicalPlan::Project { input, .. }
             | LogicalPlan::Filter { input, .. }
             | LogicalPlan::Explode { input, .. }
+            | LogicalPlan::TimeWindow { input, .. }
             | LogicalPlan::Aggregate { input, .. }
             | LogicalPlan::Sort { input, .. }
             | LogicalPlan::Limit { input, .. }

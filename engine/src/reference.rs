@@ -86,6 +86,33 @@ pub fn evaluate(plan: &LogicalPlan, topics: Option<&dyn TopicReader>) -> Result<
             }
             out
         }
+        LogicalPlan::TimeWindow {
+            input,
+            time,
+            size_ms,
+            slide_ms,
+        } => {
+            let s = input.schema()?;
+            let mut out = Vec::new();
+            for r in evaluate(input, topics)? {
+                let Value::Timestamp(ts) = cast(eval_row(time, &r, &s), DataType::Timestamp) else {
+                    continue;
+                };
+                // Every window start k * slide in (ts - size, ts], ascending.
+                let mut k = (ts - size_ms).div_euclid(*slide_ms);
+                while k * slide_ms <= ts {
+                    let start = k * slide_ms;
+                    if ts < start + size_ms {
+                        let mut row = r.clone();
+                        row.push(Value::Timestamp(start));
+                        row.push(Value::Timestamp(start + size_ms));
+                        out.push(row);
+                    }
+                    k += 1;
+                }
+            }
+            out
+        }
         LogicalPlan::Aggregate { input, group, aggs } => {
             let s = input.schema()?;
             aggregate(&evaluate(input, topics)?, &s, group, aggs)?

@@ -13,6 +13,7 @@ use arrow::compute::cast;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::topic_format::TopicFormat;
 use crate::types::{DataType, Field, Schema, Value};
 use crate::{exec_err, plan_err};
 
@@ -58,10 +59,14 @@ pub enum Source {
         rows: Vec<Vec<Value>>,
         partitions: u32,
     },
-    /// A topic's records between offsets, one partition per range.
+    /// A topic's records between offsets, one partition per range (no
+    /// ranges: no rows). With a format, the declared columns parsed from
+    /// each value follow the topic's own.
     Topic {
         topic: String,
         ranges: Vec<TopicRange>,
+        #[serde(default)]
+        format: Option<TopicFormat>,
     },
 }
 
@@ -73,8 +78,16 @@ impl fmt::Display for Source {
             Source::Parquet { path, .. } => write!(f, "parquet {path}"),
             Source::Text { path, .. } => write!(f, "text {path}"),
             Source::Memory { rows, .. } => write!(f, "memory ({} rows)", rows.len()),
-            Source::Topic { topic, ranges } => {
-                write!(f, "topic {topic} ({} partitions)", ranges.len())
+            Source::Topic {
+                topic,
+                ranges,
+                format,
+            } => {
+                write!(f, "topic {topic} ({} partitions)", ranges.len())?;
+                match format {
+                    Some(fmt) => write!(f, " as {fmt}"),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -176,7 +189,13 @@ impl Source {
                 }
                 Ok(schema.clone())
             }
-            Source::Topic { .. } => Ok(topic_schema()),
+            Source::Topic { format, .. } => {
+                let mut s = topic_schema();
+                if let Some(f) = format {
+                    s.fields.extend(f.columns.fields.iter().cloned());
+                }
+                Ok(s)
+            }
         }
     }
 
@@ -237,12 +256,19 @@ impl Source {
                     rows.iter().skip(p as usize).step_by(n as usize).collect();
                 Ok(vec![rows_to_batch(schema, &mine)?])
             }
-            Source::Topic { topic, ranges } => {
+            Source::Topic {
+                topic,
+                ranges,
+                format,
+            } => {
+                let Some(r) = ranges.get(p as usize) else {
+                    // A topic scan with no ranges (a stream's empty batch).
+                    return Ok(vec![RecordBatch::new_empty(schema.to_arrow())]);
+                };
                 let reader = topics
                     .ok_or_else(|| exec_err!("no topic reader on this node for topic '{topic}'"))?;
-                let r = &ranges[p as usize];
                 let records = reader.read(topic, r.partition, r.start, r.end)?;
-                topic_batch(&records, r.partition)
+                topic_batch(&records, r.partition, format.as_ref(), schema)
             }
         }
     }
@@ -333,8 +359,13 @@ fn text_batches(bytes: &[u8], path: &str) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
-fn topic_batch(records: &[TopicRecord], partition: i32) -> Result<Vec<RecordBatch>> {
-    let columns: Vec<ArrayRef> = vec![
+fn topic_batch(
+    records: &[TopicRecord],
+    partition: i32,
+    format: Option<&TopicFormat>,
+    schema: &Schema,
+) -> Result<Vec<RecordBatch>> {
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(
             records
                 .iter()
@@ -353,10 +384,11 @@ fn topic_batch(records: &[TopicRecord], partition: i32) -> Result<Vec<RecordBatc
             records.iter().map(|r| r.timestamp).collect::<Vec<i64>>(),
         )),
     ];
-    Ok(vec![RecordBatch::try_new(
-        topic_schema().to_arrow(),
-        columns,
-    )?])
+    if let Some(f) = format {
+        let values: Vec<Option<&str>> = records.iter().map(|r| r.value.as_deref()).collect();
+        columns.extend(f.parse_values(&values)?);
+    }
+    Ok(vec![RecordBatch::try_new(schema.to_arrow(), columns)?])
 }
 
 /// Casts a batch's columns to the engine types of `schema`.

@@ -20,6 +20,7 @@ use crate::expr::{AggExpr, AggFunc, BinaryOp, Expr, ScalarFunc, col};
 use crate::plan::{JoinKind, LogicalPlan, SortKey};
 use crate::plan_err;
 use crate::source::{Source, TopicRange, default_partitions};
+use crate::topic_format::TopicFormat;
 use crate::types::{DataType, Schema, Value};
 
 /// Finds a topic's offset ranges by name.
@@ -65,6 +66,48 @@ pub fn plan_sql(sql: &str, catalog: &Catalog) -> Result<LogicalPlan> {
         ctes: Vec::new(),
     }
     .query(q)
+}
+
+/// Plans `INSERT INTO sink SELECT ...` (a stream query's form): the sink's
+/// name and the SELECT's plan.
+pub fn plan_insert(sql: &str, catalog: &Catalog) -> Result<(String, LogicalPlan)> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|e| EngineError::Syntax(e.to_string()))?;
+    let not_insert = |what: String| {
+        plan_err!(
+            "a stream query is INSERT INTO <sink topic> SELECT ... FROM topic(...), not: {what}"
+        )
+    };
+    let [statement] = statements.as_slice() else {
+        return Err(plan_err!(
+            "expected one statement, got {}",
+            statements.len()
+        ));
+    };
+    let Statement::Insert(insert) = statement else {
+        return Err(not_insert(first_words(&statement.to_string())));
+    };
+    let ast::TableObject::TableName(name) = &insert.table else {
+        return Err(not_insert(first_words(&statement.to_string())));
+    };
+    if !insert.columns.is_empty() || insert.overwrite || insert.partitioned.is_some() {
+        return Err(plan_err!(
+            "INSERT INTO {}: column lists, OVERWRITE and PARTITION are not supported; the SELECT's columns are written",
+            object_name(name)
+        ));
+    }
+    let Some(q) = &insert.source else {
+        return Err(not_insert(first_words(&statement.to_string())));
+    };
+    if matches!(q.body.as_ref(), SetExpr::Values(_)) {
+        return Err(not_insert("INSERT ... VALUES".to_string()));
+    }
+    let plan = Planner {
+        catalog,
+        ctes: Vec::new(),
+    }
+    .query(q)?;
+    Ok((object_name(name), plan))
 }
 
 fn first_words(s: &str) -> String {
@@ -252,6 +295,41 @@ impl Planner<'_> {
             }
             GroupByExpr::All(_) => return Err(plan_err!("GROUP BY ALL is not supported")),
         };
+        // GROUP BY window(ts, size [, slide]): a TimeWindow node below the
+        // aggregate, grouped by the two columns it adds.
+        let mut group_exprs = group_exprs;
+        let mut windowed = false;
+        let mut i = 0;
+        while i < group_exprs.len() {
+            if let Some((time, size, slide)) = window_call(&group_exprs[i])? {
+                if windowed {
+                    return Err(plan_err!("only one window() per GROUP BY"));
+                }
+                windowed = true;
+                let schema = plan.schema()?;
+                let time = self.expr(time, &schema, None, "window()")?;
+                let size_ms = crate::time::parse_interval(&size)
+                    .map_err(|e| plan_err!("window() size: {}", strip_kind(e)))?;
+                let slide_ms = match &slide {
+                    None => size_ms,
+                    Some(t) => crate::time::parse_interval(t)
+                        .map_err(|e| plan_err!("window() slide: {}", strip_kind(e)))?,
+                };
+                if slide_ms > size_ms {
+                    return Err(plan_err!(
+                        "window(): the slide '{}' is longer than the window size '{size}'; a sliding window needs slide <= size",
+                        slide.unwrap_or_default()
+                    ));
+                }
+                plan = plan.time_window(time, size_ms, slide_ms)?;
+                let ident = |n: &str| ast::Expr::Identifier(ast::Ident::new(n));
+                group_exprs[i] = ident("window_start");
+                group_exprs.insert(i + 1, ident("window_end"));
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
         let aggregate = !group_exprs.is_empty() || has_aggregate_items(s) || s.having.is_some();
         if aggregate && explode_name.is_some() {
             return Err(plan_err!(
@@ -677,9 +755,21 @@ impl Planner<'_> {
                         "topic('{topic}'): this context reads no topics (run against a server)"
                     )
                 })?;
+                let format = match (positional.get(1), positional.get(2), positional.get(3)) {
+                    (None, None, None) => None,
+                    (Some(Value::Str(f)), Some(Value::Str(s)), None) => {
+                        Some(TopicFormat::parse(f, s)?)
+                    }
+                    _ => {
+                        return Err(plan_err!(
+                            "topic() takes a name, or a name, a value format and a schema: topic('{topic}', 'json', 'user STRING, ts TIMESTAMP')"
+                        ));
+                    }
+                };
                 Source::Topic {
                     ranges: resolve(&topic)?,
                     topic,
+                    format,
                 }
             }
             other => {
@@ -919,6 +1009,14 @@ impl Planner<'_> {
         aggs: Option<&mut Aggs>,
         clause: &str,
     ) -> Result<Expr> {
+        // Keywords the parser reads as niladic functions (`user`,
+        // `current_date`) name a column when one has that name.
+        if matches!(f.args, FunctionArguments::None) {
+            let n = object_name(&f.name);
+            if schema.index_of(&n).is_ok() {
+                return Ok(col(n));
+            }
+        }
         let name = object_name(&f.name).to_ascii_lowercase();
         let (args, distinct): (Vec<&FunctionArgExpr>, bool) = match &f.args {
             FunctionArguments::None => (Vec::new(), false),
@@ -1009,6 +1107,11 @@ impl Planner<'_> {
             };
             a.data_type(schema)?;
             return Ok(aggs.add(a));
+        }
+        if name == "window" {
+            return Err(plan_err!(
+                "window() is only supported in GROUP BY (GROUP BY window(ts, '1 minute')); select its columns window_start and window_end"
+            ));
         }
         if name == "explode" || name == "split" {
             return Err(plan_err!(
@@ -1188,6 +1291,49 @@ fn object_name(n: &ObjectName) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// A planning error's message without its "planning error: " prefix.
+fn strip_kind(e: EngineError) -> String {
+    match e {
+        EngineError::Plan(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// `window(time, 'size' [, 'slide'])`: the time expression and the
+/// interval texts.
+fn window_call(e: &ast::Expr) -> Result<Option<(&ast::Expr, String, Option<String>)>> {
+    let ast::Expr::Function(f) = e else {
+        return Ok(None);
+    };
+    if !object_name(&f.name).eq_ignore_ascii_case("window") {
+        return Ok(None);
+    }
+    let bad = || {
+        plan_err!(
+            "window() takes a TIMESTAMP column and one or two interval strings: window(ts, '10 minutes' [, '5 minutes'])"
+        )
+    };
+    let FunctionArguments::List(l) = &f.args else {
+        return Err(bad());
+    };
+    let mut args = Vec::new();
+    for a in &l.args {
+        match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => args.push(x),
+            _ => return Err(bad()),
+        }
+    }
+    let text = |x: &ast::Expr| match literal(x) {
+        Ok(Value::Str(s)) => Ok(s),
+        _ => Err(bad()),
+    };
+    match args.as_slice() {
+        [t, size] => Ok(Some((t, text(size)?, None))),
+        [t, size, slide] => Ok(Some((t, text(size)?, Some(text(slide)?)))),
+        _ => Err(bad()),
+    }
 }
 
 /// `explode(split(x, 'sep'))`: the inner expression and the separator.

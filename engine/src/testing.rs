@@ -224,6 +224,9 @@ pub enum Shape {
     Union(Vec<Vec<Value>>),
     Explode,
     Repartition(u32, bool),
+    /// Time windows (size, slide) over `v` read as milliseconds; the
+    /// window's start replaces `v`.
+    Window(i64, i64),
 }
 
 /// A random step.
@@ -254,6 +257,8 @@ pub fn shape() -> impl Strategy<Value = Shape> {
         rows(10).prop_map(Shape::Union),
         Just(Shape::Explode),
         (1u32..5, any::<bool>()).prop_map(|(p, k)| Shape::Repartition(p, k)),
+        prop::sample::select(vec![(10, 10), (10, 5), (7, 3), (5, 5), (9, 9), (6, 1)])
+            .prop_map(|(size, slide)| Shape::Window(size, slide)),
     ]
 }
 
@@ -345,6 +350,19 @@ pub fn apply(plan: LogicalPlan, s: &Shape) -> (LogicalPlan, bool) {
                     (col("v"), "v".into()),
                     (col("f"), "f".into()),
                     (col("w"), "s".into()),
+                ])
+                .unwrap();
+            (p, false)
+        }
+        Shape::Window(size, slide) => {
+            let p = plan
+                .time_window(col("v").cast(DataType::Timestamp), *size, *slide)
+                .unwrap()
+                .project(vec![
+                    (col("k"), "k".into()),
+                    (col("window_start").cast(DataType::Int64), "v".into()),
+                    (col("f"), "f".into()),
+                    (col("s"), "s".into()),
                 ])
                 .unwrap();
             (p, false)

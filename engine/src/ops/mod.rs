@@ -8,3 +8,4 @@ pub mod join;
 pub mod keys;
 pub mod sort;
 pub mod split_count;
+pub mod window;

@@ -387,7 +387,7 @@ fn prefer_leaders(spec: &mut JobSpec, stages: &[millrace_engine::physical::Stage
     use millrace_engine::source::Source;
     fn walk(op: &Op, topics: &KafkaTopics) -> Option<Vec<Vec<u32>>> {
         match op {
-            Op::Scan { source: Source::Topic { topic, ranges }, .. } => {
+            Op::Scan { source: Source::Topic { topic, ranges, .. }, .. } => {
                 let leaders = topics.leaders(topic);
                 Some(ranges.iter().map(|r| leaders.get(&r.partition).and_then(|l| u32::try_from(*l).ok()).into_iter().collect()).collect())
             }
@@ -403,7 +403,7 @@ fn prefer_leaders(spec: &mut JobSpec, stages: &[millrace_engine::physical::Stage
                 }
                 Some(out)
             }
-            Op::Project { input, .. } | Op::Filter { input, .. } | Op::Explode { input, .. } | Op::Aggregate { input, .. } | Op::Sort { input, .. } | Op::Limit { input, .. } => {
+            Op::Project { input, .. } | Op::Filter { input, .. } | Op::Explode { input, .. } | Op::TimeWindow { input, .. } | Op::Aggregate { input, .. } | Op::Sort { input, .. } | Op::Limit { input, .. } => {
                 walk(input, topics)
             }
             Op::ShuffleRead { .. } | Op::HashJoin { .. } => None,

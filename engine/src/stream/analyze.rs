@@ -1,0 +1,405 @@
+//! A stream query, analysed once when it is defined: its one input topic,
+//! the stateless part, and for an aggregation the aggregate and what is
+//! computed above it. Queries a micro-batch engine cannot answer
+//! incrementally are refused here, with Spark's reasons.
+
+use serde::{Deserialize, Serialize};
+
+use super::options::{OutputMode, StreamOptions};
+use crate::error::Result;
+use crate::expr::{AggExpr, AggFunc, Expr};
+use crate::plan::LogicalPlan;
+use crate::plan_err;
+use crate::source::Source;
+use crate::sql::{Catalog, plan_insert};
+use crate::types::{DataType, Field, Schema};
+
+/// One step above the aggregate, applied to a group's final row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum PostStep {
+    /// `input`: the columns the step reads; `types`: each output's type.
+    Project {
+        input: Schema,
+        exprs: Vec<(Expr, String)>,
+        types: Vec<DataType>,
+    },
+    Filter {
+        input: Schema,
+        predicate: Expr,
+    },
+}
+
+/// The aggregation of a stateful query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Stateful {
+    /// Everything below the aggregate; its topic scan has no ranges.
+    pub input: LogicalPlan,
+    pub group: Vec<(Expr, String)>,
+    pub aggs: Vec<(AggExpr, String)>,
+    /// The group column that is a window's end, if grouped by a window.
+    pub window_end: Option<usize>,
+    /// The aggregate's own output columns (group keys, then aggregates).
+    pub agg_schema: Schema,
+    /// Steps above the aggregate, bottom first.
+    pub post: Vec<PostStep>,
+}
+
+/// An analysed stream query: serde data, so it can be stored in a log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamPlan {
+    pub(crate) input_topic: String,
+    pub(crate) sink_topic: String,
+    pub(crate) options: StreamOptions,
+    /// The whole query; its topic scan has no ranges.
+    pub(crate) query: LogicalPlan,
+    /// The query's output columns.
+    pub(crate) output: Schema,
+    pub(crate) stateful: Option<Stateful>,
+}
+
+impl StreamPlan {
+    /// `INSERT INTO out_topic SELECT ... FROM topic('in', 'json', '...') ...`
+    pub fn from_sql(sql: &str, opts: StreamOptions) -> Result<StreamPlan> {
+        // Ranges are fixed per micro-batch, so planning resolves none.
+        let mut catalog = Catalog::default();
+        catalog.topics = Some(Box::new(|_| Ok(Vec::new())));
+        let (sink, plan) = plan_insert(sql, &catalog)?;
+        StreamPlan::from_plan(plan, &sink, opts)
+    }
+
+    /// The Dataset API path: a plan whose one scan is a `Source::Topic`
+    /// (its ranges are ignored).
+    pub fn from_plan(
+        plan: LogicalPlan,
+        sink_topic: &str,
+        opts: StreamOptions,
+    ) -> Result<StreamPlan> {
+        let mut query = plan;
+        let mut topics = Vec::new();
+        clear_ranges(&mut query, &mut topics);
+        // The shape first: a join's error says more than "two scans".
+        let stateful = split_aggregate(&query)?;
+        match &stateful {
+            Some(s) => check_stateless(&s.input)?,
+            None => check_stateless(&query)?,
+        }
+        let input_topic = match topics.as_slice() {
+            [t] if !t.ends_with("(not a topic)") => t.clone(),
+            [] | [_] => {
+                return Err(plan_err!(
+                    "a stream query must read a topic: FROM topic('name', ...), not {}",
+                    topics.join(", ")
+                ));
+            }
+            _ => {
+                return Err(plan_err!(
+                    "a stream query reads one topic; this one reads {}",
+                    topics.join(", ")
+                ));
+            }
+        };
+        if sink_topic.is_empty() {
+            return Err(plan_err!("a stream query needs a sink topic"));
+        }
+        let output = query.schema()?;
+        let p = StreamPlan {
+            input_topic,
+            sink_topic: sink_topic.to_string(),
+            options: opts,
+            query,
+            output,
+            stateful,
+        };
+        p.check_options()?;
+        Ok(p)
+    }
+
+    fn check_options(&self) -> Result<()> {
+        let o = &self.options;
+        if let Some(w) = &o.watermark {
+            if w.delay_ms < 0 {
+                return Err(plan_err!("the watermark delay must not be negative"));
+            }
+            // Late rows are dropped where the aggregate reads them; a
+            // stateless query checks the column where it is read.
+            let schema = match &self.stateful {
+                Some(s) => s.input.schema()?,
+                None => scan_schema(&self.query)?,
+            };
+            let i = schema.index_of(&w.column).map_err(|_| {
+                plan_err!(
+                    "the watermark column '{}' is not a column of the stream (columns: {})",
+                    w.column,
+                    schema.names().join(", ")
+                )
+            })?;
+            let t = schema.fields[i].data_type;
+            if t != DataType::Timestamp {
+                return Err(plan_err!(
+                    "the watermark column '{}' is {t}; a watermark needs a TIMESTAMP column (declare it TIMESTAMP in topic(), or CAST it)",
+                    w.column
+                ));
+            }
+        }
+        match (o.output_mode, &self.stateful) {
+            (OutputMode::Complete, None) => Err(plan_err!(
+                "complete output mode needs an aggregation: without one there is no result table to rewrite each batch (use append or update)"
+            )),
+            (OutputMode::Append, Some(s)) => {
+                let on_window_time = match (&o.watermark, window_time(&s.input)) {
+                    (Some(w), Some(Expr::Column(c))) => {
+                        let name = c.rsplit('.').next().unwrap_or(c);
+                        name.eq_ignore_ascii_case(&w.column) && s.window_end.is_some()
+                    }
+                    _ => false,
+                };
+                if on_window_time {
+                    Ok(())
+                } else {
+                    Err(plan_err!(
+                        "append mode needs a watermark on the window's time column for an aggregation: a group is final, and written once, only when the watermark passes its window's end (GROUP BY window(ts, ...) with a watermark on ts, or use update or complete mode)"
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn input_topic(&self) -> &str {
+        &self.input_topic
+    }
+
+    pub fn sink_topic(&self) -> &str {
+        &self.sink_topic
+    }
+
+    pub fn options(&self) -> &StreamOptions {
+        &self.options
+    }
+
+    /// The whole query (its topic scan without ranges), for EXPLAIN.
+    pub fn query(&self) -> &LogicalPlan {
+        &self.query
+    }
+
+    /// The query's output columns.
+    pub fn output_schema(&self) -> &Schema {
+        &self.output
+    }
+
+    /// Whether batches carry state (an aggregation) from one to the next.
+    pub fn is_stateful(&self) -> bool {
+        self.stateful.is_some()
+    }
+
+    pub fn watermark_delay_ms(&self) -> Option<i64> {
+        self.options.watermark.as_ref().map(|w| w.delay_ms)
+    }
+
+    /// The watermark after a batch: the largest event time seen minus the
+    /// delay, never moving back (Spark's rule). `None` without a watermark.
+    pub fn advance_watermark(
+        &self,
+        current: Option<i64>,
+        max_event_time: Option<i64>,
+    ) -> Option<i64> {
+        let delay = self.watermark_delay_ms()?;
+        let proposed = max_event_time.map(|m| m.saturating_sub(delay));
+        match (current, proposed) {
+            (Some(c), Some(p)) => Some(c.max(p)),
+            (c, p) => c.or(p),
+        }
+    }
+}
+
+/// Empties every topic scan's ranges and collects the topic names.
+fn clear_ranges(plan: &mut LogicalPlan, topics: &mut Vec<String>) {
+    if let LogicalPlan::Scan { source, .. } = plan {
+        match source {
+            Source::Topic { topic, ranges, .. } => {
+                ranges.clear();
+                topics.push(topic.clone());
+            }
+            other => topics.push(format!("{other} (not a topic)")),
+        }
+        return;
+    }
+    for c in children_mut(plan) {
+        clear_ranges(c, topics);
+    }
+}
+
+pub(crate) fn children_mut(plan: &mut LogicalPlan) -> Vec<&mut LogicalPlan> {
+    match plan {
+        LogicalPlan::Scan { .. } => vec![],
+        LogicalPlan::Project { input, .. }
+        | LogicalPlan::Filter { input, .. }
+        | LogicalPlan::Explode { input, .. }
+        | LogicalPlan::TimeWindow { input, .. }
+        | LogicalPlan::Aggregate { input, .. }
+        | LogicalPlan::Sort { input, .. }
+        | LogicalPlan::Limit { input, .. }
+        | LogicalPlan::Distinct { input }
+        | LogicalPlan::Repartition { input, .. }
+        | LogicalPlan::Alias { input, .. } => vec![input],
+        LogicalPlan::Join { left, right, .. } => vec![left, right],
+        LogicalPlan::Union { inputs } => inputs.iter_mut().collect(),
+    }
+}
+
+/// The schema of the plan's (one) scan.
+fn scan_schema(plan: &LogicalPlan) -> Result<Schema> {
+    match plan {
+        LogicalPlan::Scan { schema, .. } => Ok(schema.clone()),
+        other => match other.children().first() {
+            Some(c) => scan_schema(c),
+            None => Err(plan_err!("a stream query has no scan")),
+        },
+    }
+}
+
+/// The time expression of the window below, if any.
+fn window_time(plan: &LogicalPlan) -> Option<&Expr> {
+    match plan {
+        LogicalPlan::TimeWindow { time, .. } => Some(time),
+        other => other.children().into_iter().find_map(window_time),
+    }
+}
+
+/// Refuses what a stream cannot compute batch by batch.
+fn check_stateless(plan: &LogicalPlan) -> Result<()> {
+    if matches!(plan, LogicalPlan::Aggregate { .. }) {
+        return Err(plan_err!(
+            "more than one aggregation is not supported in a stream query: only one GROUP BY per stream query (its state is one table)"
+        ));
+    }
+    refuse_node(plan)?;
+    for c in plan.children() {
+        check_stateless(c)?;
+    }
+    Ok(())
+}
+
+/// Refuses a node kind a stream query cannot have (aggregates aside).
+fn refuse_node(plan: &LogicalPlan) -> Result<()> {
+    let refuse = |what: &str, why: &str| {
+        Err(plan_err!(
+            "{what} is not supported in a stream query: {why}"
+        ))
+    };
+    match plan {
+        LogicalPlan::Scan { .. }
+        | LogicalPlan::Project { .. }
+        | LogicalPlan::Filter { .. }
+        | LogicalPlan::Explode { .. }
+        | LogicalPlan::TimeWindow { .. }
+        | LogicalPlan::Repartition { .. }
+        | LogicalPlan::Alias { .. }
+        | LogicalPlan::Aggregate { .. } => Ok(()),
+        LogicalPlan::Sort { .. } => refuse(
+            "ORDER BY",
+            "a stream has no end to sort to; sort the sink's data when reading it",
+        ),
+        LogicalPlan::Limit { .. } => refuse(
+            "LIMIT",
+            "which rows are first is not defined on an unbounded stream",
+        ),
+        LogicalPlan::Distinct { .. } => refuse("DISTINCT", "write it as a GROUP BY of the columns"),
+        LogicalPlan::Join { left, right, .. } => {
+            let topics = |p: &LogicalPlan| {
+                let mut t = Vec::new();
+                clear_ranges(&mut p.clone(), &mut t);
+                t.iter().any(|n| !n.ends_with("(not a topic)"))
+            };
+            if topics(left) && topics(right) {
+                refuse(
+                    "a join of two streams",
+                    "stream-stream joins need join state and are not implemented",
+                )
+            } else {
+                refuse("a join", "stream-static joins are not implemented yet")
+            }
+        }
+        LogicalPlan::Union { .. } => refuse("UNION", "a stream query reads one topic"),
+    }
+}
+
+/// Finds the aggregate under the row-by-row steps at the top of `plan`.
+fn split_aggregate(plan: &LogicalPlan) -> Result<Option<Stateful>> {
+    let mut post = Vec::new();
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Project { input, exprs } => {
+                let s = input.schema()?;
+                let types = exprs
+                    .iter()
+                    .map(|(e, _)| e.data_type(&s))
+                    .collect::<Result<_>>()?;
+                post.push(PostStep::Project {
+                    input: s,
+                    exprs: exprs.clone(),
+                    types,
+                });
+                node = input;
+            }
+            LogicalPlan::Filter { input, predicate } => {
+                post.push(PostStep::Filter {
+                    input: input.schema()?,
+                    predicate: predicate.clone(),
+                });
+                node = input;
+            }
+            // Qualifiers only: the steps above carry their own schemas.
+            LogicalPlan::Alias { input, .. } | LogicalPlan::Repartition { input, .. } => {
+                node = input
+            }
+            LogicalPlan::Aggregate { input, group, aggs } => {
+                for (a, _) in aggs {
+                    if a.func == AggFunc::CountDistinct {
+                        return Err(plan_err!(
+                            "{a} is not supported in a stream query: its state would be a set per group; stream aggregates are count, sum, min, max and avg"
+                        ));
+                    }
+                }
+                post.reverse();
+                let window_end = window_time(input).and_then(|_| {
+                    group.iter().position(|(e, _)| {
+                        matches!(e, Expr::Column(c) if c.rsplit('.').next().is_some_and(|n| n.eq_ignore_ascii_case("window_end")))
+                    })
+                });
+                let agg_schema = node.schema()?;
+                return Ok(Some(Stateful {
+                    input: (**input).clone(),
+                    group: group.clone(),
+                    aggs: aggs.clone(),
+                    window_end,
+                    agg_schema: Schema::new(
+                        agg_schema
+                            .fields
+                            .into_iter()
+                            .map(|f| Field::new(f.name, f.data_type))
+                            .collect(),
+                    ),
+                    post,
+                }));
+            }
+            _ => {
+                // No aggregate at the top: a stateless query (checked by
+                // the caller), unless an aggregate hides lower down.
+                refuse_node(node)?;
+                if contains_aggregate(node) {
+                    return Err(plan_err!(
+                        "an aggregation in a stream query must be the last wide step: only projections and filters (HAVING) may follow it"
+                    ));
+                }
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn contains_aggregate(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Aggregate { .. })
+        || plan.children().into_iter().any(contains_aggregate)
+}
