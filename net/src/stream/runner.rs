@@ -68,6 +68,9 @@ struct Runner {
     stop: Arc<AtomicBool>,
     wake: Arc<Notify>,
     timers: BTreeSet<i64>,
+    /// No offsets logged by this runner yet: a batch run now is one that an
+    /// earlier runner logged and did not commit.
+    fresh: bool,
 }
 
 /// Starts the query's task on the current runtime.
@@ -84,6 +87,7 @@ pub fn spawn(def: QueryDef, plan: StreamPlan, bootstrap: &str) -> RunnerHandle {
         stop: Arc::clone(&stop),
         wake: Arc::clone(&wake),
         timers: BTreeSet::new(),
+        fresh: true,
     };
     let task = tokio::spawn(runner.run());
     RunnerHandle { shared, stop, wake, task }
@@ -171,12 +175,18 @@ impl Runner {
                 Ok(ends) => QueryInput::Listed { ends },
                 Err(e) => io("listing the input partitions", e),
             },
-            QueryEffect::LogOffsets { entry } => match self.logs.log_offsets(&entry).await {
-                Ok(winner) => QueryInput::OffsetsLogged { winner },
-                Err(e) => io("writing the offset log", e),
-            },
+            QueryEffect::LogOffsets { entry } => {
+                self.fresh = false;
+                match self.logs.log_offsets(&entry).await {
+                    Ok(winner) => QueryInput::OffsetsLogged { winner },
+                    Err(e) => io("writing the offset log", e),
+                }
+            }
             QueryEffect::RunBatch { entry, state_version, sink_base } => {
                 let batch = entry.batch;
+                if std::mem::take(&mut self.fresh) {
+                    tracing::info!(query = %self.def.spec.name, batch, "re-running a batch logged before the restart, with its logged ranges");
+                }
                 match self.run_batch(entry, state_version, sink_base).await {
                     Ok(result) => QueryInput::BatchDone { batch, result },
                     Err(reason) => {

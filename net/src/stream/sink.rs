@@ -23,6 +23,14 @@ use crate::client::partitioner::partition_for_key;
 /// Records per chunk (one produce request each).
 pub const CHUNK_RECORDS: usize = 500;
 
+/// A pause after each chunk (`MILLRACE_STREAM_WRITE_DELAY_MS`, tests
+/// only): it widens the window in which a crash finds a batch half written,
+/// so the re-run path is exercised on a real server.
+fn write_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| std::env::var("MILLRACE_STREAM_WRITE_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis))
+}
+
 /// Where one batch's output goes.
 pub struct SinkTarget<'a> {
     pub topic: &'a str,
@@ -103,8 +111,15 @@ pub async fn write(
                     if matches!(result, Err(ClientError::Io(_) | ClientError::Protocol(_))) {
                         logs.reconnect();
                     }
+                    let outcome = outcome(result);
+                    if matches!(outcome, ProduceOutcome::Duplicate | ProduceOutcome::OutOfOrderSequence) {
+                        tracing::info!(topic = target.topic, partition = c.partition, base_sequence = c.base_sequence, ?outcome, "output chunk already written by an earlier attempt of this batch; skipped");
+                    }
+                    if let Some(d) = write_delay() {
+                        tokio::time::sleep(d).await;
+                    }
                     let mut out = Vec::new();
-                    writer.step(super::wall_ms(), SinkInput::Produced { chunk, outcome: outcome(result) }, &mut out);
+                    writer.step(super::wall_ms(), SinkInput::Produced { chunk, outcome }, &mut out);
                     queue.extend(out);
                 }
                 SinkEffect::Timer { at } => {
