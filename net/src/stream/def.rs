@@ -75,7 +75,7 @@ impl QueryDef {
 
 pub fn trigger_text(t: Trigger) -> String {
     match t {
-        Trigger::Interval { interval_ms } if interval_ms % 1000 == 0 && interval_ms > 0 => format!("every {}s", interval_ms / 1000),
+        Trigger::Interval { interval_ms } if interval_ms > 0 && interval_ms % 1000 == 0 => format!("every {}s", interval_ms / 1000),
         Trigger::Interval { interval_ms } => format!("every {interval_ms}ms"),
         Trigger::Once => "once".into(),
         Trigger::AvailableNow => "available-now".into(),

@@ -83,7 +83,7 @@ impl StreamService {
                 Ok((current, _)) => break current,
                 Err(e) => {
                     attempt += 1;
-                    if attempt % 20 == 0 {
+                    if attempt.is_multiple_of(20) {
                         tracing::warn!(%e, "cannot read the stream query definitions yet; retrying");
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
