@@ -521,6 +521,25 @@ fn update_mode_evicts_windows_the_watermark_passed() {
     assert_eq!(c.state.groups(), 1);
 }
 
+#[test]
+fn with_a_watermark_rows_without_event_time_never_count() {
+    let q = StreamPlan::from_sql(
+        &insert(&grouped()),
+        StreamOptions::new(OutputMode::Update).with_watermark("ts", 1_000),
+    )
+    .unwrap();
+    let recs = example_records();
+    // Offset 3 of partition 0 is not JSON: its ts (and page) are NULL.
+    let ranges = [TopicRange {
+        partition: 0,
+        start: 0,
+        end: 4,
+    }];
+    let out = run_batch(&q, &StreamState::default(), &recs, &ranges, None, 2).unwrap();
+    assert_eq!((out.input_rows, out.state.groups()), (3, 2));
+    assert_eq!(out.max_event_time, Some(9_999));
+}
+
 // ----------------------------------------------------------------- errors
 
 fn err(sql: &str, opts: StreamOptions) -> String {

@@ -20,3 +20,5 @@ pub mod file_storage;
 pub mod kafka;
 pub mod peer;
 pub mod server;
+#[cfg(all(feature = "batch", not(madsim)))]
+pub mod stream;

@@ -50,6 +50,61 @@ enum Command {
     /// List or cancel the batch jobs of a node.
     #[command(subcommand)]
     Job(JobCommand),
+    #[cfg(feature = "batch")]
+    /// Start, list, describe or stop stream queries: SQL run micro-batch by
+    /// micro-batch over a topic, its results written to a topic exactly once.
+    #[command(subcommand)]
+    Stream(StreamCommand),
+}
+
+#[cfg(feature = "batch")]
+#[derive(Subcommand)]
+enum StreamCommand {
+    /// Define a stream query on a node and start it; the node resumes it
+    /// when it restarts, until it is stopped.
+    Start {
+        /// The query's name (letters, digits, '-', '_', '.').
+        name: String,
+        /// INSERT INTO out SELECT ... FROM topic('in', 'json', 'user STRING, ts TIMESTAMP') ...
+        #[arg(long)]
+        sql: String,
+        /// When batches run: an interval (500ms, 1s, 2m), once, or available-now.
+        #[arg(long, default_value = "1s")]
+        trigger: String,
+        /// append, update or complete.
+        #[arg(long, default_value = "append")]
+        output_mode: String,
+        /// An event-time watermark: a TIMESTAMP column and a delay, e.g. 'ts 10 seconds'.
+        #[arg(long)]
+        watermark: Option<String>,
+        /// Where a new query starts reading: earliest or latest.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        /// At most this many input records per batch (Spark's maxOffsetsPerTrigger).
+        #[arg(long)]
+        max_records_per_batch: Option<u64>,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// The stream queries of a node: state, last batch, rates.
+    List {
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// One stream query's progress: batch id, rates, processing time,
+    /// watermark, lag per input partition, recent batches.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// Stop a stream query (it is not resumed again; its logs remain, so
+    /// starting it again with the same SQL continues where it stopped).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
 }
 
 #[cfg(feature = "batch")]
@@ -313,6 +368,8 @@ fn run() -> anyhow::Result<()> {
             Command::Sql(args) => sql(args),
             #[cfg(feature = "batch")]
             Command::Job(cmd) => job(cmd),
+            #[cfg(feature = "batch")]
+            Command::Stream(cmd) => stream(cmd),
         }
     })
 }
@@ -499,6 +556,82 @@ fn job(cmd: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Cancel { job, conn } => println!("{}", client::cancel(&conn.server, job)?),
+    }
+    Ok(())
+}
+
+#[cfg(feature = "batch")]
+fn stream(cmd: StreamCommand) -> anyhow::Result<()> {
+    use millrace_net::batch::proto::{StreamInfo, StreamSpec};
+    use millrace_net::stream::{client, def};
+    let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
+    let watermark = |w: Option<i64>| w.map_or("-".to_string(), millrace_engine::time::format_rfc3339);
+    match cmd {
+        StreamCommand::Start { name, sql, trigger, output_mode, watermark, from, max_records_per_batch, conn } => {
+            let spec = StreamSpec {
+                name,
+                sql,
+                trigger: def::parse_trigger(&trigger).map_err(anyhow::Error::msg)?,
+                output_mode: def::parse_mode(&output_mode).map_err(anyhow::Error::msg)?,
+                watermark: watermark.as_deref().map(def::parse_watermark).transpose().map_err(anyhow::Error::msg)?,
+                start_at: def::parse_start(&from).map_err(anyhow::Error::msg)?,
+                max_records_per_batch,
+            };
+            println!("{}", client::start(&conn.server, spec)?);
+        }
+        StreamCommand::List { conn } => {
+            let queries = client::list(&conn.server)?;
+            if queries.is_empty() {
+                println!("no stream queries");
+                return Ok(());
+            }
+            println!("{:<20}  {:<18}  {:>6}  {:>10}  {:>10}  {:<10}  {:<14}  SQL", "NAME", "STATE", "BATCH", "INPUT/S", "PROCESS/S", "MODE", "TRIGGER");
+            for q in &queries {
+                let sql: String = q.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                let sql = if sql.chars().count() > 60 { format!("{}...", sql.chars().take(57).collect::<String>()) } else { sql };
+                let batch = q.batch.map_or("-".to_string(), |b| b.to_string());
+                println!(
+                    "{:<20}  {:<18}  {:>6}  {:>10}  {:>10}  {:<10}  {:<14}  {sql}",
+                    q.name, q.state, batch, rate(q.input_rows_per_sec), rate(q.processed_rows_per_sec), q.output_mode, q.trigger
+                );
+            }
+        }
+        StreamCommand::Describe { name, conn } => {
+            let q: StreamInfo = client::describe(&conn.server, &name)?;
+            let sql: String = q.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            println!("query:            {}", q.name);
+            println!("sql:              {sql}");
+            println!("node:             {}", q.owner);
+            println!("state:            {}", q.state);
+            if let Some(e) = &q.error {
+                println!("error:            {e}");
+            }
+            if let Some(r) = &q.retrying {
+                println!("retrying:         {r}");
+            }
+            println!("trigger:          {}", q.trigger);
+            println!("output mode:      {}", q.output_mode);
+            println!("batch:            {}", q.batch.map_or("- (none committed yet)".to_string(), |b| b.to_string()));
+            println!("input rows/s:     {}", rate(q.input_rows_per_sec));
+            println!("processed rows/s: {}", rate(q.processed_rows_per_sec));
+            println!("processing time:  {}", q.processing_ms.map_or("-".to_string(), |ms| format!("{ms} ms")));
+            println!("watermark:        {}", watermark(q.watermark));
+            if !q.lag.is_empty() {
+                println!();
+                println!("{:<30}  {:>9}  {:>8}", "TOPIC", "PARTITION", "LAG");
+                for (topic, p, lag) in &q.lag {
+                    println!("{topic:<30}  {p:>9}  {lag:>8}");
+                }
+            }
+            if !q.recent.is_empty() {
+                println!();
+                println!("{:>6}  {:>10}  {:>10}  {:>10}", "BATCH", "INPUT", "OUTPUT", "TIME");
+                for (b, input, output, ms) in &q.recent {
+                    println!("{b:>6}  {input:>10}  {output:>10}  {:>8} ms", ms);
+                }
+            }
+        }
+        StreamCommand::Stop { name, conn } => println!("{}", client::stop(&conn.server, &name)?),
     }
     Ok(())
 }

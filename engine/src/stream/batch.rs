@@ -57,7 +57,8 @@ fn set_ranges(plan: &mut LogicalPlan, ranges: &[TopicRange]) {
 impl StreamPlan {
     /// The batch job for one micro-batch: scan exactly `ranges` of the
     /// input topic; for an aggregation, drop rows whose event time is below
-    /// `watermark` (when the query has one) and end in a partial aggregate
+    /// `watermark` or NULL (when the query has a watermark) and end in a
+    /// partial aggregate
     /// per group: the group keys, each aggregate's partial columns, the
     /// rows aggregated (`__rows`) and, with a watermark, the group's
     /// largest event time (`__event_time`).
@@ -72,9 +73,13 @@ impl StreamPlan {
         let mut aggs = partial_aggs(&s.aggs);
         aggs.push((count_star(), "__rows".to_string()));
         if let Some(w) = &self.options.watermark {
-            if let Some(wm) = watermark {
-                input = input.filter(col(w.column.clone()).gt_eq(lit(Value::Timestamp(wm))))?;
-            }
+            // Rows without an event time are never counted, so a query
+            // drops them in its first batch as in every later one.
+            let t = col(w.column.clone());
+            input = input.filter(match watermark {
+                Some(wm) => t.gt_eq(lit(Value::Timestamp(wm))),
+                None => t.is_not_null(),
+            })?;
             aggs.push((
                 AggExpr {
                     func: AggFunc::Max,

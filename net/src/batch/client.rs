@@ -16,7 +16,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// node's default.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:9094";
 
-fn connect(server: &str) -> anyhow::Result<TcpStream> {
+pub(crate) fn connect(server: &str) -> anyhow::Result<TcpStream> {
     let hint = "is `millrace serve` running there? A node's batch port is its Kafka port + 2 on a single node (127.0.0.1:9094 by default) \
                 and its peer port + 100 in a cluster; `millrace dev-cluster` prints its nodes' batch servers";
     let addrs: Vec<_> = server
@@ -40,7 +40,7 @@ fn connect(server: &str) -> anyhow::Result<TcpStream> {
     }
 }
 
-fn lost(server: &str, e: anyhow::Error) -> anyhow::Error {
+pub(crate) fn lost(server: &str, e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!("lost the connection to the batch service at {server}: {e:#}")
 }
 

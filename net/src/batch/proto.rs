@@ -79,7 +79,7 @@ pub fn parse_job(s: &str) -> Result<JobId, String> {
 /// First bytes a command-line client sends on a node's batch port.
 pub const CLIENT_MAGIC: [u8; 4] = *b"MLRB";
 /// Bumped when requests or replies change.
-pub const CLIENT_VERSION: u16 = 1;
+pub const CLIENT_VERSION: u16 = 2;
 /// Largest client frame read (a result partition travels in one).
 pub const MAX_CLIENT_FRAME: usize = 1 << 30;
 
@@ -93,6 +93,54 @@ pub enum Request {
     Status { job: Option<JobId> },
     /// Cancel a job (forwarded to its driver's node if that is another).
     Cancel { job: JobId },
+    /// Define and start a stream query on this node. Replies `Done` or `Error`.
+    StreamStart(StreamSpec),
+    /// The stream queries this node knows, as `Streams`.
+    StreamList,
+    /// One stream query, as `Streams` with one entry (or `Error`).
+    StreamDescribe { name: String },
+    /// Stop a stream query and forget its definition (its logs remain, so
+    /// starting it again with the same SQL resumes it). `Done` or `Error`.
+    StreamStop { name: String },
+}
+
+/// What `millrace stream start` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamSpec {
+    pub name: String,
+    /// `INSERT INTO sink SELECT ... FROM topic('in', ...)`.
+    pub sql: String,
+    pub trigger: millrace_core::stream::Trigger,
+    pub output_mode: millrace_engine::stream::OutputMode,
+    pub watermark: Option<millrace_engine::stream::Watermark>,
+    pub start_at: millrace_core::stream::StartAt,
+    pub max_records_per_batch: Option<u64>,
+}
+
+/// One stream query as `millrace stream list|describe` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub name: String,
+    pub sql: String,
+    pub owner: u32,
+    /// `running`, `waiting`, `stopped`, `failed`, ...
+    pub state: String,
+    pub error: Option<String>,
+    pub trigger: String,
+    pub output_mode: String,
+    /// The last committed batch.
+    pub batch: Option<u64>,
+    pub input_rows_per_sec: Option<f64>,
+    pub processed_rows_per_sec: Option<f64>,
+    /// Planned to committed, of the last batch.
+    pub processing_ms: Option<i64>,
+    pub watermark: Option<i64>,
+    /// Per input partition: records waiting after the last batch.
+    pub lag: Vec<(String, i32, i64)>,
+    /// The last batches: (batch, input rows, output records, processing ms).
+    pub recent: Vec<(u64, u64, u64, i64)>,
+    /// The last failure of a log read or append, if the query is retrying.
+    pub retrying: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +155,7 @@ pub enum Reply {
     Status(Status),
     Done(String),
     Error(String),
+    Streams(Vec<StreamInfo>),
 }
 
 /// A node's answer to `Status`.

@@ -72,6 +72,7 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 use super::proto::{job_name, job_node};
 use super::topics::KafkaTopics;
+use crate::stream::service::StreamService;
 
 /// What a node's batch service needs.
 pub struct BatchSetup {
@@ -90,6 +91,8 @@ pub struct BatchService {
     transport: PeerTransport<BatchMsg>,
     tasks: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    /// The node's stream queries (stopped with the service).
+    streams: Option<StreamService>,
 }
 
 impl BatchService {
@@ -168,8 +171,9 @@ impl BatchService {
             strangers: BTreeSet::new(),
         };
         tracing::info!(node = setup.node, batch_listen = %local_addr, slots, peers = ?setup.peers, "batch service listening");
-        let tasks = vec![tokio::spawn(node.run(inbox, links, commands, done)), tokio::spawn(accept_clients(foreign, commands_tx))];
-        Ok(BatchService { transport, tasks, local_addr })
+        let streams = setup.kafka.as_deref().map(|k| StreamService::start(setup.node, setup.peers.is_empty(), k));
+        let tasks = vec![tokio::spawn(node.run(inbox, links, commands, done)), tokio::spawn(accept_clients(foreign, commands_tx, streams.clone()))];
+        Ok(BatchService { transport, tasks, local_addr, streams })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -181,6 +185,9 @@ impl Drop for BatchService {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(s) = &self.streams {
+            s.shutdown();
         }
         self.transport.shutdown();
     }
@@ -960,14 +967,14 @@ pub fn state_name(state: &JobState) -> String {
 // Client sessions
 // ---------------------------------------------------------------------------
 
-async fn accept_clients(mut foreign: mpsc::UnboundedReceiver<Foreign>, commands: mpsc::UnboundedSender<Command>) {
+async fn accept_clients(mut foreign: mpsc::UnboundedReceiver<Foreign>, commands: mpsc::UnboundedSender<Command>, streams: Option<StreamService>) {
     let mut next = 0u64;
     while let Some(f) = foreign.recv().await {
         next += 1;
-        let (session, commands) = (next, commands.clone());
+        let (session, commands, streams) = (next, commands.clone(), streams.clone());
         tokio::spawn(async move {
             let remote = f.remote;
-            if let Err(e) = serve_client(f, session, &commands).await {
+            if let Err(e) = serve_client(f, session, &commands, streams.as_ref()).await {
                 tracing::debug!(%remote, "batch client session ended: {e:#}");
             }
             let _ = commands.send(Command::Gone { session });
@@ -987,7 +994,19 @@ async fn read_some(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, n: usi
     Ok(())
 }
 
-async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender<Command>) -> anyhow::Result<()> {
+/// A `millrace stream` request, answered by the node's stream service.
+async fn stream_request(s: &StreamService, request: Request) -> Reply {
+    let answer = match request {
+        Request::StreamStart(spec) => s.start_query(spec).await.map(Reply::Done),
+        Request::StreamStop { name } => s.stop_query(&name).await.map(Reply::Done),
+        Request::StreamList => Ok(Reply::Streams(s.list())),
+        Request::StreamDescribe { name } => s.describe(&name).map(|i| Reply::Streams(vec![i])),
+        _ => Err("not a stream request".to_string()),
+    };
+    answer.unwrap_or_else(Reply::Error)
+}
+
+async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender<Command>, streams: Option<&StreamService>) -> anyhow::Result<()> {
     let Foreign { mut stream, remote, prefix } = f;
     let mut buf = prefix;
     let request: Request = match tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, async {
@@ -1059,6 +1078,13 @@ async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender
             let (tx, rx) = oneshot::channel();
             commands.send(Command::Cancel { job, reply: tx })?;
             let answer = rx.await?;
+            stream.write_all(&encode_frame(&answer)?).await?;
+        }
+        Request::StreamStart(_) | Request::StreamList | Request::StreamDescribe { .. } | Request::StreamStop { .. } => {
+            let answer = match streams {
+                None => Reply::Error("this node runs no stream queries: it knows no Kafka listener".into()),
+                Some(s) => stream_request(s, request).await,
+            };
             stream.write_all(&encode_frame(&answer)?).await?;
         }
     }

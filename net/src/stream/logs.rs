@@ -1,0 +1,287 @@
+//! A query's durable logs, in internal topics of the cluster (one
+//! partition each, created on first use with the cluster's default
+//! replication, so they survive the loss of a node as any topic does):
+//!
+//! | topic | key | value |
+//! |---|---|---|
+//! | `__millrace_stream_offsets` | query name | JSON [`OffsetEntry`] |
+//! | `__millrace_stream_commits` | query name | JSON [`CommitEntry`] |
+//! | `__millrace_stream_state` | `name/version` | the engine's `StreamState` bytes |
+//! | `__millrace_streams` | query name | JSON `QueryDef`; a tombstone when stopped |
+//!
+//! Appends use acks=all. Reads fetch the partition from its log start to
+//! its high watermark, incrementally (a cursor per topic), and keep this
+//! query's entries in log order; the first entry per batch wins, as
+//! `core::stream::recover` decides, so two runners of a query agree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use millrace_core::records::{self, BatchBuilder, Compression, Record};
+use millrace_core::stream::{BatchId, CommitEntry, OffsetEntry};
+
+use crate::client::{Client, ClientError};
+
+pub const OFFSETS_TOPIC: &str = "__millrace_stream_offsets";
+pub const COMMITS_TOPIC: &str = "__millrace_stream_commits";
+pub const STATE_TOPIC: &str = "__millrace_stream_state";
+pub const STREAMS_TOPIC: &str = "__millrace_streams";
+const ALL: [&str; 4] = [OFFSETS_TOPIC, COMMITS_TOPIC, STATE_TOPIC, STREAMS_TOPIC];
+
+const FETCH_BYTES: i32 = 8 << 20;
+/// One request to the brokers may take this long before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+const UNKNOWN_TOPIC: i16 = 3;
+
+/// One record of an internal topic.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A connection to the cluster for the internal topics, reconnected after
+/// any failure (a broken connection must not poison later requests).
+pub struct Logs {
+    bootstrap: String,
+    client: Option<Client>,
+    ensured: bool,
+    /// Per topic: the next offset to read.
+    cursors: BTreeMap<&'static str, i64>,
+}
+
+pub(crate) async fn timed<T>(f: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(ClientError::Io(format!("no answer from the brokers within {} s", REQUEST_TIMEOUT.as_secs()))))
+}
+
+impl Logs {
+    pub fn new(bootstrap: &str) -> Logs {
+        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, cursors: BTreeMap::new() }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The client, connecting first if the last one failed.
+    pub async fn client(&mut self) -> Result<&mut Client, ClientError> {
+        if self.client.is_none() {
+            self.client = Some(timed(Client::connect_routed(&self.bootstrap)).await?);
+        }
+        Ok(self.client.as_mut().expect("connected"))
+    }
+
+    /// Drops the connection: the next request connects again.
+    pub fn reconnect(&mut self) {
+        self.client = None;
+    }
+
+    /// Runs `f` on the client; any error drops the connection.
+    async fn with<T>(&mut self, f: impl AsyncFnOnce(&mut Client) -> Result<T, ClientError>) -> Result<T, ClientError> {
+        let client = self.client().await?;
+        let r = timed(f(client)).await;
+        if r.is_err() {
+            self.client = None;
+        }
+        r
+    }
+
+    /// Creates the internal topics that do not exist yet: one partition,
+    /// the cluster's default replication factor (min(3, live brokers) unless
+    /// configured), no retention limit (a query's logs must outlive it).
+    pub async fn ensure_topics(&mut self) -> Result<(), ClientError> {
+        if self.ensured {
+            return Ok(());
+        }
+        for topic in ALL {
+            let exists = self.with(async |c| c.metadata(Some(&[topic]), false).await.map(|t| t.iter().any(|t| !t.partitions.is_empty()))).await;
+            let exists = match exists {
+                Ok(e) => e,
+                Err(e) if e.code() == Some(UNKNOWN_TOPIC) => false,
+                Err(e) => return Err(e),
+            };
+            if exists {
+                continue;
+            }
+            let configs = vec![("retention.ms".to_string(), "-1".to_string()), ("retention.bytes".to_string(), "-1".to_string())];
+            match self.with(async |c| c.create_topic_with_rf(topic, 1, -1, &configs).await).await {
+                Err(e) if e.code() != Some(TOPIC_ALREADY_EXISTS) => return Err(e),
+                _ => {}
+            }
+        }
+        self.ensured = true;
+        Ok(())
+    }
+
+    /// Appends one record with acks=all.
+    pub async fn append(&mut self, topic: &'static str, key: &str, value: Option<&[u8]>) -> Result<(), ClientError> {
+        self.ensure_topics().await?;
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(Record {
+            offset: 0,
+            timestamp: super::wall_ms(),
+            key: Some(key.as_bytes().to_vec()),
+            value: value.map(<[u8]>::to_vec),
+            headers: Vec::new(),
+        });
+        let bytes = Bytes::from(b.build());
+        // Waiting for the partition to be created and get a leader.
+        let mut attempt = 0;
+        loop {
+            match self.with(async |c| c.produce(topic, 0, bytes.clone(), -1).await).await {
+                Err(e) if attempt < 10 && matches!(e.code(), Some(UNKNOWN_TOPIC | 5 | 6)) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+
+    /// The records appended to `topic` since the last call (from its log
+    /// start on the first), in log order.
+    pub async fn read_new(&mut self, topic: &'static str) -> Result<Vec<Entry>, ClientError> {
+        self.ensure_topics().await?;
+        let start = self.with(async |c| c.list_offset(topic, 0, -2).await).await?;
+        let end = self.with(async |c| c.list_offset(topic, 0, -1).await).await?;
+        let mut offset = self.cursors.get(topic).copied().unwrap_or(start).max(start);
+        let mut out = Vec::new();
+        while offset < end {
+            let fetched = self.with(async |c| c.fetch(topic, 0, offset, 0, FETCH_BYTES).await).await?;
+            let mut next = offset;
+            for batch in records::split_batches(&fetched.records) {
+                let (h, bytes) = batch.map_err(|e| ClientError::Protocol(format!("{topic}: a bad batch: {e}")))?;
+                next = next.max(h.last_offset() + 1);
+                if h.is_control() {
+                    continue;
+                }
+                let (_, recs) = records::decode_records(bytes).map_err(|e| ClientError::Protocol(format!("{topic}: undecodable records: {e}")))?;
+                for r in recs.into_iter().filter(|r| r.offset >= offset && r.offset < end) {
+                    let Some(key) = r.key else { continue };
+                    out.push(Entry { key: String::from_utf8_lossy(&key).into_owned(), value: r.value });
+                }
+            }
+            if next == offset {
+                return Err(ClientError::Protocol(format!("{topic}: no records at offset {offset} below the high watermark {end}")));
+            }
+            offset = next;
+        }
+        self.cursors.insert(topic, offset);
+        Ok(out)
+    }
+}
+
+/// The logs of one query: its entries, read incrementally and kept in
+/// log order (duplicates included; readers take the first per batch).
+pub struct QueryLogs {
+    name: String,
+    pub logs: Logs,
+    offsets: Vec<OffsetEntry>,
+    commits: Vec<CommitEntry>,
+    /// Stored state versions of this query (the first stored wins).
+    states: BTreeMap<BatchId, Vec<u8>>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(topic: &str, name: &str, value: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(value).map_err(|e| ClientError::Protocol(format!("{topic}: an entry of query {name} does not decode: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Plain serde data with string keys: encoding cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl QueryLogs {
+    pub fn new(name: &str, bootstrap: &str) -> QueryLogs {
+        QueryLogs { name: name.to_string(), logs: Logs::new(bootstrap), offsets: Vec::new(), commits: Vec::new(), states: BTreeMap::new() }
+    }
+
+    async fn refresh_offsets(&mut self) -> Result<(), ClientError> {
+        for e in self.logs.read_new(OFFSETS_TOPIC).await? {
+            if e.key == self.name
+                && let Some(v) = &e.value
+            {
+                self.offsets.push(decode(OFFSETS_TOPIC, &self.name, v)?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_commits(&mut self) -> Result<(), ClientError> {
+        for e in self.logs.read_new(COMMITS_TOPIC).await? {
+            if e.key == self.name
+                && let Some(v) = &e.value
+            {
+                self.commits.push(decode(COMMITS_TOPIC, &self.name, v)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Both logs from their start (for `QueryInput::Recovered`).
+    pub async fn read(&mut self) -> Result<(Vec<OffsetEntry>, Vec<CommitEntry>), ClientError> {
+        self.refresh_offsets().await?;
+        self.refresh_commits().await?;
+        Ok((self.offsets.clone(), self.commits.clone()))
+    }
+
+    /// Appends `entry`, reads the log back and answers the first entry for
+    /// its batch (another runner's, if that one got there first).
+    pub async fn log_offsets(&mut self, entry: &OffsetEntry) -> Result<OffsetEntry, ClientError> {
+        self.logs.append(OFFSETS_TOPIC, &self.name, Some(&encode(entry))).await?;
+        self.refresh_offsets().await?;
+        self.offsets
+            .iter()
+            .find(|e| e.batch == entry.batch)
+            .cloned()
+            .ok_or_else(|| ClientError::Protocol(format!("batch {} appended to {OFFSETS_TOPIC} but not read back", entry.batch)))
+    }
+
+    pub async fn log_commit(&mut self, entry: &CommitEntry) -> Result<(), ClientError> {
+        self.logs.append(COMMITS_TOPIC, &self.name, Some(&encode(entry))).await
+    }
+
+    pub async fn store_state(&mut self, version: BatchId, bytes: &[u8]) -> Result<(), ClientError> {
+        self.logs.append(STATE_TOPIC, &format!("{}/{version}", self.name), Some(bytes)).await?;
+        self.states.entry(version).or_insert_with(|| bytes.to_vec());
+        Ok(())
+    }
+
+    /// State version `version`, if stored. Older versions are forgotten
+    /// (a query only ever asks for the one its last commit names, which
+    /// never goes back).
+    pub async fn load_state(&mut self, version: BatchId) -> Result<Option<Vec<u8>>, ClientError> {
+        let prefix = format!("{}/", self.name);
+        for e in self.logs.read_new(STATE_TOPIC).await? {
+            let Some(v) = e.key.strip_prefix(&prefix).and_then(|v| v.parse::<BatchId>().ok()) else { continue };
+            if let Some(bytes) = e.value {
+                self.states.entry(v).or_insert(bytes);
+            }
+        }
+        self.states.retain(|v, _| *v >= version);
+        Ok(self.states.get(&version).cloned())
+    }
+}
+
+/// Every query's current definition, by name (tombstoned names left out),
+/// and the last definition ever stored per name (tombstoned or not).
+pub async fn read_definitions(logs: &mut Logs) -> Result<(BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>), ClientError> {
+    let mut current = BTreeMap::new();
+    let mut last = BTreeMap::new();
+    for e in logs.read_new(STREAMS_TOPIC).await? {
+        match e.value {
+            Some(v) => {
+                last.insert(e.key.clone(), v.clone());
+                current.insert(e.key, v);
+            }
+            None => {
+                current.remove(&e.key);
+            }
+        }
+    }
+    Ok((current, last))
+}

@@ -1,0 +1,371 @@
+//! Stream queries on a real `millrace serve`, through the `millrace stream`
+//! CLI (each test starts its own server process):
+//!
+//! - `windowed_counts_follow_the_input`: JSON click events in two rounds; a
+//!   windowed count per user in update mode, 200 ms trigger; the latest
+//!   output per group equals the counts the input implies; `list` and
+//!   `describe` show its progress.
+//! - `exactly_once_across_server_kills`: a stateless query copies ids
+//!   while the server is killed (SIGKILL) twice mid-stream and restarted
+//!   on the same data; producers keep writing; every id is in the output
+//!   exactly once.
+//! - `once_and_available_now_end`: both triggers read what is there and
+//!   finish; available-now in capped batches.
+//! - `bad_input_is_one_clear_line`: unknown topic, name taken, bad SQL, an
+//!   output mode that does not fit, unknown query, bad flags: exit 1, one
+//!   line, no panic.
+
+#![cfg(not(madsim))]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_millrace");
+
+/// One server at a time: the machine may have two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn bindable(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port P with P and P + 2 (the batch port) free.
+fn free_port() -> u16 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let mut x = (u64::from(std::process::id()) ^ nanos ^ 0x9e37_79b9) | 1;
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 20_000 + (x % 30_000) as u16;
+        if [0, 1, 2].iter().all(|off| bindable(base + off)) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("millrace-stream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn millrace(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("RUST_BACKTRACE", "0").env_remove("MILLRACE_BATCH_SERVER").env_remove("MILLRACE_BOOTSTRAP").output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = millrace(args);
+    assert!(o.status.success(), "millrace {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The one error line of a command that must fail.
+fn fails(args: &[&str]) -> String {
+    let o = millrace(args);
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(o.status.code(), Some(1), "millrace {args:?} should fail: {err}");
+    assert!(err.starts_with("Error: ") && err.lines().count() == 1 && !err.contains("panick"), "millrace {args:?}: {err}");
+    err
+}
+
+fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    bootstrap: String,
+    batch: String,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = Server { child: None, dir: dir.to_path_buf(), bootstrap: format!("127.0.0.1:{port}"), batch: format!("127.0.0.1:{}", port + 2), env };
+        s.restart();
+        s
+    }
+
+    /// Starts the process (again) on the same ports and data.
+    fn restart(&mut self) {
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &self.bootstrap, "--data-dir"])
+            .arg(self.dir.join("data"))
+            .env("MILLRACE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let (b, s) = (self.bootstrap.clone(), self.batch.clone());
+        wait_until("the server", Duration::from_secs(10), || TcpStream::connect(&b).is_ok() && TcpStream::connect(&s).is_ok());
+    }
+
+    /// SIGKILL: no shutdown, no flush, as a crash.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Produces `lines` (values, no keys) to `topic`.
+fn produce(bootstrap: &str, topic: &str, lines: &[String]) {
+    let mut child = Command::new(BIN)
+        .args(["produce", topic, "-b", bootstrap])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "produce: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Every record of `topic`: (key, value) in partition order.
+fn consume(bootstrap: &str, topic: &str) -> Vec<(String, String)> {
+    let out = ok(&["consume", topic, "--exit-at-end", "--print-key", "-b", bootstrap]);
+    out.lines().map(|l| l.split_once('\t').map(|(k, v)| (k.to_string(), v.to_string())).unwrap_or_default()).collect()
+}
+
+fn stream(server: &Server, args: &[&str]) -> String {
+    let mut a = vec!["stream"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--server", &server.batch]);
+    ok(&a)
+}
+
+fn describe(server: &Server, name: &str) -> String {
+    stream(server, &["describe", name])
+}
+
+fn field<'a>(describe: &'a str, name: &str) -> &'a str {
+    describe.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("")
+}
+
+fn json_field(value: &str, name: &str) -> String {
+    let key = format!("\"{name}\":");
+    let at = value.find(&key).unwrap_or_else(|| panic!("no {name} in {value}")) + key.len();
+    value[at..].split([',', '}']).next().unwrap().trim_matches('"').to_string()
+}
+
+const USERS: u64 = 3;
+
+/// Click `i`: user `u{i % 3}`, event time `i` seconds (so three 1-minute
+/// windows over 0..180).
+fn clicks(from: u64, to: u64) -> Vec<String> {
+    (from..to).map(|i| format!(r#"{{"user":"u{}","ts":{}}}"#, i % USERS, i * 1_000)).collect()
+}
+
+#[test]
+fn windowed_counts_follow_the_input() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&tempdir("window"));
+    let b = server.bootstrap.as_str();
+    ok(&["topic", "create", "clicks", "-p", "2", "-b", b]);
+    ok(&["topic", "create", "counts", "-p", "2", "-b", b]);
+    produce(b, "clicks", &clicks(0, 90));
+    let sql = "INSERT INTO counts SELECT user, window_start, count(*) AS n \
+               FROM topic('clicks', 'json', 'user STRING, ts TIMESTAMP') GROUP BY window(ts, '1 minute'), user";
+    let out = stream(&server, &["start", "wc", "--sql", sql, "--trigger", "200ms", "--output-mode", "update", "--from", "earliest"]);
+    assert!(out.contains("stream query wc started"), "{out}");
+    wait_until("the first batch", Duration::from_secs(10), || field(&describe(&server, "wc"), "batch:").parse::<u64>().is_ok());
+    produce(b, "clicks", &clicks(90, 180));
+
+    // The latest value per group is the group's count in the input.
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for i in 0..180u64 {
+        *want.entry((format!("u{}", i % USERS), (i / 60 * 60_000).to_string())).or_default() += 1;
+    }
+    let latest = || {
+        let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (_, v) in consume(b, "counts") {
+            let ws = json_field(&v, "window_start");
+            let ms = [("1970-01-01T00:00:00.000Z", 0), ("1970-01-01T00:01:00.000Z", 60_000), ("1970-01-01T00:02:00.000Z", 120_000)]
+                .iter()
+                .find(|(t, _)| *t == ws)
+                .map_or(ws.clone(), |(_, ms)| ms.to_string());
+            got.insert((json_field(&v, "user"), ms), json_field(&v, "n").parse().unwrap());
+        }
+        got
+    };
+    wait_until("the counts of all 180 clicks", Duration::from_secs(10), || latest() == want);
+    assert_eq!(latest(), want);
+
+    let d = describe(&server, "wc");
+    assert_eq!(field(&d, "state:"), "waiting", "{d}");
+    assert!(d.contains("clicks") && d.contains("LAG"), "per-partition lag: {d}");
+    assert!(field(&d, "processed rows/s:").parse::<f64>().is_ok(), "{d}");
+    let list = stream(&server, &["list"]);
+    assert!(list.lines().any(|l| l.starts_with("wc ") && l.contains("update")), "{list}");
+    let out = stream(&server, &["stop", "wc"]);
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(field(&describe(&server, "wc"), "state:"), "stopped");
+}
+
+#[test]
+fn exactly_once_across_server_kills() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Slow output writes: a kill most likely finds a batch half written,
+    // which the restarted query must complete without duplicating.
+    let dir = tempdir("kill");
+    let mut server = Server::start_with(&dir, &[("MILLRACE_STREAM_WRITE_DELAY_MS", "100"), ("MILLRACE_LOG", "info,millrace_net::stream=debug")]);
+    let b = server.bootstrap.clone();
+    ok(&["topic", "create", "ids", "-p", "3", "-b", &b]);
+    ok(&["topic", "create", "copied", "-p", "2", "-b", &b]);
+    let sql = "INSERT INTO copied SELECT id FROM topic('ids', 'json', 'id BIGINT')";
+    stream(&server, &["start", "copy", "--sql", sql, "--trigger", "100ms", "--from", "earliest", "--max-records-per-batch", "70"]);
+    let ids = |from: u64, to: u64| (from..to).map(|i| format!(r#"{{"id":{i}}}"#)).collect::<Vec<_>>();
+    let mut next = 0u64;
+    for round in 0..3 {
+        // Write in a few bursts so batches are running when the kill comes.
+        for _ in 0..4 {
+            produce(&b, "ids", &ids(next, next + 100));
+            next += 100;
+            std::thread::sleep(Duration::from_millis(120));
+        }
+        if round < 2 {
+            std::thread::sleep(Duration::from_millis(150));
+            server.kill();
+            server.restart();
+        }
+    }
+    let total = next as usize;
+    let count = || consume(&b, "copied").len();
+    wait_until("every id in the output", Duration::from_secs(15), || count() >= total);
+    // A little longer: a duplicate would show up now.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    for (_, v) in consume(&b, "copied") {
+        *seen.entry(json_field(&v, "id").parse().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ids written more than once: {twice:?}");
+    let missing: Vec<u64> = (0..next).filter(|i| !seen.contains_key(i)).collect();
+    assert!(missing.is_empty(), "ids lost: {missing:?}");
+    assert_eq!(seen.len(), total);
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let reruns = log.lines().filter(|l| l.contains("re-running a batch logged before the restart")).count();
+    eprintln!("batches re-run after a kill: {reruns}");
+    // With slow writes a kill almost always lands inside a batch; make sure
+    // the re-run path was the one under test.
+    assert!(reruns >= 1, "no kill landed inside a batch; the test did not exercise a re-run");
+    let d = describe(&server, "copy");
+    assert!(!field(&d, "state:").starts_with("failed"), "{d}");
+}
+
+#[test]
+fn once_and_available_now_end() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&tempdir("once"));
+    let b = server.bootstrap.as_str();
+    ok(&["topic", "create", "events", "-p", "2", "-b", b]);
+    ok(&["topic", "create", "once_out", "-p", "1", "-b", b]);
+    ok(&["topic", "create", "now_out", "-p", "1", "-b", b]);
+    produce(b, "events", &clicks(0, 100));
+    let stateless = |sink: &str| format!("INSERT INTO {sink} SELECT user, ts FROM topic('events', 'json', 'user STRING, ts TIMESTAMP')");
+    stream(&server, &["start", "one", "--sql", &stateless("once_out"), "--trigger", "once", "--from", "earliest"]);
+    wait_until("the once query to finish", Duration::from_secs(10), || field(&describe(&server, "one"), "state:") == "finished");
+    assert_eq!(consume(b, "once_out").len(), 100);
+    assert_eq!(field(&describe(&server, "one"), "batch:"), "0");
+
+    stream(&server, &["start", "now", "--sql", &stateless("now_out"), "--trigger", "available-now", "--from", "earliest", "--max-records-per-batch", "30"]);
+    wait_until("the available-now query to finish", Duration::from_secs(10), || field(&describe(&server, "now"), "state:") == "finished");
+    assert_eq!(consume(b, "now_out").len(), 100);
+    // 100 records, at most 30 a batch: batches 0..=3.
+    assert_eq!(field(&describe(&server, "now"), "batch:"), "3");
+    // Finished queries are not defined any more: the name can be used again
+    // for the same query, which resumes its logs and finds nothing new.
+    stream(&server, &["start", "one", "--sql", &stateless("once_out"), "--trigger", "once", "--from", "earliest"]);
+    wait_until("the once query to finish again", Duration::from_secs(10), || field(&describe(&server, "one"), "state:") == "finished");
+    assert_eq!(consume(b, "once_out").len(), 100);
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&tempdir("bad"));
+    let b = server.bootstrap.clone();
+    let b = b.as_str();
+    let s = server.batch.clone();
+    let s = s.as_str();
+    ok(&["topic", "create", "in", "-p", "1", "-b", b]);
+    ok(&["topic", "create", "out", "-p", "1", "-b", b]);
+    let good = "INSERT INTO out SELECT user FROM topic('in', 'json', 'user STRING, ts TIMESTAMP')";
+    let agg = "INSERT INTO out SELECT user, count(*) AS n FROM topic('in', 'json', 'user STRING, ts TIMESTAMP') GROUP BY user";
+    let start = |name: &str, sql: &str, extra: &[&str]| {
+        let mut a = vec!["stream", "start", name, "--sql", sql, "--server", s];
+        a.extend_from_slice(extra);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let e = run(start("q", "INSERT INTO out SELECT user FROM topic('nope', 'json', 'user STRING')", &[]));
+    assert!(e.contains("unknown topic 'nope'"), "{e}");
+    let e = run(start("q", "INSERT INTO nowhere SELECT user FROM topic('in', 'json', 'user STRING')", &[]));
+    assert!(e.contains("unknown topic 'nowhere'"), "{e}");
+    let e = run(start("q", "SELEKT oops", &[]));
+    assert!(e.contains("bad stream query"), "{e}");
+    let e = run(start("q", agg, &["--output-mode", "append"]));
+    assert!(e.contains("append mode needs a watermark"), "{e}");
+    let e = run(start("q", good, &["--output-mode", "complete"]));
+    assert!(e.contains("complete output mode needs an aggregation"), "{e}");
+    let e = run(start("q", good, &["--trigger", "soon"]));
+    assert!(e.contains("bad trigger"), "{e}");
+    let e = run(start("q", agg, &["--watermark", "ts"]));
+    assert!(e.contains("bad watermark"), "{e}");
+    let e = run(start("bad/name", good, &[]));
+    assert!(e.contains("bad query name"), "{e}");
+    ok(&start("q", good, &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let e = run(start("q", good, &[]));
+    assert!(e.contains("already running"), "{e}");
+    let e = run(start("q", agg, &["--output-mode", "update"]).into_iter().collect());
+    assert!(e.contains("already running"), "{e}");
+    let e = fails(&["stream", "describe", "nobody", "--server", s]);
+    assert!(e.contains("no stream query named nobody"), "{e}");
+    let e = fails(&["stream", "stop", "nobody", "--server", s]);
+    assert!(e.contains("no stream query named nobody"), "{e}");
+    ok(&["stream", "stop", "q", "--server", s]);
+    // The name's logs remain: another query may not take it over.
+    let e = run(start("q", agg, &["--output-mode", "update"]));
+    assert!(e.contains("used before for a different query"), "{e}");
+    drop(server);
+    let e = fails(&["stream", "list", "--server", s]);
+    assert!(e.contains("cannot reach the batch service"), "{e}");
+}
