@@ -68,8 +68,9 @@ pub enum QueryInput {
     BatchDone { batch: BatchId, result: BatchResult },
     BatchFailed { batch: BatchId, reason: String },
     CommitLogged { batch: BatchId },
-    /// A listing or a log append failed (broker unreachable, timeout): it is
-    /// retried after `retry_backoff_ms`, without limit.
+    /// Reading the logs, a listing or a log append failed (broker
+    /// unreachable, timeout): it is retried after `retry_backoff_ms`,
+    /// without limit.
     IoFailed { reason: String },
     Tick,
     Stop,
@@ -123,7 +124,7 @@ pub enum QueryStatus {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    Recovering,
+    Recovering { retry_at: Option<Millis> },
     Waiting { due: Millis },
     Listing,
     Logging { entry: OffsetEntry, retry_at: Option<Millis> },
@@ -151,7 +152,7 @@ impl StreamQuery {
     pub fn new(config: QueryConfig) -> StreamQuery {
         StreamQuery {
             config,
-            phase: Phase::Recovering,
+            phase: Phase::Recovering { retry_at: None },
             last: None,
             target: None,
             planned_once: false,
@@ -180,7 +181,7 @@ impl StreamQuery {
 
     pub fn status(&self) -> QueryStatus {
         match &self.phase {
-            Phase::Recovering => QueryStatus::Recovering,
+            Phase::Recovering { .. } => QueryStatus::Recovering,
             Phase::Waiting { due } => QueryStatus::Waiting { due: *due },
             Phase::Listing => QueryStatus::Listing,
             Phase::Logging { entry, .. } => QueryStatus::LoggingOffsets { batch: entry.batch },
@@ -201,7 +202,7 @@ impl StreamQuery {
         match input {
             QueryInput::Stop => self.stop(None, out),
             QueryInput::Recovered { offsets, commits } => {
-                if !matches!(self.phase, Phase::Recovering) {
+                if !matches!(self.phase, Phase::Recovering { .. }) {
                     return;
                 }
                 match recover(offsets, commits) {
@@ -312,7 +313,9 @@ impl StreamQuery {
                     Phase::Listing => {
                         self.phase = Phase::Waiting { due: at };
                     }
-                    Phase::Logging { retry_at, .. } | Phase::Committing { retry_at, .. } => *retry_at = Some(at),
+                    Phase::Recovering { retry_at } | Phase::Logging { retry_at, .. } | Phase::Committing { retry_at, .. } => {
+                        *retry_at = Some(at)
+                    }
                     _ => return,
                 }
                 out.push(QueryEffect::Timer { at });
@@ -328,6 +331,10 @@ impl StreamQuery {
                 }
                 self.phase = Phase::Listing;
                 out.push(QueryEffect::List { topics: self.config.inputs.clone() });
+            }
+            Phase::Recovering { retry_at } if retry_at.is_some_and(|at| at <= now) => {
+                *retry_at = None;
+                out.push(QueryEffect::ReadLogs);
             }
             Phase::Logging { entry, retry_at } if retry_at.is_some_and(|at| at <= now) => {
                 *retry_at = None;

@@ -153,6 +153,15 @@ fn failures_are_retried_after_a_backoff_then_stop_the_query() {
 }
 
 #[test]
+fn a_failed_read_of_the_logs_is_retried() {
+    let mut q = StreamQuery::new(config(Trigger::Once));
+    assert_eq!(step(&mut q, 0, QueryInput::IoFailed { reason: "no broker".into() }), vec![QueryEffect::Timer { at: 500 }]);
+    assert!(step(&mut q, 499, QueryInput::Tick).is_empty());
+    assert_eq!(step(&mut q, 500, QueryInput::Tick), vec![QueryEffect::ReadLogs]);
+    assert_eq!(q.status(), QueryStatus::Recovering);
+}
+
+#[test]
 fn io_failures_retry_the_same_append() {
     let mut q = StreamQuery::new(QueryConfig { start_at: StartAt::Earliest, ..config(Trigger::Once) });
     step(&mut q, 0, QueryInput::Recovered { offsets: vec![], commits: vec![] });

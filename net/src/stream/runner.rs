@@ -22,10 +22,6 @@ use super::sink::{self, SinkTarget};
 use super::wall_ms;
 use crate::client::ClientError;
 
-/// Wait between attempts to read the logs at start (the coordinator waits
-/// for them; it has no retry of its own in that phase).
-const READ_RETRY: Duration = Duration::from_millis(500);
-
 /// What the service (and `describe`) sees of a running query.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -159,17 +155,9 @@ impl Runner {
     /// Executes one effect; the coordinator's answer to it, if any.
     async fn execute(&mut self, effect: QueryEffect) -> Option<QueryInput> {
         let input = match effect {
-            QueryEffect::ReadLogs => loop {
-                match self.logs.read().await {
-                    Ok((offsets, commits)) => break QueryInput::Recovered { offsets, commits },
-                    Err(e) => {
-                        self.shared().retrying = Some(format!("reading the logs: {e}"));
-                        if self.stop.load(Ordering::Relaxed) {
-                            return None;
-                        }
-                        tokio::time::sleep(READ_RETRY).await;
-                    }
-                }
+            QueryEffect::ReadLogs => match self.logs.read().await {
+                Ok((offsets, commits)) => QueryInput::Recovered { offsets, commits },
+                Err(e) => io("reading the logs", e),
             },
             QueryEffect::List { topics } => match list(&mut self.logs.logs, &topics).await {
                 Ok(ends) => QueryInput::Listed { ends },
