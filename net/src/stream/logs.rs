@@ -112,6 +112,22 @@ impl Logs {
                 Err(e) if e.code() != Some(TOPIC_ALREADY_EXISTS) => return Err(e),
                 _ => {}
             }
+            // In a cluster the controller creates the topic; this node's
+            // metadata learns of it a moment later.
+            let mut attempt = 0;
+            loop {
+                let ready = self
+                    .with(async |c| c.metadata(Some(&[topic]), false).await.map(|t| t.iter().any(|t| !t.partitions.is_empty())))
+                    .await;
+                match ready {
+                    Ok(true) => break,
+                    Err(e) if attempt >= 100 || e.code() != Some(UNKNOWN_TOPIC) => return Err(e),
+                    _ if attempt >= 100 => break,
+                    _ => {}
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         self.ensured = true;
         Ok(())
