@@ -18,6 +18,7 @@ pub mod records;
 pub mod replication;
 pub mod rng;
 pub mod storage;
+pub mod stream;
 
 /// Milliseconds of time, as passed in by the caller (wall clock in
 /// production, simulated clock in the simulator). Kafka timestamps are i64

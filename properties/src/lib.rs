@@ -5,9 +5,11 @@
 //! the `chaos` binary (`scripts/chaos`) runs seeds through the simulator
 //! and judges each history with them. [`batch`] is the batch driver and
 //! workers' harness and the batch chaos suite (`--suite batch`), which needs
-//! no simulated nodes.
+//! no simulated nodes; [`stream`] is the same for stream queries (`--suite
+//! stream`).
 
 pub mod batch;
 pub mod checkers;
 mod group_checkers;
 mod replication_checkers;
+pub mod stream;

@@ -20,7 +20,7 @@ mod runner {
     use clap::Parser;
     #[cfg(madsim)]
     use millrace_fault::Suite;
-    use millrace_properties::batch;
+    use millrace_properties::{batch, stream};
 
     #[derive(Parser, Clone)]
     #[command(about = "Run chaos seeds through the Millrace simulator")]
@@ -60,6 +60,8 @@ mod runner {
     pub(crate) enum Which {
         /// The batch driver and workers with engine plans, no nodes.
         Batch,
+        /// Stream query runners against modelled brokers, no nodes.
+        Stream,
         /// A simulated cluster of nodes.
         #[cfg(madsim)]
         Cluster(Suite),
@@ -69,6 +71,7 @@ mod runner {
         fn name(self) -> &'static str {
             match self {
                 Which::Batch => "batch",
+                Which::Stream => "stream",
                 #[cfg(madsim)]
                 Which::Cluster(s) => s.name(),
             }
@@ -89,20 +92,23 @@ mod runner {
         if args.suite == "batch" {
             return Ok(Which::Batch);
         }
+        if args.suite == "stream" {
+            return Ok(Which::Stream);
+        }
         #[cfg(madsim)]
         {
             if args.suite == "all" {
                 return Ok(Which::Cluster(Suite::ALL[(seed % Suite::ALL.len() as u64) as usize]));
             }
             Suite::from_name(&args.suite).map(Which::Cluster).ok_or_else(|| {
-                format!("unknown suite {:?}: use crash, disk, network, mixed, groups, replication, controller, batch or all", args.suite)
+                format!("unknown suite {:?}: use crash, disk, network, mixed, groups, replication, controller, batch, stream or all", args.suite)
             })
         }
         #[cfg(not(madsim))]
         {
             let _ = seed;
             Err(format!(
-                "suite {:?} runs only in a simulator build: use scripts/chaos (it builds with RUSTFLAGS=\"--cfg madsim\"); only --suite batch runs in this build",
+                "suite {:?} runs only in a simulator build: use scripts/chaos (it builds with RUSTFLAGS=\"--cfg madsim\"); only --suite batch and --suite stream run in this build",
                 args.suite
             ))
         }
@@ -113,6 +119,7 @@ mod runner {
         let _ = args;
         match which {
             Which::Batch => format!("scripts/chaos --replay {seed} --suite batch"),
+            Which::Stream => format!("scripts/chaos --replay {seed} --suite stream"),
             #[cfg(madsim)]
             Which::Cluster(suite) => {
                 format!("scripts/chaos --replay {seed} --suite {} --nodes {} --duration {}", suite.name(), args.nodes, args.duration)
@@ -160,6 +167,7 @@ mod runner {
     fn run_seed(args: &Args, seed: u64, which: Which) -> SeedResult {
         match which {
             Which::Batch => batch_seed(args, seed),
+            Which::Stream => stream_seed(args, seed),
             #[cfg(madsim)]
             Which::Cluster(suite) => super::cluster::run_seed(args, seed, suite),
         }
@@ -199,6 +207,42 @@ mod runner {
         let mut history = r.history.join("\n");
         history.push('\n');
         SeedResult { seed, which: Which::Batch, simulated_ms: r.simulated_ms, failure, plan, history, digest: r.digest }
+    }
+
+    /// One seed of the stream suite, like [`batch_seed`].
+    fn stream_seed(args: &Args, seed: u64) -> SeedResult {
+        let record = args.replay.is_some();
+        let run = |record: bool| run_bounded(move || stream::chaos::run_seed(seed, record));
+        let which = Which::Stream;
+        let mut r = match run(record) {
+            Ok(r) => r,
+            Err(e) => {
+                let failure = Some(format!("    {}", no_result(e)));
+                let plan = stream::sim::Scenario::new(seed).describe();
+                return SeedResult { seed, which, simulated_ms: 0, failure, plan, history: String::new(), digest: 0 };
+            }
+        };
+        let mut failure = r.failure.take().map(|f| format!("    {f}"));
+        if args.check_determinism && failure.is_none() {
+            match run(false) {
+                Ok(again) if again.digest == r.digest && again.failure.is_none() => {}
+                Ok(again) => failure = Some(format!("    [determinism] same seed, different history: {:016x} then {:016x}", r.digest, again.digest)),
+                Err(e) => failure = Some(format!("    [determinism] the second run gave no result: {}", no_result(e))),
+            }
+        }
+        if failure.is_some() && !record {
+            if let Ok(again) = run(true) {
+                r.history = again.history;
+            }
+        }
+        let s = &r.stats;
+        let plan = format!(
+            "{}  query: {}\n  ran: {} batches, {} crashes, {} zombies, {} batch failures, {} ambiguous appends, {} duplicate chunks dropped, {} records in, {} out\n",
+            r.scenario.describe(), r.query, s.batches, s.crashes, s.zombies, s.batch_failures, s.ambiguous_appends, s.skipped_chunks, s.input_records, s.output_records
+        );
+        let mut history = r.history.join("\n");
+        history.push('\n');
+        SeedResult { seed, which, simulated_ms: r.simulated_ms as u64, failure, plan, history, digest: r.digest }
     }
 
     fn report_failure(args: &Args, r: &SeedResult) {
@@ -257,6 +301,11 @@ mod runner {
                 "chaos: {} seeds from {} (suite batch: a driver and 3-5 workers running engine plans, {} jobs{twice})",
                 args.seeds, args.start, args.jobs
             );
+        } else if args.suite == "stream" {
+            println!(
+                "chaos: {} seeds from {} (suite stream: query runners that crash and come back as zombies, brokers that fail, {} jobs{twice})",
+                args.seeds, args.start, args.jobs
+            );
         } else {
             println!(
                 "chaos: {} seeds from {} (suite {}, {} node(s), {} s of faults each, {} jobs{twice})",
@@ -304,7 +353,7 @@ mod runner {
         let failed: Vec<u64> = all.iter().filter(|x| x.2).map(|x| x.0).collect();
         let wall = started.elapsed().as_secs_f64();
         let sim_s: f64 = all.iter().map(|x| x.1 as f64 / 1000.0).sum();
-        let nodes = if args.suite == "batch" { String::new() } else { format!(", {} node(s)", args.nodes) };
+        let nodes = if args.suite == "batch" || args.suite == "stream" { String::new() } else { format!(", {} node(s)", args.nodes) };
         println!(
             "speed: {:.0} simulated seconds per wall second ({:.0} per job), {:.1} seeds per minute{nodes}",
             sim_s / wall,
