@@ -173,76 +173,72 @@ mod runner {
         }
     }
 
-    /// One seed of the batch suite. Its history is kept when replaying, and
-    /// for a failing seed by running it once more (it is deterministic).
-    fn batch_seed(args: &Args, seed: u64) -> SeedResult {
-        let record = args.replay.is_some();
-        let run = |record: bool| run_bounded(move || batch::chaos::run_seed(seed, record));
-        let mut r = match run(record) {
-            Ok(r) => r,
-            Err(e) => {
-                let failure = Some(format!("    {}", no_result(e)));
-                let plan = batch::chaos::Scenario::new(seed).describe("");
-                return SeedResult { seed, which: Which::Batch, simulated_ms: 0, failure, plan, history: String::new(), digest: 0 };
-            }
-        };
-        let mut failure = r.failure.take().map(|f| format!("    {f}"));
-        if args.check_determinism && failure.is_none() {
-            match run(false) {
-                Ok(again) if again.digest == r.digest && again.failure.is_none() => {}
-                Ok(again) => failure = Some(format!("    [determinism] same seed, different history: {:016x} then {:016x}", r.digest, again.digest)),
-                Err(e) => failure = Some(format!("    [determinism] the second run gave no result: {}", no_result(e))),
-            }
-        }
-        if failure.is_some() && !record {
-            if let Ok(again) = run(true) {
-                r.history = again.history;
-            }
-        }
-        let s = r.stats;
-        let plan = format!(
-            "{}  ran: {} launches, {} fetch failures ({} across a split), {} injected task failures, {} speculative copies, {} kills, {} crashes, {} messages lost with broken connections, {} CleanJobs lost with a broken connection (sent again on re-registration)\n",
-            r.scenario, s.launches, s.fetch_failures, s.split_fetches, s.injected_failures, s.speculative, s.kills, s.crashes, s.dropped, s.lost_cleanups
-        );
-        let mut history = r.history.join("\n");
-        history.push('\n');
-        SeedResult { seed, which: Which::Batch, simulated_ms: r.simulated_ms, failure, plan, history, digest: r.digest }
+    /// One run of an in-process suite (batch, stream), reduced to what the
+    /// runner reports.
+    struct InProcess {
+        failure: Option<String>,
+        digest: u64,
+        simulated_ms: u64,
+        /// The scenario and what happened in it.
+        plan: String,
+        history: Vec<String>,
     }
 
-    /// One seed of the stream suite, like [`batch_seed`].
-    fn stream_seed(args: &Args, seed: u64) -> SeedResult {
+    /// One seed of an in-process suite. Its history is kept when
+    /// replaying, and for a failing seed by running it once more (it is
+    /// deterministic); with `--check-determinism` it runs twice.
+    fn in_process_seed(args: &Args, seed: u64, which: Which, describe: impl Fn() -> String, run: impl Fn(bool) -> InProcess + Copy + Send + 'static) -> SeedResult {
         let record = args.replay.is_some();
-        let run = |record: bool| run_bounded(move || stream::chaos::run_seed(seed, record));
-        let which = Which::Stream;
-        let mut r = match run(record) {
+        let attempt = |record: bool| run_bounded(move || run(record));
+        let mut r = match attempt(record) {
             Ok(r) => r,
             Err(e) => {
                 let failure = Some(format!("    {}", no_result(e)));
-                let plan = stream::sim::Scenario::new(seed).describe();
-                return SeedResult { seed, which, simulated_ms: 0, failure, plan, history: String::new(), digest: 0 };
+                return SeedResult { seed, which, simulated_ms: 0, failure, plan: describe(), history: String::new(), digest: 0 };
             }
         };
         let mut failure = r.failure.take().map(|f| format!("    {f}"));
         if args.check_determinism && failure.is_none() {
-            match run(false) {
+            match attempt(false) {
                 Ok(again) if again.digest == r.digest && again.failure.is_none() => {}
                 Ok(again) => failure = Some(format!("    [determinism] same seed, different history: {:016x} then {:016x}", r.digest, again.digest)),
                 Err(e) => failure = Some(format!("    [determinism] the second run gave no result: {}", no_result(e))),
             }
         }
         if failure.is_some() && !record {
-            if let Ok(again) = run(true) {
+            if let Ok(again) = attempt(true) {
                 r.history = again.history;
             }
         }
-        let s = &r.stats;
-        let plan = format!(
-            "{}  query: {}\n  ran: {} batches, {} crashes, {} zombies, {} batch failures, {} ambiguous appends, {} duplicate chunks dropped, {} records in, {} out\n",
-            r.scenario.describe(), r.query, s.batches, s.crashes, s.zombies, s.batch_failures, s.ambiguous_appends, s.skipped_chunks, s.input_records, s.output_records
-        );
         let mut history = r.history.join("\n");
         history.push('\n');
-        SeedResult { seed, which, simulated_ms: r.simulated_ms as u64, failure, plan, history, digest: r.digest }
+        SeedResult { seed, which, simulated_ms: r.simulated_ms, failure, plan: r.plan, history, digest: r.digest }
+    }
+
+    fn batch_seed(args: &Args, seed: u64) -> SeedResult {
+        let describe = || batch::chaos::Scenario::new(seed).describe("");
+        in_process_seed(args, seed, Which::Batch, describe, move |record| {
+            let r = batch::chaos::run_seed(seed, record);
+            let s = r.stats;
+            let plan = format!(
+                "{}  ran: {} launches, {} fetch failures ({} across a split), {} injected task failures, {} speculative copies, {} kills, {} crashes, {} messages lost with broken connections, {} CleanJobs lost with a broken connection (sent again on re-registration)\n",
+                r.scenario, s.launches, s.fetch_failures, s.split_fetches, s.injected_failures, s.speculative, s.kills, s.crashes, s.dropped, s.lost_cleanups
+            );
+            InProcess { failure: r.failure, digest: r.digest, simulated_ms: r.simulated_ms, plan, history: r.history }
+        })
+    }
+
+    fn stream_seed(args: &Args, seed: u64) -> SeedResult {
+        let describe = || stream::sim::Scenario::new(seed).describe();
+        in_process_seed(args, seed, Which::Stream, describe, move |record| {
+            let r = stream::chaos::run_seed(seed, record);
+            let s = &r.stats;
+            let plan = format!(
+                "{}  query: {}\n  ran: {} batches, {} crashes, {} zombies, {} batch failures, {} ambiguous appends, {} duplicate chunks dropped, {} records in, {} out\n",
+                r.scenario.describe(), r.query, s.batches, s.crashes, s.zombies, s.batch_failures, s.ambiguous_appends, s.skipped_chunks, s.input_records, s.output_records
+            );
+            InProcess { failure: r.failure, digest: r.digest, simulated_ms: r.simulated_ms as u64, plan, history: r.history }
+        })
     }
 
     fn report_failure(args: &Args, r: &SeedResult) {
