@@ -498,6 +498,24 @@ impl LogicalPlan {
             LogicalPlan::Union { inputs } => inputs.iter().collect(),
         }
     }
+
+    pub fn children_mut(&mut self) -> Vec<&mut LogicalPlan> {
+        match self {
+            LogicalPlan::Scan { .. } => vec![],
+            LogicalPlan::Project { input, .. }
+            | LogicalPlan::Filter { input, .. }
+            | LogicalPlan::Explode { input, .. }
+            | LogicalPlan::TimeWindow { input, .. }
+            | LogicalPlan::Aggregate { input, .. }
+            | LogicalPlan::Sort { input, .. }
+            | LogicalPlan::Limit { input, .. }
+            | LogicalPlan::Distinct { input }
+            | LogicalPlan::Repartition { input, .. }
+            | LogicalPlan::Alias { input, .. } => vec![input],
+            LogicalPlan::Join { left, right, .. } => vec![left, right],
+            LogicalPlan::Union { inputs } => inputs.iter_mut().collect(),
+        }
+    }
 }
 
 fn list(items: impl Iterator<Item = String>) -> String {

@@ -224,26 +224,8 @@ fn clear_ranges(plan: &mut LogicalPlan, topics: &mut Vec<String>) {
         }
         return;
     }
-    for c in children_mut(plan) {
+    for c in plan.children_mut() {
         clear_ranges(c, topics);
-    }
-}
-
-pub(crate) fn children_mut(plan: &mut LogicalPlan) -> Vec<&mut LogicalPlan> {
-    match plan {
-        LogicalPlan::Scan { .. } => vec![],
-        LogicalPlan::Project { input, .. }
-        | LogicalPlan::Filter { input, .. }
-        | LogicalPlan::Explode { input, .. }
-        | LogicalPlan::TimeWindow { input, .. }
-        | LogicalPlan::Aggregate { input, .. }
-        | LogicalPlan::Sort { input, .. }
-        | LogicalPlan::Limit { input, .. }
-        | LogicalPlan::Distinct { input }
-        | LogicalPlan::Repartition { input, .. }
-        | LogicalPlan::Alias { input, .. } => vec![input],
-        LogicalPlan::Join { left, right, .. } => vec![left, right],
-        LogicalPlan::Union { inputs } => inputs.iter_mut().collect(),
     }
 }
 

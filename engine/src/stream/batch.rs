@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use super::analyze::{PostStep, Stateful, StreamPlan, children_mut};
+use super::analyze::{PostStep, Stateful, StreamPlan};
 use super::memory::MemoryTopic;
 use super::options::OutputMode;
 use super::output::{OutputRecord, record};
@@ -49,7 +49,7 @@ fn set_ranges(plan: &mut LogicalPlan, ranges: &[TopicRange]) {
     {
         *r = ranges.to_vec();
     }
-    for c in children_mut(plan) {
+    for c in plan.children_mut() {
         set_ranges(c, ranges);
     }
 }

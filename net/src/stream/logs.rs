@@ -104,26 +104,23 @@ impl Logs {
                 Err(e) if e.code() == Some(UNKNOWN_TOPIC) => false,
                 Err(e) => return Err(e),
             };
-            if exists {
-                continue;
-            }
-            let configs = vec![("retention.ms".to_string(), "-1".to_string()), ("retention.bytes".to_string(), "-1".to_string())];
-            match self.with(async |c| c.create_topic_with_rf(topic, 1, -1, &configs).await).await {
-                Err(e) if e.code() != Some(TOPIC_ALREADY_EXISTS) => return Err(e),
-                _ => {}
+            if !exists {
+                let configs = vec![("retention.ms".to_string(), "-1".to_string()), ("retention.bytes".to_string(), "-1".to_string())];
+                match self.with(async |c| c.create_topic_with_rf(topic, 1, -1, &configs).await).await {
+                    Err(e) if e.code() != Some(TOPIC_ALREADY_EXISTS) => return Err(e),
+                    _ => {}
+                }
             }
             // In a cluster the controller creates the topic; this node's
-            // metadata learns of it a moment later.
+            // metadata, and the partition's leader, learn of it a moment
+            // later. Ready = the leader answers for the partition.
             let mut attempt = 0;
             loop {
-                let ready = self
-                    .with(async |c| c.metadata(Some(&[topic]), false).await.map(|t| t.iter().any(|t| !t.partitions.is_empty())))
-                    .await;
+                let ready = self.with(async |c| c.list_offset(topic, 0, -1).await).await;
                 match ready {
-                    Ok(true) => break,
-                    Err(e) if attempt >= 100 || e.code() != Some(UNKNOWN_TOPIC) => return Err(e),
-                    _ if attempt >= 100 => break,
-                    _ => {}
+                    Ok(_) => break,
+                    Err(e) if attempt >= 100 || !matches!(e.code(), Some(UNKNOWN_TOPIC | 5 | 6)) => return Err(e),
+                    Err(_) => {}
                 }
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
