@@ -155,8 +155,10 @@ async fn three_nodes_every_pair_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_down_at_first_gets_the_messages_sent_once_it_is_up() {
-    // An address where nothing listens yet.
-    let b_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // An address where nothing listens yet: below the kernel's ephemeral
+    // range, so no other test's outgoing connection takes it before B binds
+    // (port 0 gave one from that range, and CI once lost this race).
+    let b_addr = free_low_port();
     let (a, mut a_rx) = PeerTransport::<Msg>::bind(1, 1, loopback(), BTreeMap::from([(2, b_addr)])).await.unwrap();
     for i in 0..10 {
         a.send(2, seq(i));
@@ -499,4 +501,15 @@ async fn foreign_connections_are_handed_over_and_links_reported() {
     let ev = tokio::time::timeout(WAIT, links.recv()).await.unwrap().unwrap();
     assert_eq!(ev, LinkEvent::Broken { peer: 3 });
     a.shutdown_and_wait().await;
+}
+
+/// A free port in 31000..32700 (below Linux's ephemeral range, 32768+).
+fn free_low_port() -> std::net::SocketAddr {
+    let start = 31_000 + (std::process::id() % 1_500) as u16;
+    for port in (start..32_700).chain(31_000..start) {
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in 31000..32700");
 }
