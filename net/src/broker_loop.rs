@@ -53,10 +53,12 @@ pub async fn run<S: Storage>(
     if execute(&broker, &mut out, &mut waiting, &mut timers, transport).is_some() {
         sync_until_settled(&mut broker, &clock, &mut out, &mut waiting, &mut timers, transport);
     }
+    let mut watch = crate::cluster_watch::ClusterWatch::default();
     loop {
         if let Some(reason) = broker.failure() {
             return Err(reason.to_string());
         }
+        watch.observe(&broker);
         let first = match timers.first().copied() {
             Some(at) => tokio::select! {
                 // Polled in order: tokio's random branch order would draw from a

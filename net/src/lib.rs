@@ -11,6 +11,7 @@ pub mod batch;
 pub mod broker_loop;
 pub mod buggify;
 pub mod client;
+pub mod cluster_watch;
 pub mod clock;
 pub mod config;
 pub mod connection;

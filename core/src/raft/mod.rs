@@ -174,6 +174,12 @@ impl RaftNode {
         }
         // Only committed, applied entries are ever compacted.
         let base = log.snapshot_index();
+        // The id is mixed in so voters handed the same seed still draw
+        // different timeouts: with equal draws two followers time out
+        // together every round, split the vote and elect no one (the
+        // failover test, seed 45: 18 split terms, 12 s without a
+        // controller).
+        let rng = Rng::new(seed ^ config.id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut node = Self {
             config,
             hard,
@@ -188,7 +194,7 @@ impl RaftNode {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             next_heartbeat: 0,
-            rng: Rng::new(seed),
+            rng,
             armed: None,
         };
         node.reset_election_timer(now);

@@ -140,7 +140,6 @@ impl<S: Storage> Broker<S> {
     /// The periodic part of being a cluster member: register or heartbeat,
     /// give up on calls whose answer is overdue.
     pub(in crate::broker) fn quorum_tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        self.controller_step(now, ControllerInput::Tick, out);
         let overdue: Vec<u64> = self.cluster_mut().calls.iter().filter(|(_, c)| c.deadline <= now).map(|(id, _)| *id).collect();
         for call in overdue {
             self.call_answered(now, call, None, out);
