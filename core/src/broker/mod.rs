@@ -364,17 +364,25 @@ impl<S: Storage> Broker<S> {
     /// Makes every partition durable, then sends the acknowledgements that
     /// waited for it and wakes fetches that can now see more data.
     fn sync_all(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        // Every dirty file in one call: the storage may sync them together
+        // (a node following several partitions has several dirty files after
+        // a round of fetches, and one fsync after the other added up).
+        let files: Vec<&str> =
+            self.topics.values().flat_map(|t| t.partitions.iter()).flat_map(|p| p.log.unsynced_files()).collect();
+        if !files.is_empty()
+            && let Err(e) = self.storage.sync_many(&files)
+        {
+            let reason = format!("fsync failed: {e}");
+            self.fail(reason, out);
+            return;
+        }
         let mut advanced = Vec::new();
         for (name, topic) in self.topics.iter_mut() {
             for (i, p) in topic.partitions.iter_mut().enumerate() {
                 if !p.log.needs_sync() {
                     continue;
                 }
-                if let Err(e) = p.log.sync(&mut self.storage) {
-                    let reason = format!("fsync of {name}-{i} failed: {e}");
-                    self.fail(reason, out);
-                    return;
-                }
+                p.log.mark_synced();
                 p.unflushed_records = 0;
                 if p.durable_end != p.log.log_end_offset() {
                     p.durable_end = p.log.log_end_offset();

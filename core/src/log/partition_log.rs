@@ -284,6 +284,18 @@ impl PartitionLog {
         !self.unsynced.is_empty()
     }
 
+    /// The files whose writes are not yet durable: syncing each of them
+    /// (then [`Self::mark_synced`]) is what [`Self::sync`] does. A broker
+    /// syncing many partitions at once collects them to sync them together.
+    pub fn unsynced_files(&self) -> impl Iterator<Item = &str> {
+        self.unsynced.keys().filter_map(|base| self.segments.get(base)).map(|seg| seg.file.as_str())
+    }
+
+    /// Records that every file of [`Self::unsynced_files`] was synced.
+    pub fn mark_synced(&mut self) {
+        self.unsynced.clear();
+    }
+
     pub fn sync<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), StorageError> {
         while let Some((&base, ())) = self.unsynced.first_key_value() {
             if let Some(seg) = self.segments.get(&base) {

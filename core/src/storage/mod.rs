@@ -44,6 +44,18 @@ pub trait Storage {
     /// Makes every write to `file` (and its creation) durable.
     fn sync(&mut self, file: &str) -> StorageResult<()>;
 
+    /// [`Storage::sync`] of every file in `files`; when it returns `Ok`,
+    /// all of them are durable. On an error some may be durable and others
+    /// not (the caller treats any failed sync as fatal). This default syncs
+    /// them one after the other, in order; a file-backed storage may sync
+    /// them concurrently (on many disks, fsyncs of different files overlap).
+    fn sync_many(&mut self, files: &[&str]) -> StorageResult<()> {
+        for file in files {
+            self.sync(file)?;
+        }
+        Ok(())
+    }
+
     /// Cuts `file` to `len` bytes, durably.
     fn truncate(&mut self, file: &str, len: u64) -> StorageResult<()>;
 
