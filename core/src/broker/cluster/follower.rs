@@ -103,18 +103,12 @@ impl<S: Storage> Broker<S> {
             FetchOutcome::Data { high_watermark, log_start: _, records: data } => {
                 let mut appended = 0u64;
                 let mut trouble = false;
+                // Each batch is validated (length, CRC) as it is split off: a
+                // batch damaged on the way is refetched, never stored.
                 for batch in records::split_batches(&data) {
-                    let Ok((_, bytes)) = batch else {
+                    let Ok((h, bytes)) = batch else {
                         trouble = true;
                         break;
-                    };
-                    // A batch damaged on the way is refetched, never stored.
-                    let h = match records::validate_batch(bytes) {
-                        Ok(h) => h,
-                        Err(_) => {
-                            trouble = true;
-                            break;
-                        }
                     };
                     // The leader epoch field is outside the CRC (Kafka's
                     // format: leaders stamp it after the fact), so a bit
