@@ -7,17 +7,43 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use bytes::Bytes;
+use millrace_core::broker::cluster::{FetchOutcome, ReplicaFetchReply};
 use millrace_core::broker::{Broker, Effect, Input, PeerMessage, Request, RequestId, Response};
 use millrace_core::storage::Storage;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::peer::PeerTransport;
+use crate::peer::{Payload, PeerTransport};
 
 /// Cluster mode: the transport to the other nodes and what they send.
 pub struct Peers {
     pub transport: PeerTransport<PeerMessage>,
     pub inbox: mpsc::Receiver<(u64, PeerMessage)>,
+}
+
+/// A replicated batch travels as its frame's payload: from the leader's
+/// memory to the socket, and from the follower's receive buffer to its
+/// append, without a copy through bincode on either side.
+impl Payload for PeerMessage {
+    fn take_payload(&mut self) -> Option<Bytes> {
+        match self {
+            PeerMessage::FetchReply(ReplicaFetchReply { outcome: FetchOutcome::Data { records, .. }, .. }) => {
+                Some(std::mem::take(records))
+            }
+            _ => None,
+        }
+    }
+
+    fn put_payload(&mut self, payload: Bytes) -> Result<(), Bytes> {
+        match self {
+            PeerMessage::FetchReply(ReplicaFetchReply { outcome: FetchOutcome::Data { records, .. }, .. }) if records.is_empty() => {
+                *records = payload;
+                Ok(())
+            }
+            _ => Err(payload),
+        }
+    }
 }
 
 /// Upper bound of commands taken per loop turn (bounded work per turn).
@@ -240,5 +266,50 @@ fn peer_turn<S: Storage>(
     }
     if execute(broker, out, waiting, timers, transport).is_some() {
         sync_until_settled(broker, clock, out, waiting, timers, transport);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_core::broker::cluster::ReplicaFetch;
+
+    fn roundtrip(mut msg: PeerMessage) -> PeerMessage {
+        let payload = msg.take_payload();
+        let config = bincode::config::standard();
+        let mut back: PeerMessage = bincode::serde::decode_from_slice(&bincode::serde::encode_to_vec(&msg, config).unwrap(), config).unwrap().0;
+        if let Some(p) = payload.filter(|p| !p.is_empty()) {
+            back.put_payload(p).expect("the message takes its payload back");
+        }
+        back
+    }
+
+    #[test]
+    fn replicated_batches_travel_as_payloads_and_other_messages_take_none() {
+        let data = |records: &'static [u8]| {
+            PeerMessage::FetchReply(ReplicaFetchReply {
+                seq: 7,
+                topic: "t".into(),
+                partition: 2,
+                leader_epoch: 3,
+                outcome: FetchOutcome::Data { high_watermark: 5, log_start: 0, records: Bytes::from_static(records) },
+            })
+        };
+        let mut m = data(b"batches");
+        assert_eq!(m.clone().take_payload().as_deref(), Some(&b"batches"[..]));
+        assert_eq!(roundtrip(m.clone()), m);
+        assert_eq!(roundtrip(data(b"")), data(b""));
+        // A message that already holds its records, or none at all, takes no payload.
+        assert!(m.put_payload(Bytes::from_static(b"x")).is_err());
+        let mut fetch = PeerMessage::Fetch(ReplicaFetch {
+            seq: 1,
+            topic: "t".into(),
+            partition: 0,
+            leader_epoch: 1,
+            fetch_offset: 0,
+            last_fetched_epoch: -1,
+        });
+        assert!(fetch.take_payload().is_none());
+        assert!(fetch.put_payload(Bytes::from_static(b"x")).is_err());
     }
 }
