@@ -4,6 +4,15 @@
 //! file plus an fsync of its directory the first time (so a new file's name
 //! survives a crash), and `replace` writes a temporary file, syncs it,
 //! renames it over the target and syncs the directory.
+//!
+//! The page cache keeps only the tail of a file: once synced, bytes more
+//! than [`CACHE_WINDOW`] behind a file's end are dropped from it
+//! (`posix_fadvise(DONTNEED)`). New writes then reuse the memory just
+//! freed instead of taking pages the kernel has not touched for a while,
+//! which on this kind of virtual machine cost a fault in the host on first
+//! touch: writing 1 MB into fresh page cache took 3–8 ms here, into reused
+//! pages 0.2 ms. Readers of the tail (consumers that keep up, followers)
+//! still read from memory; readers further back read from the disk.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +26,33 @@ struct OpenFile {
     len: u64,
     /// The directory entry is not yet known to be durable.
     new: bool,
+    /// Bytes below this were dropped from the page cache.
+    uncached_below: u64,
+}
+
+/// How much of a file's end stays in the page cache once synced.
+pub const CACHE_WINDOW: u64 = 8 << 20;
+
+/// Drops the synced bytes of `h` more than [`CACHE_WINDOW`] behind its end
+/// from the page cache (in steps of at least a MB). Advice only: a failure
+/// changes nothing but speed.
+fn drop_cached(h: &mut OpenFile) {
+    const STEP: u64 = 1 << 20;
+    let keep_from = h.len.saturating_sub(CACHE_WINDOW);
+    if keep_from < h.uncached_below + STEP {
+        return;
+    }
+    fadvise_dontneed(&h.file, h.uncached_below, keep_from - h.uncached_below);
+    h.uncached_below = keep_from;
+}
+
+#[allow(unsafe_code)]
+fn fadvise_dontneed(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else { return };
+    // SAFETY: posix_fadvise only reads its integer arguments; the
+    // descriptor is open for as long as `file` is borrowed.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
 pub struct FileStorage {
@@ -66,7 +102,7 @@ impl FileStorage {
             }
             let f = OpenOptions::new().read(true).append(true).create(create).open(&path).map_err(|e| err(file, "open", e))?;
             let len = f.metadata().map_err(|e| err(file, "stat", e))?.len();
-            self.files.insert(file.to_string(), OpenFile { file: f, len, new: !existed });
+            self.files.insert(file.to_string(), OpenFile { file: f, len, new: !existed, uncached_below: 0 });
         }
         Ok(self.files.get_mut(file).expect("inserted above"))
     }
@@ -105,6 +141,7 @@ impl Storage for FileStorage {
         let path = self.path(file);
         let h = self.handle(file, false)?;
         h.file.sync_data().map_err(|e| err(file, "fsync", e))?;
+        drop_cached(h);
         if h.new {
             if let Some(parent) = path.parent() {
                 sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
@@ -140,6 +177,7 @@ impl Storage for FileStorage {
         for file in files {
             let path = self.path(file);
             let h = self.files.get_mut(*file).expect("opened above");
+            drop_cached(h);
             if h.new {
                 if let Some(parent) = path.parent() {
                     sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
@@ -155,6 +193,7 @@ impl Storage for FileStorage {
         h.file.set_len(len).map_err(|e| err(file, "truncate", e))?;
         h.file.sync_all().map_err(|e| err(file, "fsync", e))?;
         h.len = len;
+        h.uncached_below = h.uncached_below.min(len);
         Ok(())
     }
 
@@ -272,6 +311,26 @@ mod tests {
         assert_eq!(again.read_all("t-0/a.log").unwrap().unwrap(), b"hello");
         s.remove("t-0/a.log").unwrap();
         assert_eq!(s.list("t-0/").unwrap(), Vec::<String>::new());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bytes_dropped_from_the_page_cache_read_back_the_same() {
+        let dir = std::env::temp_dir().join(format!("millrace-fs-cache-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = FileStorage::open(&dir).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..(CACHE_WINDOW >> 20) + 3 {
+            s.append("t-0/a.log", &chunk).unwrap();
+            s.sync_many(&["t-0/a.log"]).unwrap();
+        }
+        assert!(s.files["t-0/a.log"].uncached_below >= 3 << 20, "the old bytes left the page cache");
+        assert_eq!(s.read("t-0/a.log", 0, chunk.len()).unwrap(), chunk);
+        s.truncate("t-0/a.log", 1 << 20).unwrap();
+        assert_eq!(s.files["t-0/a.log"].uncached_below, 1 << 20);
+        s.append("t-0/a.log", b"more").unwrap();
+        s.sync("t-0/a.log").unwrap();
+        assert_eq!(s.read("t-0/a.log", (1 << 20) - 1, 5).unwrap(), [chunk[chunk.len() - 1], b'm', b'o', b'r', b'e']);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
