@@ -28,8 +28,8 @@ struct Net {
     seq: u64,
     /// Nodes whose syncs wait until the test releases them (a slow disk).
     hold_syncs: BTreeSet<i32>,
-    /// Held syncs not released yet.
-    held: BTreeSet<i32>,
+    /// Syncs started and held: (node, ticket).
+    held: Vec<(i32, u64)>,
 }
 
 fn config(id: i32, voters: &[i32]) -> BrokerConfig {
@@ -60,7 +60,7 @@ impl Net {
             cut: BTreeSet::new(),
             seq: 0,
             hold_syncs: BTreeSet::new(),
-            held: BTreeSet::new(),
+            held: Vec::new(),
         };
         for id in 1..=n {
             net.step(id, Input::Tick);
@@ -88,20 +88,24 @@ impl Net {
                 Effect::SyncNeeded => sync = true,
                 Effect::Fatal { reason } => panic!("node {id} failed: {reason}"),
                 Effect::Send { to, message } => self.wire.push_back((now + 1, id, to, message)),
+                // Syncs run by "the adapter", as the real one does in a
+                // cluster: finished at once, or held back.
+                Effect::SyncFiles { ticket, .. } if self.hold_syncs.contains(&id) => self.held.push((id, ticket)),
+                Effect::SyncFiles { ticket, .. } => self.step(id, Input::Synced { ticket }),
             }
         }
-        if sync && self.hold_syncs.contains(&id) {
-            self.held.insert(id);
-        } else if sync {
-            self.step(id, Input::Sync);
+        if sync {
+            self.step(id, Input::SyncStart);
         }
     }
 
-    /// Lets `id` sync again, and runs its held sync.
+    /// Lets `id` sync again, and finishes its held syncs.
     fn release_syncs(&mut self, id: i32) {
         self.hold_syncs.remove(&id);
-        if self.held.remove(&id) {
-            self.step(id, Input::Sync);
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().partition(|(n, _)| *n == id);
+        self.held = others;
+        for (_, ticket) in mine {
+            self.step(id, Input::Synced { ticket });
         }
     }
 

@@ -37,13 +37,37 @@ pub const CACHE_WINDOW: u64 = 8 << 20;
 /// from the page cache (in steps of at least a MB). Advice only: a failure
 /// changes nothing but speed.
 fn drop_cached(h: &mut OpenFile) {
+    if let Some((offset, len)) = take_drop_range(h) {
+        fadvise_dontneed(&h.file, offset, len);
+    }
+}
+
+/// The range [`drop_cached`] drops, recorded as dropped; `None` below a MB.
+fn take_drop_range(h: &mut OpenFile) -> Option<(u64, u64)> {
     const STEP: u64 = 1 << 20;
     let keep_from = h.len.saturating_sub(CACHE_WINDOW);
     if keep_from < h.uncached_below + STEP {
-        return;
+        return None;
     }
-    fadvise_dontneed(&h.file, h.uncached_below, keep_from - h.uncached_below);
+    let range = (h.uncached_below, keep_from - h.uncached_below);
     h.uncached_below = keep_from;
+    Some(range)
+}
+
+/// `fdatasync` of every file, concurrently: one thread per file beyond the
+/// first.
+fn sync_data_all(files: &[(&str, &File)]) -> StorageResult<()> {
+    let Some(((_, first), rest)) = files.split_first() else { return Ok(()) };
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
+        let others: Vec<_> = rest.iter().map(|(_, f)| scope.spawn(move || f.sync_data())).collect();
+        let mut results = vec![first.sync_data()];
+        results.extend(others.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))));
+        results
+    });
+    for ((file, _), r) in files.iter().zip(results) {
+        r.map_err(|e| err(file, "fsync", e))?;
+    }
+    Ok(())
 }
 
 #[allow(unsafe_code)]
@@ -163,17 +187,8 @@ impl Storage for FileStorage {
         for file in files {
             self.handle(file, false)?;
         }
-        let this = &*self;
-        let results: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
-            let others: Vec<_> =
-                files[1..].iter().map(|f| scope.spawn(move || this.files[*f].file.sync_data())).collect();
-            let mut results = vec![this.files[files[0]].file.sync_data()];
-            results.extend(others.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))));
-            results
-        });
-        for (file, r) in files.iter().zip(results) {
-            r.map_err(|e| err(file, "fsync", e))?;
-        }
+        let handles: Vec<(&str, &File)> = files.iter().map(|f| (*f, &self.files[*f].file)).collect();
+        sync_data_all(&handles)?;
         for file in files {
             let path = self.path(file);
             let h = self.files.get_mut(*file).expect("opened above");
@@ -186,6 +201,37 @@ impl Storage for FileStorage {
             }
         }
         Ok(())
+    }
+
+    /// The job syncs duplicates of the files' descriptors (so a file removed
+    /// or cut meanwhile is no concern), concurrently as in `sync_many`, then
+    /// drops what left the page cache window. A new file's directory is
+    /// synced here and now (rare: a new segment or partition).
+    fn detach_sync(&mut self, files: &[String]) -> StorageResult<millrace_core::storage::DetachedSync> {
+        let mut jobs = Vec::with_capacity(files.len());
+        for file in files {
+            let path = self.path(file);
+            let h = self.handle(file, false)?;
+            if h.new {
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+                }
+                h.new = false;
+            }
+            let dup = h.file.try_clone().map_err(|e| err(file, "dup", e))?;
+            let dropped = take_drop_range(h);
+            jobs.push((file.clone(), dup, dropped));
+        }
+        Ok(Box::new(move || {
+            let handles: Vec<(&str, &File)> = jobs.iter().map(|(name, f, _)| (name.as_str(), f)).collect();
+            sync_data_all(&handles)?;
+            for (_, f, dropped) in &jobs {
+                if let Some((offset, len)) = dropped {
+                    fadvise_dontneed(f, *offset, *len);
+                }
+            }
+            Ok(())
+        }))
     }
 
     fn truncate(&mut self, file: &str, len: u64) -> StorageResult<()> {

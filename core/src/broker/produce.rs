@@ -104,7 +104,7 @@ impl<S: Storage> Broker<S> {
             return self.wait_for_replicas(now, id, response, req.timeout_ms, out);
         }
         if wait_for_sync && req.acks != 0 {
-            self.pending_acks.push((id, response));
+            self.wait_for_sync(id, response);
         } else {
             out.push(Effect::Reply { id, response: Response::Produce(response) });
         }

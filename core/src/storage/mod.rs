@@ -30,6 +30,9 @@ impl StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// See [`Storage::detach_sync`].
+pub type DetachedSync = Box<dyn FnOnce() -> StorageResult<()> + Send>;
+
 pub trait Storage {
     /// Appends to the end of `file`, creating it if missing. Returns the
     /// position the data starts at. Not durable until [`Storage::sync`].
@@ -54,6 +57,17 @@ pub trait Storage {
             self.sync(file)?;
         }
         Ok(())
+    }
+
+    /// A sync of `files` to run later, elsewhere (an adapter runs it off the
+    /// machine's turn, see `Input::SyncStart`): when the returned job
+    /// returns `Ok`, every write to those files made before it ran is
+    /// durable. A file removed meanwhile needs no sync. This default syncs
+    /// at once and returns a job with nothing left to do.
+    fn detach_sync(&mut self, files: &[String]) -> StorageResult<DetachedSync> {
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        self.sync_many(&files)?;
+        Ok(Box::new(|| Ok(())))
     }
 
     /// Cuts `file` to `len` bytes, durably.

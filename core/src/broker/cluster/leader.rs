@@ -241,6 +241,19 @@ impl<S: Storage> Broker<S> {
         c.ack_waits = still;
     }
 
+    /// Answers with `error` the `acks=1` responses still waiting for a sync
+    /// of a partition matching `which` (leadership lost: as a follower the
+    /// node may cut what they wrote before the sync finishes).
+    pub(in crate::broker) fn fail_pending_acks(&mut self, which: impl Fn(&str, i32) -> bool, error: ErrorCode, out: &mut Vec<Effect>) {
+        let (hit, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending_acks).into_iter().partition(|a| a.needs.iter().any(|(t, p, _)| which(t, *p)));
+        self.pending_acks = rest;
+        for a in hit {
+            let response = with_errors(a.response, &a.needs, |t, p| which(t, p).then_some(error));
+            out.push(Effect::Reply { id: a.id, response: Response::Produce(response) });
+        }
+    }
+
     /// Answers with `error` the waits that involve a partition matching
     /// `which` (leadership lost).
     pub(in crate::broker) fn fail_ack_waits(&mut self, which: impl Fn(&str, i32) -> bool, error: ErrorCode, out: &mut Vec<Effect>) {
