@@ -274,17 +274,21 @@ impl<S: Storage> Loop<S> {
         };
         // In the simulator: a slow disk, and the data stays unsynced (a
         // crash loses it) until the job runs.
-        let delay = crate::buggify::slow_fsync();
-        tokio::spawn(async move {
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-            #[cfg(madsim)]
-            let result = job().map_err(|e| e.to_string());
-            #[cfg(not(madsim))]
-            let result = match tokio::task::spawn_blocking(job).await {
+        #[cfg(madsim)]
+        {
+            let delay = crate::buggify::slow_fsync();
+            tokio::spawn(async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                let _ = tx.send((ticket, job().map_err(|e| e.to_string())));
+            });
+        }
+        #[cfg(not(madsim))]
+        tokio::task::spawn_blocking(move || {
+            let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
                 Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("the fsync task failed: {e}")),
+                Err(_) => Err("the fsync thread panicked".to_string()),
             };
             let _ = tx.send((ticket, result));
         });
