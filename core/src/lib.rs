@@ -7,6 +7,7 @@
 //! execute. The same code therefore runs under the real adapter in
 //! `millrace-net` and under the deterministic simulator in `millrace-sim`.
 
+pub mod batch;
 pub mod broker;
 pub mod controller;
 pub mod error;

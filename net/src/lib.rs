@@ -6,6 +6,8 @@
 //! later the simulator's workloads) use.
 
 pub mod alloc_guard;
+#[cfg(feature = "batch")]
+pub mod batch;
 pub mod broker_loop;
 pub mod buggify;
 pub mod client;

@@ -16,7 +16,7 @@ use millrace_net::server::Server;
 static ALLOC: millrace_net::alloc_guard::GuardedAlloc = millrace_net::alloc_guard::GuardedAlloc;
 
 #[derive(Parser)]
-#[command(name = "millrace", version, about = "A Kafka-compatible streaming log (and, later, a batch and stream engine).")]
+#[command(name = "millrace", version, about = "A Kafka-compatible streaming log with a batch engine beside it.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +40,33 @@ enum Command {
     /// Start a local cluster of N `millrace serve` processes on loopback
     /// ports and supervise them (a node that dies is restarted) until Ctrl-C.
     DevCluster(millrace_net::dev_cluster::DevClusterArgs),
+    #[cfg(feature = "batch")]
+    /// Run a SQL query (files via read_csv('path'), read_json, read_parquet,
+    /// read_text) on the batch engine in this process and print the result
+    /// as a table, or write it with --output.
+    Sql(SqlArgs),
+}
+
+#[cfg(feature = "batch")]
+#[derive(Args)]
+struct SqlArgs {
+    /// The query, e.g. "SELECT k, count(*) FROM read_csv('data.csv') GROUP BY k".
+    query: String,
+    /// Run in this process (Spark's local[N]); the only mode so far.
+    #[arg(long, default_value_t = true)]
+    local: bool,
+    /// Write the result to FILE (.csv, .json or .parquet) instead of printing it.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Task slots (threads) [default: the number of cores].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Reduce partitions per shuffle [default: 2 x slots].
+    #[arg(long)]
+    shuffle_partitions: Option<u32>,
+    /// Print the logical plan and its stages instead of running it.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Subcommand)]
@@ -214,8 +241,108 @@ fn main() -> anyhow::Result<()> {
             Command::Consume(args) => consume(args).await,
             Command::Group(cmd) => group(cmd).await,
             Command::DevCluster(args) => millrace_net::dev_cluster::run(args).await,
+            #[cfg(feature = "batch")]
+            Command::Sql(args) => sql(args),
         }
     })
+}
+
+#[cfg(feature = "batch")]
+fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    use millrace_net::batch::{local, output};
+    if !args.local {
+        bail!("only --local execution exists so far");
+    }
+    let mut config = local::LocalConfig::default();
+    if let Some(s) = args.slots {
+        config.slots = s.max(1);
+        config.planner.shuffle_partitions = (s * 2).max(2);
+    }
+    if let Some(p) = args.shuffle_partitions {
+        config.planner.shuffle_partitions = p.max(1);
+    }
+    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_engine::sql::Catalog::default())?;
+    if args.explain {
+        println!("{}", plan.display_indent());
+        for st in millrace_engine::physical::cut(&plan, config.planner)? {
+            let kind = match &st.plan.output {
+                millrace_engine::physical::StageOutput::Shuffle { partitions, .. } => format!("shuffle-map -> {partitions} partitions"),
+                millrace_engine::physical::StageOutput::Result => "result".to_string(),
+            };
+            println!("stage {}: {} tasks, {kind}, reads {:?}", st.id, st.partitions, st.parents);
+        }
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut bar = progress::StageBar::new();
+    let batches = local::run(&plan, &config, |p| bar.update(p))?;
+    bar.finish();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    match &args.output {
+        Some(path) => {
+            output::write_file(path, &batches)?;
+            eprintln!("{rows} rows written to {} in {:.2} s", path.display(), started.elapsed().as_secs_f64());
+        }
+        None => {
+            println!("{}", output::table(&batches)?);
+            eprintln!("{rows} rows in {:.2} s", started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "batch")]
+mod progress {
+    use std::io::IsTerminal;
+    use std::time::Instant;
+
+    use indicatif::{ProgressBar, ProgressStyle};
+    use millrace_core::batch::JobProgress;
+
+    /// A bar of tasks done on a terminal; otherwise a status line per
+    /// finished stage, so logs of long jobs still show progress.
+    pub struct StageBar {
+        bar: Option<ProgressBar>,
+        stages_done: usize,
+        started: Instant,
+    }
+
+    impl StageBar {
+        pub fn new() -> StageBar {
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = ProgressBar::new(0);
+                b.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} tasks  {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                b
+            });
+            StageBar { bar, stages_done: 0, started: Instant::now() }
+        }
+
+        pub fn update(&mut self, p: &JobProgress) {
+            let total: u32 = p.stages.iter().map(|s| s.total).sum();
+            let done: u32 = p.stages.iter().map(|s| s.done).sum();
+            let finished = p.stages.iter().filter(|s| s.total > 0 && s.done == s.total).count();
+            let running: Vec<String> = p.stages.iter().filter(|s| s.running > 0).map(|s| format!("stage {} ({}/{})", s.id, s.done, s.total)).collect();
+            match &self.bar {
+                Some(b) => {
+                    b.set_length(total as u64);
+                    b.set_position(done as u64);
+                    b.set_message(running.join(", "));
+                }
+                None => {
+                    if finished > self.stages_done {
+                        eprintln!("[{:>6.1}s] {finished}/{} stages done, {done}/{total} tasks", self.started.elapsed().as_secs_f64(), p.stages.len());
+                    }
+                }
+            }
+            self.stages_done = finished;
+        }
+
+        pub fn finish(&self) {
+            if let Some(b) = &self.bar {
+                b.finish_and_clear();
+            }
+        }
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

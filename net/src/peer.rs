@@ -32,7 +32,8 @@
 //!
 //! - Handshake, first on every connection, [`HANDSHAKE_LEN`] fixed bytes:
 //!   the magic `b"MLRC"`, the protocol version ([`PROTOCOL_VERSION`], u16
-//!   big-endian) and the sender's node id (u64 big-endian). A wrong magic, a
+//!   big-endian), the sender's node id and its incarnation (u64 big-endian
+//!   each; the incarnation is new each time a node starts). A wrong magic, a
 //!   wrong version, or the receiver's own id closes the connection (warning).
 //! - Then frames: a u32 big-endian length, then that many bytes of
 //!   `bincode::serde::encode_to_vec(&msg, bincode::config::standard())`,
@@ -85,11 +86,11 @@ pub type NodeId = u64;
 
 /// First bytes of every inter-node connection.
 pub const MAGIC: [u8; 4] = *b"MLRC";
-/// Bumped whenever the handshake or the framing changes (2: payloads
-/// after the encoded message).
-pub const PROTOCOL_VERSION: u16 = 2;
-/// Magic, version, sender's node id.
-pub const HANDSHAKE_LEN: usize = 4 + 2 + 8;
+/// Bumped whenever the handshake or the framing changes (2: the
+/// incarnation; 3: payloads after the encoded message).
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Magic, version, sender's node id, sender's incarnation.
+pub const HANDSHAKE_LEN: usize = 4 + 2 + 8 + 8;
 /// Largest frame payload accepted (and sent: a bigger message is dropped).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Messages queued for one peer before `send` starts dropping.
@@ -131,16 +132,17 @@ pub trait Payload {
 }
 
 /// The handshake a node with id `from` sends first on a connection it opens.
-pub fn handshake(from: NodeId) -> [u8; HANDSHAKE_LEN] {
+pub fn handshake(from: NodeId, incarnation: u64) -> [u8; HANDSHAKE_LEN] {
     let mut h = [0u8; HANDSHAKE_LEN];
     h[..4].copy_from_slice(&MAGIC);
     h[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    h[6..].copy_from_slice(&from.to_be_bytes());
+    h[6..14].copy_from_slice(&from.to_be_bytes());
+    h[14..].copy_from_slice(&incarnation.to_be_bytes());
     h
 }
 
-/// The sender's id, or what is wrong with the handshake.
-fn check_handshake(me: NodeId, h: &[u8]) -> Result<NodeId, String> {
+/// The sender's id and incarnation, or what is wrong with the handshake.
+fn check_handshake(me: NodeId, h: &[u8]) -> Result<(NodeId, u64), String> {
     if h[..4] != MAGIC {
         return Err(format!("bad magic {:02x?} (expected {:02x?} \"MLRC\")", &h[..4], MAGIC));
     }
@@ -148,11 +150,11 @@ fn check_handshake(me: NodeId, h: &[u8]) -> Result<NodeId, String> {
     if version != PROTOCOL_VERSION {
         return Err(format!("protocol version {version}, this node speaks {PROTOCOL_VERSION}"));
     }
-    let from = NodeId::from_be_bytes(h[6..HANDSHAKE_LEN].try_into().expect("8 bytes"));
+    let from = NodeId::from_be_bytes(h[6..14].try_into().expect("8 bytes"));
     if from == me {
         return Err(format!("the peer claims this node's own id {me}"));
     }
-    Ok(from)
+    Ok((from, u64::from_be_bytes(h[14..HANDSHAKE_LEN].try_into().expect("8 bytes"))))
 }
 
 /// A cloneable handle on one node's inter-node transport.
@@ -168,6 +170,8 @@ impl<M> Clone for PeerTransport<M> {
 
 struct Shared<M> {
     me: NodeId,
+    /// This start of the node, sent in every handshake.
+    incarnation: u64,
     local_addr: SocketAddr,
     dropped: Arc<AtomicU64>,
     state: Mutex<State<M>>,
@@ -176,6 +180,8 @@ struct Shared<M> {
 struct State<M> {
     stopped: bool,
     peers: BTreeMap<NodeId, Peer<M>>,
+    /// The incarnation each peer last connected to us from.
+    incarnations: BTreeMap<NodeId, u64>,
     accept: Option<JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
     /// Aborted tasks not yet known to be gone (for `shutdown_and_wait`).
@@ -186,16 +192,21 @@ struct Peer<M> {
     addr: SocketAddr,
     queue: mpsc::Sender<M>,
     task: JoinHandle<()>,
-    /// Told when the peer opens a new connection to us: it restarted, and
-    /// our connection to its previous incarnation may be dead without
-    /// anyone noticing (the simulator's TCP does not always report a
-    /// socket its owner dropped).
+    /// Told when the peer connects to us from a new incarnation: it
+    /// restarted, and our connection to its previous incarnation may be
+    /// dead without anyone noticing (the simulator's TCP does not always
+    /// report a socket its owner dropped). A new connection from the same
+    /// incarnation (it lost or replaced its connection) says nothing about
+    /// ours: taking it as a restart made the two sides replace their
+    /// connections in turn for as long as each reconnection took over
+    /// [`RESET_MIN_AGE`] — with madsim's connect and accept stalls, 18 s
+    /// in which a broker's registration replies were lost (replication
+    /// suite, seed 400215).
     restarted: Arc<Notify>,
 }
 
-/// A connection younger than this is not replaced on a peer's new
-/// connection: the two sides' reconnections would otherwise chase each
-/// other.
+/// A connection younger than this is not replaced on a peer's restart: it
+/// may already go to the new incarnation.
 const RESET_MIN_AGE: Duration = MAX_BACKOFF;
 
 impl<M> Shared<M> {
@@ -227,10 +238,13 @@ impl<M> Drop for Shared<M> {
 
 impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M> {
     /// Listens on `listen` for other nodes; `peers` maps every other node id
-    /// to its peer address (an entry for `me` is ignored). Returns the handle
-    /// and the receiver of `(from, message)` for everything that arrives.
+    /// to its peer address (an entry for `me` is ignored). `incarnation`
+    /// must differ on each start of the node (peers tell a restart from a
+    /// reconnection by it). Returns the handle and the receiver of
+    /// `(from, message)` for everything that arrives.
     pub async fn bind(
         me: NodeId,
+        incarnation: u64,
         listen: SocketAddr,
         peers: BTreeMap<NodeId, SocketAddr>,
     ) -> anyhow::Result<(Self, mpsc::Receiver<(NodeId, M)>)> {
@@ -241,11 +255,13 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
         let (incoming, rx) = mpsc::channel(INCOMING_QUEUE);
         let shared = Arc::new(Shared {
             me,
+            incarnation,
             local_addr,
             dropped: Arc::new(AtomicU64::new(0)),
             state: Mutex::new(State {
                 stopped: false,
                 peers: BTreeMap::new(),
+                incarnations: BTreeMap::new(),
                 accept: None,
                 readers: Vec::new(),
                 retired: Vec::new(),
@@ -284,7 +300,8 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
                     }
                     let (queue, rx) = mpsc::channel(PEER_QUEUE);
                     let restarted = Arc::new(Notify::new());
-                    let task = tokio::spawn(run_sender(me, id, addr, rx, self.shared.dropped.clone(), restarted.clone()));
+                    let task =
+                        tokio::spawn(run_sender(me, self.shared.incarnation, id, addr, rx, self.shared.dropped.clone(), restarted.clone()));
                     Peer { addr, queue, task, restarted }
                 }
             };
@@ -415,7 +432,7 @@ enum End {
 
 async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, mut conn: Inbound<M>, remote: SocketAddr, shared: Weak<Shared<M>>) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let from = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fill(&mut conn.stream, &mut buf, HANDSHAKE_LEN)).await {
+    let (from, incarnation) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fill(&mut conn.stream, &mut buf, HANDSHAKE_LEN)).await {
         Err(_) => {
             tracing::warn!(me, %remote, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing the connection");
             return;
@@ -433,11 +450,14 @@ async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, 
         },
     };
     buf.advance(HANDSHAKE_LEN);
-    tracing::debug!(me, from, %remote, "peer connection open");
-    if let Some(shared) = shared.upgrade()
-        && let Some(peer) = shared.lock().peers.get(&from)
-    {
-        peer.restarted.notify_one();
+    tracing::debug!(me, from, incarnation, %remote, "peer connection open");
+    if let Some(shared) = shared.upgrade() {
+        let mut state = shared.lock();
+        if state.incarnations.insert(from, incarnation) != Some(incarnation)
+            && let Some(peer) = state.peers.get(&from)
+        {
+            peer.restarted.notify_one();
+        }
     }
     drop(shared);
     let config = bincode::config::standard().with_limit::<MAX_FRAME_BYTES>();
@@ -558,6 +578,7 @@ async fn connect(me: NodeId, addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// into one write, and backs off after failures.
 async fn run_sender<M: Serialize + Payload>(
     me: NodeId,
+    incarnation: u64,
     to: NodeId,
     addr: SocketAddr,
     mut queue: mpsc::Receiver<M>,
@@ -608,7 +629,7 @@ async fn run_sender<M: Serialize + Payload>(
             match connect(me, addr).await {
                 Ok(stream) => {
                     tracing::debug!(me, to, %addr, "connected to peer");
-                    out.extend_from_slice(&handshake(me));
+                    out.extend_from_slice(&handshake(me, incarnation));
                     link = Some(Link { stream, since: Instant::now() });
                 }
                 Err(e) => {

@@ -42,6 +42,8 @@ impl Server {
     }
 
     /// Binds over any storage with an explicit seed (the simulator's way in).
+    /// The seed must differ at every start: it also names this incarnation
+    /// to the other nodes of a cluster.
     pub async fn bind_with<S: Storage + Send + 'static>(mut config: ServeConfig, storage: S, seed: u64) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
@@ -71,7 +73,9 @@ impl Server {
             Some((peer_listen, peers)) => {
                 let me = config.broker.node_id;
                 let others = peers.into_iter().filter(|(id, _)| *id != me).map(|(id, a)| (id as u64, a)).collect();
-                let (transport, inbox) = PeerTransport::bind(me as u64, peer_listen, others).await?;
+                // The seed is drawn anew at every start: it names this
+                // incarnation to the peers.
+                let (transport, inbox) = PeerTransport::bind(me as u64, seed, peer_listen, others).await?;
                 tracing::info!(node = me, peer_listen = %transport.local_addr(), voters = ?config.voters, "cluster mode");
                 Some(Peers { transport, inbox })
             }

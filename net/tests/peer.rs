@@ -63,7 +63,7 @@ fn loopback() -> SocketAddr {
 async fn cluster(ids: &[NodeId]) -> Vec<(PeerTransport<Msg>, Rx)> {
     let mut nodes = Vec::new();
     for &id in ids {
-        nodes.push(PeerTransport::<Msg>::bind(id, loopback(), BTreeMap::new()).await.unwrap());
+        nodes.push(PeerTransport::<Msg>::bind(id, 1, loopback(), BTreeMap::new()).await.unwrap());
     }
     let addrs: BTreeMap<NodeId, SocketAddr> = ids.iter().zip(&nodes).map(|(id, (t, _))| (*id, t.local_addr())).collect();
     for (&id, (t, _)) in ids.iter().zip(&nodes) {
@@ -178,7 +178,7 @@ async fn three_nodes_every_pair_in_order() {
 async fn a_peer_down_at_first_gets_the_messages_sent_once_it_is_up() {
     // An address where nothing listens yet.
     let b_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (a, mut a_rx) = PeerTransport::<Msg>::bind(1, loopback(), BTreeMap::from([(2, b_addr)])).await.unwrap();
+    let (a, mut a_rx) = PeerTransport::<Msg>::bind(1, 1, loopback(), BTreeMap::from([(2, b_addr)])).await.unwrap();
     for i in 0..10 {
         a.send(2, seq(i));
     }
@@ -186,7 +186,7 @@ async fn a_peer_down_at_first_gets_the_messages_sent_once_it_is_up() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(a.dropped() >= 1, "a failed connection attempt drops its message");
 
-    let (b, mut b_rx) = PeerTransport::<Msg>::bind(2, b_addr, BTreeMap::from([(1, a.local_addr())])).await.unwrap();
+    let (b, mut b_rx) = PeerTransport::<Msg>::bind(2, 1, b_addr, BTreeMap::from([(1, a.local_addr())])).await.unwrap();
     for i in 100..200 {
         a.send(2, seq(i));
     }
@@ -224,7 +224,7 @@ async fn a_restarted_peer_on_the_same_address_gets_messages_again() {
     let b_addr = b.local_addr();
     b.shutdown_and_wait().await;
     assert!(tokio::time::timeout(WAIT, b_rx.recv()).await.unwrap().is_none(), "the old receiver ends");
-    let (b2, mut b2_rx) = PeerTransport::<Msg>::bind(2, b_addr, BTreeMap::from([(1, a.local_addr())])).await.unwrap();
+    let (b2, mut b2_rx) = PeerTransport::<Msg>::bind(2, 2, b_addr, BTreeMap::from([(1, a.local_addr())])).await.unwrap();
 
     // A keeps sending until the new B hears it; from then on nothing is lost.
     let mut next = 1;
@@ -253,6 +253,55 @@ async fn a_restarted_peer_on_the_same_address_gets_messages_again() {
     b2.shutdown_and_wait().await;
 }
 
+/// The new connection A opens to "B" (played by hand: `b` is where A
+/// connects to node 2) while A keeps sending to it for `within`, if any.
+/// The caller keeps it open: closing it would make A reconnect.
+async fn reconnection(a: &PeerTransport<Msg>, b: &tokio::net::TcpListener, within: Duration) -> Option<TcpStream> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut n = 1000;
+    while tokio::time::Instant::now() < deadline {
+        a.send(2, seq(n));
+        n += 1;
+        if let Ok(accepted) = tokio::time::timeout(Duration::from_millis(50), b.accept()).await {
+            return Some(accepted.unwrap().0);
+        }
+    }
+    None
+}
+
+/// A peer that connects to us from a new incarnation restarted: our
+/// connection to it may go to the dead one, so it is replaced. One that
+/// connects again from the same incarnation only lost or replaced its own
+/// connection; taking that as a restart made two nodes replace their
+/// connections in turn (replication suite, seed 400215).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_new_incarnation_replaces_our_connection() {
+    let b = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let (a, _a_rx) = PeerTransport::<Msg>::bind(1, 1, loopback(), BTreeMap::from([(2, b.local_addr().unwrap())])).await.unwrap();
+    let a_addr = a.local_addr();
+    let hello_as_2 = |incarnation: u64| async move {
+        let mut s = TcpStream::connect(a_addr).await.unwrap();
+        s.write_all(&peer::handshake(2, incarnation)).await.unwrap();
+        s
+    };
+    a.send(2, seq(0));
+    let _first = tokio::time::timeout(WAIT, b.accept()).await.expect("A connects to B").unwrap();
+    // Connections younger than a second are never replaced; wait that out.
+    let settle = Duration::from_millis(1200);
+
+    tokio::time::sleep(settle).await;
+    let _seven = hello_as_2(7).await;
+    let _second = reconnection(&a, &b, WAIT).await.expect("B's first incarnation seen: A replaces its connection");
+
+    tokio::time::sleep(settle).await;
+    let _seven_again = hello_as_2(7).await;
+    assert!(reconnection(&a, &b, Duration::from_millis(1500)).await.is_none(), "the same incarnation again: A keeps its connection");
+
+    let _eight = hello_as_2(8).await;
+    let _third = reconnection(&a, &b, WAIT).await.expect("a new incarnation: A replaces its connection");
+    a.shutdown_and_wait().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_handshakes_are_closed_and_others_undisturbed() {
     let mut nodes = cluster(&[1, 2]).await;
@@ -267,7 +316,7 @@ async fn hostile_handshakes_are_closed_and_others_undisturbed() {
     assert_closed(s, "wrong magic").await;
 
     // Our magic, another protocol version.
-    let mut h = peer::handshake(9);
+    let mut h = peer::handshake(9, 1);
     h[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
     let mut s = TcpStream::connect(b_addr).await.unwrap();
     s.write_all(&h).await.unwrap();
@@ -275,7 +324,7 @@ async fn hostile_handshakes_are_closed_and_others_undisturbed() {
 
     // A peer claiming B's own id.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
-    s.write_all(&peer::handshake(2)).await.unwrap();
+    s.write_all(&peer::handshake(2, 1)).await.unwrap();
     assert_closed(s, "own id").await;
 
     for i in 500..1000 {
@@ -299,7 +348,7 @@ async fn an_oversized_length_closes_only_that_connection() {
     // A hand-made peer 9: a good frame (the documented format), then a
     // length prefix past the cap.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
-    let mut bytes = peer::handshake(9).to_vec();
+    let mut bytes = peer::handshake(9, 1).to_vec();
     bytes.extend(frame(&encode(&Msg::Hello("by hand".into()))));
     bytes.extend(((MAX_FRAME_BYTES + 1) as u32).to_be_bytes());
     bytes.extend([0u8; 64]);
@@ -307,7 +356,7 @@ async fn an_oversized_length_closes_only_that_connection() {
     assert_closed(s, "oversized frame").await;
 
     let mut s = TcpStream::connect(b_addr).await.unwrap();
-    let mut bytes = peer::handshake(9).to_vec();
+    let mut bytes = peer::handshake(9, 1).to_vec();
     bytes.extend(u32::MAX.to_be_bytes());
     s.write_all(&bytes).await.unwrap();
     assert_closed(s, "length u32::MAX").await;
@@ -334,7 +383,7 @@ async fn an_undecodable_frame_closes_only_that_connection() {
     }
     // An enum variant index that does not exist.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
-    let mut bytes = peer::handshake(9).to_vec();
+    let mut bytes = peer::handshake(9, 1).to_vec();
     bytes.extend(frame(&[0xfb, 0xff, 0xff]));
     s.write_all(&bytes).await.unwrap();
     assert_closed(s, "bad variant").await;
@@ -343,14 +392,14 @@ async fn an_undecodable_frame_closes_only_that_connection() {
     let mut s = TcpStream::connect(b_addr).await.unwrap();
     let mut payload = encode(&Msg::Hello("x".into()));
     payload.push(0);
-    let mut bytes = peer::handshake(9).to_vec();
+    let mut bytes = peer::handshake(9, 1).to_vec();
     bytes.extend(frame(&payload));
     s.write_all(&bytes).await.unwrap();
     assert_closed(s, "trailing byte").await;
 
     // A connection that ends inside a frame.
     let mut s = TcpStream::connect(b_addr).await.unwrap();
-    let mut bytes = peer::handshake(9).to_vec();
+    let mut bytes = peer::handshake(9, 1).to_vec();
     bytes.extend(100u32.to_be_bytes());
     bytes.extend([1, 2, 3]);
     s.write_all(&bytes).await.unwrap();
@@ -387,11 +436,11 @@ async fn shutdown_frees_the_port_and_ends_the_receiver() {
     a.send(2, seq(0));
     assert_eq!(a.dropped(), before + 1, "a send after shutdown is dropped");
     assert!(tokio::time::timeout(WAIT, a_rx.recv()).await.unwrap().is_none(), "the receiver ends");
-    let a2 = PeerTransport::<Msg>::bind(1, a_addr, BTreeMap::new()).await.expect("the port is free once the receiver ended");
+    let a2 = PeerTransport::<Msg>::bind(1, 2, a_addr, BTreeMap::new()).await.expect("the port is free once the receiver ended");
 
     // shutdown_and_wait(): the port is free when it returns.
     b.shutdown_and_wait().await;
-    let (b2, mut b2_rx) = PeerTransport::<Msg>::bind(2, b_addr, BTreeMap::from([(1, a_addr)])).await.unwrap();
+    let (b2, mut b2_rx) = PeerTransport::<Msg>::bind(2, 2, b_addr, BTreeMap::from([(1, a_addr)])).await.unwrap();
     assert!(tokio::time::timeout(WAIT, b_rx.recv()).await.unwrap().is_none());
 
     // The new incarnations talk.
@@ -408,7 +457,7 @@ async fn shutdown_frees_the_port_and_ends_the_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_peers_and_full_queues_drop_without_blocking() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let (a, _rx) = PeerTransport::<Msg>::bind(1, loopback(), BTreeMap::from([(2, dead)])).await.unwrap();
+    let (a, _rx) = PeerTransport::<Msg>::bind(1, 1, loopback(), BTreeMap::from([(2, dead)])).await.unwrap();
     a.send(7, Msg::Hello("nobody".into()));
     assert_eq!(a.dropped(), 1);
     let total = 3 * PEER_QUEUE as u64;
@@ -423,12 +472,12 @@ async fn unknown_peers_and_full_queues_drop_without_blocking() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_every_handle_frees_the_port() {
-    let (a, mut rx) = PeerTransport::<Msg>::bind(1, loopback(), BTreeMap::new()).await.unwrap();
+    let (a, mut rx) = PeerTransport::<Msg>::bind(1, 1, loopback(), BTreeMap::new()).await.unwrap();
     let addr = a.local_addr();
     let clone = a.clone();
     drop(a);
     drop(clone);
     assert!(tokio::time::timeout(WAIT, rx.recv()).await.unwrap().is_none(), "the receiver ends");
-    let (again, _rx) = PeerTransport::<Msg>::bind(1, addr, BTreeMap::new()).await.unwrap();
+    let (again, _rx) = PeerTransport::<Msg>::bind(1, 2, addr, BTreeMap::new()).await.unwrap();
     again.shutdown_and_wait().await;
 }

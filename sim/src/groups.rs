@@ -48,7 +48,7 @@ fn config(consumer: u32) -> GroupConsumerConfig {
 pub async fn group_consumer(ctx: Ctx, consumer: u32, drain_until: Instant) {
     let mut draw = Draw(ctx.seed ^ 0x6772_6f75 ^ (u64::from(consumer) << 40));
     // Consumers that crashed stay here, connections open, until the end
-    // (madsim reuses a freed port at once; see workload::Conn).
+    // (madsim reuses a freed port at once; see workload::Links).
     let mut graveyard: Vec<GroupConsumer> = Vec::new();
     while Instant::now() < drain_until {
         let Ok(Ok(mut c)) = timeout(Duration::from_secs(30), GroupConsumer::connect(&ctx.broker_addr, config(consumer))).await else {

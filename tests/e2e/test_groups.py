@@ -344,6 +344,8 @@ class KpMember:
 
         self.name = name
         self.records = []
+        # kafka-python has no rebalance callbacks here; drive() prints these.
+        self.assigned_calls, self.revoked_calls, self.lost_calls, self.errors = [], [], [], []
         conf = dict(bootstrap_servers=addr, group_id=group, client_id=name, auto_offset_reset="earliest",
                     enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=300,
                     max_poll_interval_ms=20000,

@@ -1,20 +1,16 @@
 //! `chaos`: runs seeds through the deterministic simulator and checks each
-//! history. Build and run it through `scripts/chaos`, which compiles with
-//! `--cfg madsim` into its own target folder.
+//! history. The cluster suites (crash, disk, network, mixed, groups,
+//! replication, controller) need a simulator build: run them through
+//! `scripts/chaos`, which compiles with `--cfg madsim` into its own target
+//! folder. The batch suite (`--suite batch`: the batch driver and workers
+//! running engine plans under faults, `millrace_properties::batch::chaos`)
+//! simulates no nodes and runs in either build.
 
-#[cfg(not(madsim))]
 fn main() {
-    eprintln!("chaos runs only in a simulator build: use scripts/chaos (it builds with RUSTFLAGS=\"--cfg madsim\")");
-    std::process::exit(2);
+    std::process::exit(runner::main());
 }
 
-#[cfg(madsim)]
-fn main() {
-    std::process::exit(sim_main::main());
-}
-
-#[cfg(madsim)]
-mod sim_main {
+mod runner {
     use std::io::Write;
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,72 +18,116 @@ mod sim_main {
     use std::time::Instant;
 
     use clap::Parser;
+    #[cfg(madsim)]
     use millrace_fault::Suite;
-    use millrace_properties::checkers;
-    use millrace_sim::cluster::{self, Scenario};
+    use millrace_properties::batch;
 
     #[derive(Parser, Clone)]
     #[command(about = "Run chaos seeds through the Millrace simulator")]
-    struct Args {
+    pub(crate) struct Args {
         /// How many seeds to run.
         #[arg(long, default_value_t = 100)]
-        seeds: u64,
+        pub seeds: u64,
         /// First seed.
         #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// crash, disk, network, mixed, groups, replication, controller, or all (seed s runs one of the
+        pub start: u64,
+        /// crash, disk, network, mixed, groups, replication, controller, batch, or all (seed s runs one of the
         /// first four, s mod 4).
         #[arg(long, default_value = "all")]
-        suite: String,
+        pub suite: String,
         /// Run one seed, print its fault plan, history path and verdict.
         #[arg(long)]
-        replay: Option<u64>,
-        /// Brokers per run.
+        pub replay: Option<u64>,
+        /// Brokers per run (cluster suites).
         #[arg(long, default_value_t = 1)]
-        nodes: usize,
-        /// Simulated seconds of faults per run (a heal phase follows).
+        pub nodes: usize,
+        /// Simulated seconds of faults per run, a heal phase follows (cluster suites).
         #[arg(long, default_value_t = 10)]
-        duration: u64,
+        pub duration: u64,
         /// Seeds run in parallel (each on its own OS thread and runtime).
         #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
-        jobs: usize,
+        pub jobs: usize,
         /// Run each seed twice and fail unless the histories are identical.
         #[arg(long)]
-        check_determinism: bool,
+        pub check_determinism: bool,
         /// Where failing seeds' histories are written.
         #[arg(long, default_value = "target/chaos")]
-        out: PathBuf,
+        pub out: PathBuf,
     }
 
-    struct SeedResult {
-        seed: u64,
-        suite: Suite,
-        simulated_ms: u64,
-        failure: Option<String>,
-        plan: String,
-        history: String,
-        digest: u64,
+    /// The harness a seed runs in.
+    #[derive(Clone, Copy)]
+    pub(crate) enum Which {
+        /// The batch driver and workers with engine plans, no nodes.
+        Batch,
+        /// A simulated cluster of nodes.
+        #[cfg(madsim)]
+        Cluster(Suite),
     }
 
-    fn suite_for(args: &Args, seed: u64) -> Result<Suite, String> {
-        if args.suite == "all" {
-            return Ok(Suite::ALL[(seed % Suite::ALL.len() as u64) as usize]);
+    impl Which {
+        fn name(self) -> &'static str {
+            match self {
+                Which::Batch => "batch",
+                #[cfg(madsim)]
+                Which::Cluster(s) => s.name(),
+            }
         }
-        Suite::from_name(&args.suite).ok_or_else(|| format!("unknown suite {:?}: use crash, disk, network, mixed, groups, replication, controller or all", args.suite))
     }
 
-    fn replay_command(args: &Args, seed: u64, suite: Suite) -> String {
-        format!("scripts/chaos --replay {seed} --suite {} --nodes {} --duration {}", suite.name(), args.nodes, args.duration)
+    pub(crate) struct SeedResult {
+        pub seed: u64,
+        pub which: Which,
+        pub simulated_ms: u64,
+        pub failure: Option<String>,
+        pub plan: String,
+        pub history: String,
+        pub digest: u64,
+    }
+
+    fn suite_for(args: &Args, seed: u64) -> Result<Which, String> {
+        if args.suite == "batch" {
+            return Ok(Which::Batch);
+        }
+        #[cfg(madsim)]
+        {
+            if args.suite == "all" {
+                return Ok(Which::Cluster(Suite::ALL[(seed % Suite::ALL.len() as u64) as usize]));
+            }
+            Suite::from_name(&args.suite).map(Which::Cluster).ok_or_else(|| {
+                format!("unknown suite {:?}: use crash, disk, network, mixed, groups, replication, controller, batch or all", args.suite)
+            })
+        }
+        #[cfg(not(madsim))]
+        {
+            let _ = seed;
+            Err(format!(
+                "suite {:?} runs only in a simulator build: use scripts/chaos (it builds with RUSTFLAGS=\"--cfg madsim\"); only --suite batch runs in this build",
+                args.suite
+            ))
+        }
+    }
+
+    fn replay_command(args: &Args, seed: u64, which: Which) -> String {
+        #[cfg(not(madsim))]
+        let _ = args;
+        match which {
+            Which::Batch => format!("scripts/chaos --replay {seed} --suite batch"),
+            #[cfg(madsim)]
+            Which::Cluster(suite) => {
+                format!("scripts/chaos --replay {seed} --suite {} --nodes {} --duration {}", suite.name(), args.nodes, args.duration)
+            }
+        }
     }
 
     /// Wall-clock bound of one seed: a hung run is reported as a failure
     /// with its seed instead of stalling the whole runner.
-    const SEED_WALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+    pub(crate) const SEED_WALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
     /// Runs `f` on its own thread; `Err(None)` if it did not finish within
     /// [`SEED_WALL_LIMIT`] (the thread is abandoned), `Err(Some(panic))` if
     /// it panicked.
-    fn run_bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Option<Box<dyn std::any::Any + Send>>> {
+    pub(crate) fn run_bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Option<Box<dyn std::any::Any + Send>>> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
@@ -99,57 +139,77 @@ mod sim_main {
         }
     }
 
-    fn run_seed(args: &Args, seed: u64, suite: Suite) -> SeedResult {
-        let scenario = Scenario::new(seed, suite, args.nodes, args.duration * 1000);
-        let durable = scenario.durable_acks();
-        let plan = format!("{}  scenario: {}\n", scenario.plan(), scenario.describe());
-        let s = scenario.clone();
-        // A fresh OS thread per run: madsim and std's per-thread state must
-        // not carry over between seeds.
-        let ran = run_bounded(move || cluster::run(&s));
-        let outcome = match ran {
-            Ok(o) => o,
-            Err(None) => {
-                let failure = format!("the simulation hung: no result after {} s of wall time (a loop that never lets simulated time pass, or a runaway run)", SEED_WALL_LIMIT.as_secs());
-                return SeedResult { seed, suite, simulated_ms: 0, failure: Some(failure), plan, history: String::new(), digest: 0 };
-            }
-            Err(Some(panic)) => {
+    /// Why a bounded run gave no result.
+    pub(crate) fn no_result(e: Option<Box<dyn std::any::Any + Send>>) -> String {
+        match e {
+            None => format!(
+                "the simulation hung: no result after {} s of wall time (a loop that never lets simulated time pass, or a runaway run)",
+                SEED_WALL_LIMIT.as_secs()
+            ),
+            Some(panic) => {
                 let msg = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "panic".into());
-                return SeedResult { seed, suite, simulated_ms: 0, failure: Some(format!("the simulation panicked: {msg}")), plan, history: String::new(), digest: 0 };
+                format!("the simulation panicked: {msg}")
+            }
+        }
+    }
+
+    fn run_seed(args: &Args, seed: u64, which: Which) -> SeedResult {
+        match which {
+            Which::Batch => batch_seed(args, seed),
+            #[cfg(madsim)]
+            Which::Cluster(suite) => super::cluster::run_seed(args, seed, suite),
+        }
+    }
+
+    /// One seed of the batch suite. Its history is kept when replaying, and
+    /// for a failing seed by running it once more (it is deterministic).
+    fn batch_seed(args: &Args, seed: u64) -> SeedResult {
+        let record = args.replay.is_some();
+        let run = |record: bool| run_bounded(move || batch::chaos::run_seed(seed, record));
+        let mut r = match run(record) {
+            Ok(r) => r,
+            Err(e) => {
+                let failure = Some(format!("    {}", no_result(e)));
+                let plan = batch::chaos::Scenario::new(seed).describe("");
+                return SeedResult { seed, which: Which::Batch, simulated_ms: 0, failure, plan, history: String::new(), digest: 0 };
             }
         };
-        let mut failure = None;
-        let events = outcome.history.events();
-        let heal = checkers::heal_time(&events).unwrap_or(outcome.simulated_ms);
-        let violations = checkers::check(&events, heal, durable);
-        if !violations.is_empty() {
-            failure = Some(violations.iter().map(|v| format!("    {v}")).collect::<Vec<_>>().join("\n"));
-        }
-        let digest = outcome.history.digest();
+        let mut failure = r.failure.take().map(|f| format!("    {f}"));
         if args.check_determinism && failure.is_none() {
-            let again = run_bounded(move || cluster::run(&scenario));
-            match again {
-                Ok(o) if o.history.digest() == digest => {}
-                Ok(o) => failure = Some(format!("    [determinism] same seed, different history: {digest:016x} then {:016x}", o.history.digest())),
-                Err(_) => failure = Some("    [determinism] the second run panicked or hung".into()),
+            match run(false) {
+                Ok(again) if again.digest == r.digest && again.failure.is_none() => {}
+                Ok(again) => failure = Some(format!("    [determinism] same seed, different history: {:016x} then {:016x}", r.digest, again.digest)),
+                Err(e) => failure = Some(format!("    [determinism] the second run gave no result: {}", no_result(e))),
             }
         }
-        SeedResult { seed, suite, simulated_ms: outcome.simulated_ms, failure, plan, history: outcome.history.to_text(), digest }
+        if failure.is_some() && !record {
+            if let Ok(again) = run(true) {
+                r.history = again.history;
+            }
+        }
+        let s = r.stats;
+        let plan = format!(
+            "{}  ran: {} launches, {} fetch failures ({} across a split), {} injected task failures, {} speculative copies, {} kills, {} crashes, {} messages lost with broken connections, {} CleanJobs lost with a broken connection (sent again on re-registration)\n",
+            r.scenario, s.launches, s.fetch_failures, s.split_fetches, s.injected_failures, s.speculative, s.kills, s.crashes, s.dropped, s.lost_cleanups
+        );
+        let mut history = r.history.join("\n");
+        history.push('\n');
+        SeedResult { seed, which: Which::Batch, simulated_ms: r.simulated_ms, failure, plan, history, digest: r.digest }
     }
 
     fn report_failure(args: &Args, r: &SeedResult) {
         let _ = std::fs::create_dir_all(&args.out);
-        let path = args.out.join(format!("seed-{}-{}.history.txt", r.seed, r.suite.name()));
+        let path = args.out.join(format!("seed-{}-{}.history.txt", r.seed, r.which.name()));
         let _ = std::fs::write(&path, &r.history);
-        println!("\nFAILED seed {} (suite {}):", r.seed, r.suite.name());
+        println!("\nFAILED seed {} (suite {}):", r.seed, r.which.name());
         println!("{}", r.failure.as_deref().unwrap_or(""));
         print!("{}", r.plan);
         println!("  history: {}", path.display());
-        println!("  replay:  {}", replay_command(args, r.seed, r.suite));
+        println!("  replay:  {}", replay_command(args, r.seed, r.which));
     }
 
     pub fn main() -> i32 {
@@ -160,17 +220,17 @@ mod sim_main {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::stderr).init();
         }
         if let Some(seed) = args.replay {
-            let suite = match suite_for(&args, seed) {
+            let which = match suite_for(&args, seed) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
                     return 2;
                 }
             };
-            let r = run_seed(&args, seed, suite);
+            let r = run_seed(&args, seed, which);
             print!("{}", r.plan);
             let _ = std::fs::create_dir_all(&args.out);
-            let path = args.out.join(format!("seed-{seed}-{}.history.txt", suite.name()));
+            let path = args.out.join(format!("seed-{seed}-{}.history.txt", which.name()));
             let _ = std::fs::write(&path, &r.history);
             println!("history: {} ({} events, digest {:016x})", path.display(), r.history.lines().count(), r.digest);
             return match &r.failure {
@@ -191,45 +251,49 @@ mod sim_main {
                 return 2;
             }
         }
-        println!(
-            "chaos: {} seeds from {} (suite {}, {} node(s), {} s of faults each, {} jobs{})",
-            args.seeds,
-            args.start,
-            args.suite,
-            args.nodes,
-            args.duration,
-            args.jobs,
-            if args.check_determinism { ", each run twice" } else { "" }
-        );
+        let twice = if args.check_determinism { ", each run twice" } else { "" };
+        if args.suite == "batch" {
+            println!(
+                "chaos: {} seeds from {} (suite batch: a driver and 3-5 workers running engine plans, {} jobs{twice})",
+                args.seeds, args.start, args.jobs
+            );
+        } else {
+            println!(
+                "chaos: {} seeds from {} (suite {}, {} node(s), {} s of faults each, {} jobs{twice})",
+                args.seeds, args.start, args.suite, args.nodes, args.duration, args.jobs
+            );
+        }
         let next = Arc::new(AtomicU64::new(0));
         let results = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..args.jobs.max(1) {
             let (args, next, results, seeds) = (args.clone(), next.clone(), results.clone(), seeds.clone());
-            workers.push(std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
-                let Some(&seed) = seeds.get(i) else { return };
-                let suite = suite_for(&args, seed).expect("checked above");
-                let r = run_seed(&args, seed, suite);
-                let mut all = results.lock().unwrap();
-                if r.failure.is_some() {
-                    report_failure(&args, &r);
-                }
-                all.push((r.seed, r.simulated_ms, r.failure.is_some()));
-                let done = all.len();
-                if done % 10 == 0 || done == seeds.len() {
-                    let failed = all.iter().filter(|x| x.2).count();
-                    let sim_s: f64 = all.iter().map(|x| x.1 as f64 / 1000.0).sum();
-                    let wall = started.elapsed().as_secs_f64();
-                    println!(
-                        "[{done:>5}/{}] {} passed, {failed} failed  ({:.0} simulated s per wall s, {:.1} s elapsed)",
-                        seeds.len(),
-                        done - failed,
-                        sim_s / wall,
-                        wall
-                    );
-                    let _ = std::io::stdout().flush();
+            workers.push(std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    let Some(&seed) = seeds.get(i) else { return };
+                    let which = suite_for(&args, seed).expect("checked above");
+                    let r = run_seed(&args, seed, which);
+                    let mut all = results.lock().unwrap();
+                    if r.failure.is_some() {
+                        report_failure(&args, &r);
+                    }
+                    all.push((r.seed, r.simulated_ms, r.failure.is_some()));
+                    let done = all.len();
+                    if done % 10 == 0 || done == seeds.len() {
+                        let failed = all.iter().filter(|x| x.2).count();
+                        let sim_s: f64 = all.iter().map(|x| x.1 as f64 / 1000.0).sum();
+                        let wall = started.elapsed().as_secs_f64();
+                        println!(
+                            "[{done:>5}/{}] {} passed, {failed} failed  ({:.0} simulated s per wall s, {:.1} s elapsed)",
+                            seeds.len(),
+                            done - failed,
+                            sim_s / wall,
+                            wall
+                        );
+                        let _ = std::io::stdout().flush();
+                    }
                 }
             }));
         }
@@ -240,17 +304,62 @@ mod sim_main {
         let failed: Vec<u64> = all.iter().filter(|x| x.2).map(|x| x.0).collect();
         let wall = started.elapsed().as_secs_f64();
         let sim_s: f64 = all.iter().map(|x| x.1 as f64 / 1000.0).sum();
+        let nodes = if args.suite == "batch" { String::new() } else { format!(", {} node(s)", args.nodes) };
         println!(
-            "speed: {:.0} simulated seconds per wall second ({:.0} per job), {:.1} seeds per minute, {} node(s)",
+            "speed: {:.0} simulated seconds per wall second ({:.0} per job), {:.1} seeds per minute{nodes}",
             sim_s / wall,
             sim_s / wall / args.jobs.max(1) as f64,
             all.len() as f64 / wall * 60.0,
-            args.nodes
         );
         if !failed.is_empty() {
             println!("failing seeds: {failed:?}");
         }
         println!("{} passed, {} failed", all.len() - failed.len(), failed.len());
         i32::from(!failed.is_empty())
+    }
+}
+
+/// The cluster suites: a simulated cluster per seed, its history judged by
+/// the checkers.
+#[cfg(madsim)]
+mod cluster {
+    use millrace_fault::Suite;
+    use millrace_properties::checkers;
+    use millrace_sim::cluster::{self, Scenario};
+
+    use super::runner::{Args, SeedResult, Which, no_result, run_bounded};
+
+    pub(crate) fn run_seed(args: &Args, seed: u64, suite: Suite) -> SeedResult {
+        let which = Which::Cluster(suite);
+        let scenario = Scenario::new(seed, suite, args.nodes, args.duration * 1000);
+        let durable = scenario.durable_acks();
+        let plan = format!("{}  scenario: {}\n", scenario.plan(), scenario.describe());
+        let s = scenario.clone();
+        // A fresh OS thread per run: madsim and std's per-thread state must
+        // not carry over between seeds.
+        let ran = run_bounded(move || cluster::run(&s));
+        let outcome = match ran {
+            Ok(o) => o,
+            Err(e) => {
+                return SeedResult { seed, which, simulated_ms: 0, failure: Some(no_result(e)), plan, history: String::new(), digest: 0 };
+            }
+        };
+        let mut failure = None;
+        let events = outcome.history.events();
+        let heal = checkers::heal_time(&events).unwrap_or(outcome.simulated_ms);
+        let violations = checkers::check(&events, heal, durable);
+        if !violations.is_empty() {
+            failure = Some(violations.iter().map(|v| format!("    {v}")).collect::<Vec<_>>().join("\n"));
+        }
+        let digest = outcome.history.digest();
+        if args.check_determinism && failure.is_none() {
+            let again = run_bounded(move || cluster::run(&scenario));
+            match again {
+                Ok(o) if o.history.digest() == digest => {}
+                Ok(o) => failure = Some(format!("    [determinism] same seed, different history: {digest:016x} then {:016x}", o.history.digest())),
+                Err(_) => failure = Some("    [determinism] the second run panicked or hung".into()),
+            }
+        }
+        SeedResult { seed, which, simulated_ms: outcome.simulated_ms, failure, plan, history: outcome.history.to_text(), digest }
     }
 }
