@@ -479,6 +479,38 @@ fn a_straggler_gets_one_speculative_copy_and_the_first_success_wins() {
 }
 
 #[test]
+fn a_killed_copy_s_fetch_failure_changes_nothing() {
+    // Stage 0 (1 map) -> stage 1 (20 maps) -> stage 2 (result). Two of
+    // stage 1's tasks straggle and get copies; a copy wins, and the killed
+    // original then reports a fetch failure (its kill interrupted the
+    // fetch). It must not end stage 1's attempt or unregister outputs.
+    let mut h = H::new(DriverConfig::default());
+    h.register(1, 1, 30);
+    h.register(2, 1, 30);
+    let spec = JobSpec { stages: vec![map(0, 1, &[], 20), map(1, 20, &[0], 1), result(2, 1, &[1])] };
+    let m0 = launches(&h.submit(1, spec));
+    let l = launches(&h.ok(m0[0].0, &m0[0].1));
+    assert_eq!(l.len(), 20);
+    h.now = 100;
+    for (w, t) in l.iter().filter(|(_, t)| t.partition < 18) {
+        h.ok(*w, t);
+    }
+    h.heartbeat_all();
+    let copies = launches(&h.at(400, DriverInput::Tick));
+    assert_eq!(shape(&copies), vec![(1, 18), (1, 19)]);
+    let original = l.iter().find(|(_, t)| t.partition == 18).unwrap().clone();
+    let out = h.ok(copies[0].0, &copies[0].1);
+    assert_eq!(kills(&out), vec![(original.0, original.1.attempt)]);
+    let before = h.d.progress(1).unwrap();
+    let out = h.report(original.0, &original.1, TaskOutcome::FetchFailed { shuffle: 0, map_partition: 0, worker: m0[0].0 });
+    assert!(out.is_empty(), "a killed attempt's fetch failure acted on: {out:?}");
+    assert_eq!(h.d.progress(1).unwrap(), before);
+    // Partition 19's copies still run; the first to finish completes stage 1.
+    let out = h.ok(copies[1].0, &copies[1].1);
+    assert_eq!(shape(&launches(&out)), vec![(2, 0)]);
+}
+
+#[test]
 fn a_result_partition_is_committed_exactly_once() {
     let mut h = H::new(DriverConfig::default());
     h.register(1, 1, 4);

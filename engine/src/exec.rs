@@ -8,7 +8,8 @@ use arrow::array::RecordBatch;
 use crate::error::{EngineError, Result};
 use crate::eval::{evaluate, filter_batch};
 use crate::exec_err;
-use crate::ops::aggregate::aggregate;
+use crate::ops::aggregate::{AggMode, aggregate};
+use crate::ops::split_count;
 use crate::ops::explode::explode;
 use crate::ops::join::{JoinSpec, hash_join};
 use crate::ops::sort::{limit, sort};
@@ -208,6 +209,12 @@ pub fn run(op: &Op, p: u32, inputs: &dyn TaskInputs) -> Result<Vec<RecordBatch>,
             aggs,
             original,
         } => {
+            if *mode == AggMode::Partial
+                && let Some((inner, in_schema, expr, sep)) = split_count::fusable(input, group, aggs)
+            {
+                let batches = run(inner, p, inputs)?;
+                return Ok(vec![split_count::split_count(&batches, in_schema, expr, sep, group, aggs, original)?]);
+            }
             let batches = run(input, p, inputs)?;
             vec![aggregate(&batches, schema, *mode, group, aggs, original)?]
         }

@@ -1,8 +1,11 @@
 //! `millrace dev-cluster --nodes N`: a local cluster of N separate
 //! `millrace serve` processes on loopback ports, for trying a cluster out
 //! and for tests. Node i (1-based) serves Kafka clients on
-//! `base_port + i - 1` and its peers on `base_port + 100 + i - 1`, with its
-//! data under `DIR/node-i`; its process id is in `DIR/node-i/pid`.
+//! `base_port + i - 1`, its peers on `base_port + 100 + i - 1` and its
+//! batch service (`millrace sql --server`, `millrace job`) on
+//! `base_port + 200 + i - 1` — the peer port + 100, as every node derives
+//! the others' batch addresses — with its data under `DIR/node-i`; its
+//! process id is in `DIR/node-i/pid`.
 //!
 //! The command supervises the nodes like an init system would: a node that
 //! exits (a crash, or a test's `kill -9`) is restarted after a pause, from
@@ -20,8 +23,9 @@ pub struct DevClusterArgs {
     /// Number of nodes (each a broker and a controller voter).
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
-    /// Kafka port of node 1; node i uses base_port + i - 1, and
-    /// base_port + 100 + i - 1 for its peers.
+    /// Kafka port of node 1; node i uses base_port + i - 1,
+    /// base_port + 100 + i - 1 for its peers and base_port + 200 + i - 1
+    /// for its batch service.
     #[arg(long, default_value_t = 19092)]
     pub base_port: u16,
     /// Parent of the nodes' data directories.
@@ -45,6 +49,9 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 9 {
         anyhow::bail!("--nodes must be between 1 and 9, got {}", args.nodes);
     }
+    if u32::from(args.base_port) + 200 + u32::from(args.nodes) > 65_535 {
+        anyhow::bail!("--base-port {} leaves no room for the peer and batch ports (base + 200 + nodes)", args.base_port);
+    }
     let exe = std::env::current_exe()?;
     let voters: Vec<String> =
         (1..=args.nodes).map(|i| format!("{i}@127.0.0.1:{}", args.base_port + 100 + i - 1)).collect();
@@ -54,7 +61,9 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     for node in &mut nodes {
         node.child = Some(start(&exe, &args, &voters, node.id)?);
     }
+    let batch: Vec<String> = (1..=args.nodes).map(|i| format!("127.0.0.1:{}", batch_port(&args, i))).collect();
     println!("dev-cluster: {} nodes up; bootstrap servers {}", args.nodes, bootstrap.join(","));
+    println!("dev-cluster: batch servers {} (millrace sql --server {} \"SELECT ...\")", batch.join(","), batch[0]);
     println!("dev-cluster: data under {}; Ctrl-C stops every node", args.data_dir.display());
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -107,6 +116,10 @@ pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn batch_port(args: &DevClusterArgs, id: u16) -> u16 {
+    args.base_port + 200 + id - 1
+}
+
 fn start(exe: &std::path::Path, args: &DevClusterArgs, voters: &[String], id: u16) -> anyhow::Result<Child> {
     let dir = args.data_dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&dir)?;
@@ -121,6 +134,8 @@ fn start(exe: &std::path::Path, args: &DevClusterArgs, voters: &[String], id: u1
         .arg(dir.join("data"))
         .arg("--voters")
         .arg(voters.join(","))
+        .arg("--batch-listen")
+        .arg(format!("127.0.0.1:{}", batch_port(args, id)))
         .args(&args.serve_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

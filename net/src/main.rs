@@ -42,9 +42,45 @@ enum Command {
     DevCluster(millrace_net::dev_cluster::DevClusterArgs),
     #[cfg(feature = "batch")]
     /// Run a SQL query (files via read_csv('path'), read_json, read_parquet,
-    /// read_text) on the batch engine in this process and print the result
-    /// as a table, or write it with --output.
+    /// read_text) on the batch engine — in this process, or on a cluster
+    /// with --server — and print the result as a table, or write it with
+    /// --output.
     Sql(SqlArgs),
+    #[cfg(feature = "batch")]
+    /// List or cancel the batch jobs of a node.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[cfg(feature = "batch")]
+#[derive(Args, Clone)]
+struct BatchConn {
+    /// A node's batch service (host:port): its Kafka port + 2 on a single
+    /// node, its peer port + 100 in a cluster.
+    #[arg(long, short = 's', default_value = millrace_net::batch::client::DEFAULT_SERVER, env = "MILLRACE_BATCH_SERVER")]
+    server: String,
+}
+
+#[cfg(feature = "batch")]
+#[derive(Subcommand)]
+enum JobCommand {
+    /// The jobs submitted to a node (running, and the last ones ended):
+    /// state, elapsed time, and per stage the tasks done.
+    Status {
+        /// Only this job (like 2-7), with its query and stages.
+        #[arg(value_parser = millrace_net::batch::proto::parse_job)]
+        job: Option<u64>,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// Cancel a running job (asked of any node, it reaches the job's driver).
+    Cancel {
+        /// The job (like 2-7: node 2's seventh job).
+        #[arg(value_parser = millrace_net::batch::proto::parse_job)]
+        job: u64,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
 }
 
 #[cfg(feature = "batch")]
@@ -52,21 +88,32 @@ enum Command {
 struct SqlArgs {
     /// The query, e.g. "SELECT k, count(*) FROM read_csv('data.csv') GROUP BY k".
     query: String,
-    /// Run in this process (Spark's local[N]); the only mode so far.
-    #[arg(long, default_value_t = true)]
+    /// Submit to this node's batch service (host:port) and run on its
+    /// cluster; the node is the job's driver. Without it (or with --local)
+    /// the query runs in this process.
+    #[arg(long, short = 's', env = "MILLRACE_BATCH_SERVER")]
+    server: Option<String>,
+    /// Run in this process (Spark's local[N]), even if MILLRACE_BATCH_SERVER
+    /// is set. The default without --server.
+    #[arg(long)]
     local: bool,
     /// Write the result to FILE (.csv, .json or .parquet) instead of printing it.
     #[arg(long, short)]
     output: Option<PathBuf>,
-    /// Task slots (threads) [default: the number of cores].
+    /// Task slots (threads) of a local run [default: the number of cores].
     #[arg(long)]
     slots: Option<u32>,
-    /// Reduce partitions per shuffle [default: 2 x slots].
+    /// Reduce partitions per shuffle [default: 2 x the task slots, the
+    /// cluster's with --server].
     #[arg(long)]
     shuffle_partitions: Option<u32>,
     /// Print the logical plan and its stages instead of running it.
     #[arg(long)]
     explain: bool,
+    /// Broker that `topic('name')` reads from in a local run. With
+    /// --server the cluster's nodes read from their own brokers.
+    #[arg(long, short = 'b', default_value = DEFAULT_LISTEN, env = "MILLRACE_BOOTSTRAP")]
+    bootstrap: String,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +162,14 @@ struct ServeArgs {
     /// Cluster mode: where to listen for other nodes [default: this node's voter address].
     #[arg(long)]
     peer_listen: Option<std::net::SocketAddr>,
+    /// Where the batch service listens for drivers, workers and `millrace
+    /// sql --server` [default: the Kafka port + 2 on a single node; the
+    /// peer port + 100 in a cluster].
+    #[arg(long)]
+    batch_listen: Option<std::net::SocketAddr>,
+    /// Task slots of this node's batch worker [default: the number of cores].
+    #[arg(long)]
+    batch_slots: Option<u32>,
 }
 
 #[derive(Args, Clone)]
@@ -223,7 +278,20 @@ struct ConsumeArgs {
     conn: Conn,
 }
 
-fn main() -> anyhow::Result<()> {
+/// An error is printed as one line of its causes (`Error: a: b`), exit
+/// code 1: anyhow's `Debug` output, which `main` returning `Result` uses,
+/// adds a stack backtrace whenever RUST_BACKTRACE is set.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MILLRACE_LOG").unwrap_or_else(|_| "info".into()),
@@ -247,15 +315,21 @@ fn main() -> anyhow::Result<()> {
             Command::DevCluster(args) => millrace_net::dev_cluster::run(args).await,
             #[cfg(feature = "batch")]
             Command::Sql(args) => sql(args),
+            #[cfg(feature = "batch")]
+            Command::Job(cmd) => job(cmd),
         }
     })
 }
 
 #[cfg(feature = "batch")]
 fn sql(args: SqlArgs) -> anyhow::Result<()> {
-    use millrace_net::batch::{local, output};
-    if !args.local {
-        bail!("only --local execution exists so far");
+    use millrace_net::batch::local;
+    let server = args.server.clone().filter(|_| !args.local && !args.explain);
+    if let Some(server) = server {
+        if args.slots.is_some() {
+            bail!("--slots is for local runs; a node's task slots are its batch.slots setting (--batch-slots)");
+        }
+        return sql_on_cluster(&args, &server);
     }
     let mut config = local::LocalConfig::default();
     if let Some(s) = args.slots {
@@ -265,7 +339,9 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
     if let Some(p) = args.shuffle_partitions {
         config.planner.shuffle_partitions = p.max(1);
     }
-    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_engine::sql::Catalog::default())?;
+    let topics = millrace_net::batch::topics::KafkaTopics::new(&args.bootstrap);
+    config.topics = Some(std::sync::Arc::new(topics.clone()));
+    let plan = millrace_engine::sql::plan_sql(&args.query, &millrace_net::batch::catalog(Some(&topics)))?;
     if args.explain {
         println!("{}", plan.display_indent());
         for st in millrace_engine::physical::cut(&plan, config.planner)? {
@@ -281,14 +357,38 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
     let mut bar = progress::StageBar::new();
     let batches = local::run(&plan, &config, |p| bar.update(p))?;
     bar.finish();
+    print_result(&args, &batches, started)
+}
+
+#[cfg(feature = "batch")]
+fn sql_on_cluster(args: &SqlArgs, server: &str) -> anyhow::Result<()> {
+    use millrace_net::batch::client::{Event, run_query};
+    let started = std::time::Instant::now();
+    let mut bar = progress::StageBar::new();
+    let result = run_query(server, &args.query, args.shuffle_partitions, |e| match e {
+        Event::Accepted { job, node, shuffle_partitions } => {
+            bar.println(&format!(
+                "job {} running, driven by node {node} ({server}); {shuffle_partitions} shuffle partitions",
+                millrace_net::batch::proto::job_name(job)
+            ));
+        }
+        Event::Progress(p) => bar.update(p),
+    });
+    bar.finish();
+    print_result(args, &result?, started)
+}
+
+#[cfg(feature = "batch")]
+fn print_result(args: &SqlArgs, batches: &[arrow::array::RecordBatch], started: std::time::Instant) -> anyhow::Result<()> {
+    use millrace_net::batch::output;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     match &args.output {
         Some(path) => {
-            output::write_file(path, &batches)?;
+            output::write_file(path, batches)?;
             eprintln!("{rows} rows written to {} in {:.2} s", path.display(), started.elapsed().as_secs_f64());
         }
         None => {
-            println!("{}", output::table(&batches)?);
+            println!("{}", output::table(batches)?);
             eprintln!("{rows} rows in {:.2} s", started.elapsed().as_secs_f64());
         }
     }
@@ -341,12 +441,70 @@ mod progress {
             self.stages_done = finished;
         }
 
+        /// A line above the bar (or on its own without a terminal).
+        pub fn println(&self, line: &str) {
+            match &self.bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+
         pub fn finish(&self) {
             if let Some(b) = &self.bar {
                 b.finish_and_clear();
             }
         }
     }
+}
+
+#[cfg(feature = "batch")]
+fn job(cmd: JobCommand) -> anyhow::Result<()> {
+    use millrace_core::batch::JobState;
+    use millrace_net::batch::client;
+    match cmd {
+        JobCommand::Status { job, conn } => {
+            let status = client::status(&conn.server, job)?;
+            let workers: Vec<String> = status.workers.iter().map(|(w, slots)| format!("{w} ({slots} slots)")).collect();
+            println!("node {} ({}): live workers {}", status.node, conn.server, if workers.is_empty() { "none".into() } else { workers.join(", ") });
+            let jobs = status.jobs;
+            if jobs.is_empty() {
+                println!("no jobs");
+                return Ok(());
+            }
+            println!("{:<16}  {:<10}  {:>9}  {:<40}  QUERY", "JOB", "STATE", "ELAPSED", "STAGES (tasks done/total)");
+            for j in &jobs {
+                let stages = j
+                    .progress
+                    .as_ref()
+                    .map(|p| p.stages.iter().map(|s| format!("{}:{}/{}", s.id, s.done, s.total)).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                let state = match &j.state {
+                    JobState::Running => "running",
+                    JobState::Succeeded => "succeeded",
+                    JobState::Failed { .. } => "failed",
+                    JobState::Cancelled => "cancelled",
+                };
+                let query: String = j.query.split_whitespace().collect::<Vec<_>>().join(" ");
+                let query = if job.is_none() && query.chars().count() > 60 { format!("{}...", query.chars().take(57).collect::<String>()) } else { query };
+                println!("{:<16}  {:<10}  {:>8.1}s  {:<40}  {}", millrace_net::batch::proto::job_name(j.job), state, j.elapsed_ms as f64 / 1000.0, stages, query);
+                if let JobState::Failed { reason } = &j.state {
+                    println!("{:<16}  {reason}", "");
+                }
+                if let Some(note) = &j.note {
+                    println!("{:<16}  {note}", "");
+                }
+                if job.is_some()
+                    && let Some(p) = &j.progress
+                {
+                    for s in &p.stages {
+                        println!("  stage {}: {}/{} tasks done, {} running, attempt {}", s.id, s.done, s.total, s.running, s.attempt);
+                    }
+                }
+            }
+        }
+        JobCommand::Cancel { job, conn } => println!("{}", client::cancel(&conn.server, job)?),
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -371,6 +529,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.peer_listen.is_some() {
         config.peer_listen = args.peer_listen;
+    }
+    if args.batch_listen.is_some() {
+        config.batch_listen = args.batch_listen;
+    }
+    if let Some(slots) = args.batch_slots {
+        config.batch.slots = slots;
     }
     let _ = DEFAULT_DATA_DIR;
     let server = Server::bind(config).await?;

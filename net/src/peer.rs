@@ -63,6 +63,16 @@
 //! listener and every accepted connection are closed: from then on the port
 //! is free.
 //!
+//! # Sharing the port, and link events
+//!
+//! [`PeerTransport::bind_with`] takes [`Extras`]: a connection whose first
+//! four bytes are not the magic can be handed to the caller (with the bytes
+//! already read) instead of being closed — the batch service serves its
+//! command-line clients on the port its workers talk on — and the caller
+//! can be told when connections come and go ([`LinkEvent`]): a node that
+//! was killed closes its sockets, which says more, sooner, than a missed
+//! heartbeat. [`PeerTransport::bind`] uses neither.
+//!
 //! Determinism (the simulator replays seeds): `select!` is always `biased`,
 //! peers live in a `BTreeMap`, and time is `tokio::time` only.
 
@@ -141,6 +151,38 @@ pub fn handshake(from: NodeId, incarnation: u64) -> [u8; HANDSHAKE_LEN] {
     h
 }
 
+/// What the transport reports about its connections, when asked to
+/// ([`Extras::links`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A connection from `peer` (that incarnation) completed its handshake.
+    Up { peer: NodeId, incarnation: u64 },
+    /// A connection from `peer` ended (closed, broken, or closed by us for
+    /// a protocol error): what it was sending may have been lost.
+    Down { peer: NodeId, incarnation: u64 },
+    /// Our connection to `peer` could not be opened, or failed, or the peer
+    /// closed it: messages to it were dropped, or may have been.
+    Broken { peer: NodeId },
+}
+
+/// A connection that did not start with the magic, handed over with the
+/// bytes read from it so far (at least four).
+pub struct Foreign {
+    pub stream: TcpStream,
+    pub remote: SocketAddr,
+    pub prefix: Vec<u8>,
+}
+
+/// Optional services of [`PeerTransport::bind_with`].
+#[derive(Default)]
+pub struct Extras {
+    /// Where connections that do not start with the magic go (otherwise
+    /// they are closed with a warning).
+    pub foreign: Option<mpsc::UnboundedSender<Foreign>>,
+    /// Where [`LinkEvent`]s go.
+    pub links: Option<mpsc::UnboundedSender<LinkEvent>>,
+}
+
 /// The sender's id and incarnation, or what is wrong with the handshake.
 fn check_handshake(me: NodeId, h: &[u8]) -> Result<(NodeId, u64), String> {
     if h[..4] != MAGIC {
@@ -174,6 +216,7 @@ struct Shared<M> {
     incarnation: u64,
     local_addr: SocketAddr,
     dropped: Arc<AtomicU64>,
+    links: Option<mpsc::UnboundedSender<LinkEvent>>,
     state: Mutex<State<M>>,
 }
 
@@ -248,6 +291,17 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
         listen: SocketAddr,
         peers: BTreeMap<NodeId, SocketAddr>,
     ) -> anyhow::Result<(Self, mpsc::Receiver<(NodeId, M)>)> {
+        Self::bind_with(me, incarnation, listen, peers, Extras::default()).await
+    }
+
+    /// [`Self::bind`] with the [`Extras`] asked for.
+    pub async fn bind_with(
+        me: NodeId,
+        incarnation: u64,
+        listen: SocketAddr,
+        peers: BTreeMap<NodeId, SocketAddr>,
+        extras: Extras,
+    ) -> anyhow::Result<(Self, mpsc::Receiver<(NodeId, M)>)> {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for peers on {listen}: {e}"))?;
@@ -258,6 +312,7 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
             incarnation,
             local_addr,
             dropped: Arc::new(AtomicU64::new(0)),
+            links: extras.links,
             state: Mutex::new(State {
                 stopped: false,
                 peers: BTreeMap::new(),
@@ -267,7 +322,7 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
                 retired: Vec::new(),
             }),
         });
-        let accept = tokio::spawn(accept_loop(me, Acceptor { listener, incoming }, Arc::downgrade(&shared)));
+        let accept = tokio::spawn(accept_loop(me, Acceptor { listener, incoming, foreign: extras.foreign }, Arc::downgrade(&shared)));
         shared.lock().accept = Some(accept);
         let transport = Self { shared };
         transport.set_peers(peers);
@@ -301,7 +356,16 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
                     let (queue, rx) = mpsc::channel(PEER_QUEUE);
                     let restarted = Arc::new(Notify::new());
                     let task =
-                        tokio::spawn(run_sender(me, self.shared.incarnation, id, addr, rx, self.shared.dropped.clone(), restarted.clone()));
+                        tokio::spawn(run_sender(
+                        me,
+                        self.shared.incarnation,
+                        id,
+                        addr,
+                        rx,
+                        self.shared.dropped.clone(),
+                        restarted.clone(),
+                        self.shared.links.clone(),
+                    ));
                     Peer { addr, queue, task, restarted }
                 }
             };
@@ -384,6 +448,7 @@ impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M
 struct Acceptor<M> {
     listener: TcpListener,
     incoming: mpsc::Sender<(NodeId, M)>,
+    foreign: Option<mpsc::UnboundedSender<Foreign>>,
 }
 
 async fn accept_loop<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, acceptor: Acceptor<M>, shared: Weak<Shared<M>>) {
@@ -392,7 +457,7 @@ async fn accept_loop<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId,
             Ok((stream, remote)) => {
                 tracing::debug!(me, %remote, "accepted peer connection");
                 let Some(shared) = shared.upgrade() else { return };
-                let conn = Inbound { stream, incoming: acceptor.incoming.clone() };
+                let conn = Inbound { stream, incoming: acceptor.incoming.clone(), foreign: acceptor.foreign.clone() };
                 let reader = tokio::spawn(run_reader(me, conn, remote, Arc::downgrade(&shared)));
                 let mut state = shared.lock();
                 if state.stopped {
@@ -416,6 +481,7 @@ async fn accept_loop<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId,
 struct Inbound<M> {
     stream: TcpStream,
     incoming: mpsc::Sender<(NodeId, M)>,
+    foreign: Option<mpsc::UnboundedSender<Foreign>>,
 }
 
 /// How a reading task ended.
@@ -432,7 +498,23 @@ enum End {
 
 async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, mut conn: Inbound<M>, remote: SocketAddr, shared: Weak<Shared<M>>) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
-    let (from, incarnation) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, fill(&mut conn.stream, &mut buf, HANDSHAKE_LEN)).await {
+    let foreign = conn.foreign.is_some();
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        fill(&mut conn.stream, &mut buf, MAGIC.len()).await?;
+        if foreign && buf[..MAGIC.len()] != MAGIC {
+            return Ok(false);
+        }
+        fill(&mut conn.stream, &mut buf, HANDSHAKE_LEN).await.map(|()| true)
+    });
+    let (from, incarnation) = match handshake.await {
+        Ok(Ok(false)) => {
+            // Not a peer: someone else's protocol on the shared port.
+            let Inbound { stream, foreign, .. } = conn;
+            if let Some(f) = foreign {
+                let _ = f.send(Foreign { stream, remote, prefix: buf.to_vec() });
+            }
+            return;
+        }
         Err(_) => {
             tracing::warn!(me, %remote, "no handshake within {HANDSHAKE_TIMEOUT:?}; closing the connection");
             return;
@@ -441,7 +523,7 @@ async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, 
             tracing::debug!(me, %remote, %e, "peer connection ended before its handshake");
             return;
         }
-        Ok(Ok(())) => match check_handshake(me, &buf[..HANDSHAKE_LEN]) {
+        Ok(Ok(true)) => match check_handshake(me, &buf[..HANDSHAKE_LEN]) {
             Ok(from) => from,
             Err(problem) => {
                 tracing::warn!(me, %remote, %problem, "bad handshake; closing the connection");
@@ -451,6 +533,10 @@ async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, 
     };
     buf.advance(HANDSHAKE_LEN);
     tracing::debug!(me, from, incarnation, %remote, "peer connection open");
+    let links = shared.upgrade().and_then(|s| s.links.clone());
+    if let Some(links) = &links {
+        let _ = links.send(LinkEvent::Up { peer: from, incarnation });
+    }
     if let Some(shared) = shared.upgrade() {
         let mut state = shared.lock();
         if state.incarnations.insert(from, incarnation) != Some(incarnation)
@@ -494,6 +580,11 @@ async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, 
             break End::ReceiverGone;
         }
     };
+    if let Some(links) = &links
+        && !matches!(end, End::ReceiverGone)
+    {
+        let _ = links.send(LinkEvent::Down { peer: from, incarnation });
+    }
     match end {
         End::Closed => tracing::debug!(me, from, %remote, "peer closed the connection"),
         End::Broken(reason) => tracing::info!(me, from, %remote, %reason, "peer connection broke"),
@@ -576,6 +667,7 @@ async fn connect(me: NodeId, addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// The outgoing task for one peer: connects lazily, batches what is queued
 /// into one write, and backs off after failures.
+#[allow(clippy::too_many_arguments)]
 async fn run_sender<M: Serialize + Payload>(
     me: NodeId,
     incarnation: u64,
@@ -584,7 +676,13 @@ async fn run_sender<M: Serialize + Payload>(
     mut queue: mpsc::Receiver<M>,
     dropped: Arc<AtomicU64>,
     restarted: Arc<Notify>,
+    links: Option<mpsc::UnboundedSender<LinkEvent>>,
 ) {
+    let broken = || {
+        if let Some(l) = &links {
+            let _ = l.send(LinkEvent::Broken { peer: to });
+        }
+    };
     let mut link: Option<Link> = None;
     let mut backoff = INITIAL_BACKOFF;
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER);
@@ -620,6 +718,7 @@ async fn run_sender<M: Serialize + Payload>(
                     Err(e) => tracing::debug!(me, to, %addr, %e, "peer connection failed"),
                 }
                 let since = link.take().map(|l| l.since);
+                broken();
                 back_off(&mut backoff, since).await;
                 continue;
             }
@@ -635,6 +734,7 @@ async fn run_sender<M: Serialize + Payload>(
                 Err(e) => {
                     dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(me, to, %addr, %e, retry_in = ?backoff, "cannot connect to peer; dropping the message");
+                    broken();
                     back_off(&mut backoff, None).await;
                     continue;
                 }
@@ -690,6 +790,7 @@ async fn run_sender<M: Serialize + Payload>(
         dropped.fetch_add(batch, Ordering::Relaxed);
         tracing::debug!(me, to, %addr, %failure, messages = batch, "write to peer failed; dropping the batch");
         let since = link.take().map(|l| l.since);
+        broken();
         back_off(&mut backoff, since).await;
     }
 }

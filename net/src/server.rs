@@ -26,6 +26,9 @@ pub struct Server {
     commands: mpsc::Sender<Command>,
     broker_task: tokio::task::JoinHandle<Result<(), String>>,
     local_addr: SocketAddr,
+    /// The batch service (`millrace serve` only; stopped with the server).
+    #[cfg(all(feature = "batch", not(madsim)))]
+    batch: Option<crate::batch::service::BatchService>,
 }
 
 impl Server {
@@ -38,7 +41,24 @@ impl Server {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
-        Self::bind_with(config, storage, seed).await
+        #[cfg(all(feature = "batch", not(madsim)))]
+        let batch_config = config.clone();
+        #[allow(unused_mut)]
+        let mut server = Self::bind_with(config, storage, seed).await?;
+        #[cfg(all(feature = "batch", not(madsim)))]
+        {
+            server.batch = crate::batch::service::BatchService::start_for(&batch_config, server.local_addr.port()).await?;
+        }
+        Ok(server)
+    }
+
+    /// Where the batch service listens (none in the simulator, or when its
+    /// default port was busy).
+    pub fn batch_addr(&self) -> Option<SocketAddr> {
+        #[cfg(all(feature = "batch", not(madsim)))]
+        return self.batch.as_ref().map(|b| b.local_addr());
+        #[cfg(not(all(feature = "batch", not(madsim))))]
+        None
     }
 
     /// Binds over any storage with an explicit seed (the simulator's way in).
@@ -99,7 +119,14 @@ impl Server {
         );
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
         let broker_task = tokio::spawn(broker_loop::run(broker, rx, Clock::new(), peers));
-        Ok(Self { listener, commands, broker_task, local_addr })
+        Ok(Self {
+            listener,
+            commands,
+            broker_task,
+            local_addr,
+            #[cfg(all(feature = "batch", not(madsim)))]
+            batch: None,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -109,6 +136,9 @@ impl Server {
     /// Serves until `shutdown` completes, then makes everything durable.
     /// Returns an error if the broker stopped on a fatal storage failure.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        #[cfg(all(feature = "batch", not(madsim)))]
+        let Server { listener, commands, mut broker_task, batch, .. } = self;
+        #[cfg(not(all(feature = "batch", not(madsim))))]
         let Server { listener, commands, mut broker_task, .. } = self;
         tokio::pin!(shutdown);
         let mut next_conn = 0u64;
@@ -147,6 +177,8 @@ impl Server {
         for c in &connections {
             c.abort();
         }
+        #[cfg(all(feature = "batch", not(madsim)))]
+        drop(batch);
         if let Some(reason) = result {
             anyhow::bail!("stopped: {reason}");
         }

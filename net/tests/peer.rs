@@ -481,3 +481,43 @@ async fn dropping_every_handle_frees_the_port() {
     let (again, _rx) = PeerTransport::<Msg>::bind(1, 2, addr, BTreeMap::new()).await.unwrap();
     again.shutdown_and_wait().await;
 }
+
+/// With `Extras`: a connection that does not start with the magic is handed
+/// over with its first bytes (the peer protocol is undisturbed), and the
+/// node hears of connections that open, end, or cannot be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_connections_are_handed_over_and_links_reported() {
+    use millrace_net::peer::{Extras, LinkEvent};
+    let (foreign_tx, mut foreign) = tokio::sync::mpsc::unbounded_channel();
+    let (links_tx, mut links) = tokio::sync::mpsc::unbounded_channel();
+    let extras = Extras { foreign: Some(foreign_tx), links: Some(links_tx) };
+    let (a, mut a_rx) = PeerTransport::<Msg>::bind_with(1, 10, loopback(), BTreeMap::new(), extras).await.unwrap();
+    let (b, _b_rx) = PeerTransport::<Msg>::bind(2, 20, loopback(), BTreeMap::from([(1, a.local_addr())])).await.unwrap();
+
+    // Someone else's protocol on the same port.
+    let mut other = TcpStream::connect(a.local_addr()).await.unwrap();
+    other.write_all(b"MLRBhello").await.unwrap();
+    let mut f = tokio::time::timeout(WAIT, foreign.recv()).await.unwrap().unwrap();
+    assert!(f.prefix.len() >= 4 && f.prefix.starts_with(b"MLRB"), "{:?}", f.prefix);
+    f.stream.write_all(b"answer").await.unwrap();
+    let mut got = [0u8; 6];
+    other.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"answer");
+
+    // A peer still gets through, and its connection is reported.
+    b.send(1, seq(0));
+    assert_in_order(&recv_n(&mut a_rx, 1).await, &[2], 1);
+    let ev = tokio::time::timeout(WAIT, links.recv()).await.unwrap().unwrap();
+    assert_eq!(ev, LinkEvent::Up { peer: 2, incarnation: 20 });
+    b.shutdown_and_wait().await;
+    let ev = tokio::time::timeout(WAIT, links.recv()).await.unwrap().unwrap();
+    assert_eq!(ev, LinkEvent::Down { peer: 2, incarnation: 20 });
+
+    // A peer nobody listens for: the message is dropped, and said so.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    a.set_peers(BTreeMap::from([(3, nobody)]));
+    a.send(3, seq(1));
+    let ev = tokio::time::timeout(WAIT, links.recv()).await.unwrap().unwrap();
+    assert_eq!(ev, LinkEvent::Broken { peer: 3 });
+    a.shutdown_and_wait().await;
+}

@@ -349,6 +349,7 @@ async fn run_broker(
             voters: voters.clone(),
             peer_listen: None,
             broker: BrokerConfig { flush, num_partitions: 3, node_id: index as i32 + 1, cluster: cluster.clone(), ..BrokerConfig::default() },
+            ..ServeConfig::default()
         };
         // Each start draws its own seed (from the run's deterministic
         // randomness): nodes and incarnations must not share election

@@ -81,11 +81,12 @@ def _bindable(port):
 
 
 def free_base_port(nodes):
-    """A base port P with P..P+n-1 (Kafka) and P+100..P+100+n-1 (peers) free."""
+    """A base port P with P..P+n-1 (Kafka), P+100..P+100+n-1 (peers) and
+    P+200..P+200+n-1 (batch services) free."""
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 60000)
-        if all(_bindable(base + off + i) for off in (0, 100) for i in range(nodes)):
+        if all(_bindable(base + off + i) for off in (0, 100, 200) for i in range(nodes)):
             return base
     raise AssertionError("no free port range for a dev-cluster")
 

@@ -267,11 +267,14 @@ impl Driver {
         match outcome {
             TaskOutcome::Success { result } => self.succeeded(&a, now - started.unwrap_or(now), result, out),
             TaskOutcome::Failed { reason } if !a.killed => self.failed(&a, &reason, out),
-            TaskOutcome::FetchFailed { shuffle, map_partition, worker } => {
+            TaskOutcome::FetchFailed { shuffle, map_partition, worker } if !a.killed => {
                 self.fetch_failed(now, &a, id, shuffle, map_partition, worker, out)
             }
-            // A kill (ours or the worker's) is nobody's failure.
-            TaskOutcome::Failed { .. } | TaskOutcome::Killed => set.requeue(a.partition),
+            // A kill (ours or the worker's) is nobody's failure; nor is what
+            // a killed attempt saw after its kill (a fetch cut short by it,
+            // or an output the stage no longer needs): live reducers report
+            // a map output that is really gone.
+            TaskOutcome::Failed { .. } | TaskOutcome::FetchFailed { .. } | TaskOutcome::Killed => set.requeue(a.partition),
         }
     }
 

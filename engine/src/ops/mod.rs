@@ -7,3 +7,4 @@ pub mod explode;
 pub mod join;
 pub mod keys;
 pub mod sort;
+pub mod split_count;

@@ -20,6 +20,7 @@ use millrace_engine::job::job_spec;
 use millrace_engine::physical::{PlannerConfig, StagePlan, cut};
 use millrace_engine::plan::LogicalPlan;
 use millrace_engine::shuffle;
+use millrace_engine::source::TopicReader;
 
 /// Shuffle blocks by (job, shuffle, map partition), one per reduce partition.
 type Blocks = Arc<Mutex<BTreeMap<(JobId, StageId, u32), Arc<Vec<Vec<u8>>>>>>;
@@ -29,12 +30,14 @@ pub struct LocalConfig {
     pub slots: u32,
     pub planner: PlannerConfig,
     pub driver: DriverConfig,
+    /// Where `topic('name')` scans read from (none: they fail).
+    pub topics: Option<Arc<dyn TopicReader + Send + Sync>>,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2);
-        LocalConfig { slots: cores, planner: PlannerConfig { shuffle_partitions: cores.max(2) * 2 }, driver: DriverConfig::default() }
+        LocalConfig { slots: cores, planner: PlannerConfig { shuffle_partitions: cores.max(2) * 2 }, driver: DriverConfig::default(), topics: None }
     }
 }
 
@@ -46,6 +49,7 @@ struct Done {
 struct Inputs<'a> {
     blocks: &'a Blocks,
     job: JobId,
+    topics: Option<&'a (dyn TopicReader + Send + Sync)>,
 }
 
 impl TaskInputs for Inputs<'_> {
@@ -60,9 +64,13 @@ impl TaskInputs for Inputs<'_> {
         }
         Ok(out)
     }
+
+    fn topics(&self) -> Option<&dyn TopicReader> {
+        self.topics.map(|t| t as &dyn TopicReader)
+    }
 }
 
-fn execute(task: &TaskDesc, blocks: &Blocks) -> TaskOutcome {
+fn execute(task: &TaskDesc, blocks: &Blocks, topics: Option<&(dyn TopicReader + Send + Sync)>) -> TaskOutcome {
     let plan = match StagePlan::from_bytes(&task.payload) {
         Ok(p) => p,
         Err(e) => return TaskOutcome::Failed { reason: e.to_string() },
@@ -78,7 +86,7 @@ fn execute(task: &TaskDesc, blocks: &Blocks) -> TaskOutcome {
             }
         }
     }
-    match run_task(&plan, task.partition, &Inputs { blocks, job: task.job }) {
+    match run_task(&plan, task.partition, &Inputs { blocks, job: task.job, topics }) {
         Ok(TaskOutput::Shuffle(parts)) => {
             if let Ok(mut store) = blocks.lock() {
                 store.insert((task.job, task.stage, task.partition), Arc::new(parts));
@@ -105,7 +113,7 @@ pub fn run(plan: &LogicalPlan, config: &LocalConfig, mut progress: impl FnMut(&J
     let (done_tx, done_rx): (Sender<Done>, Receiver<Done>) = channel();
     let mut threads = Vec::new();
     for i in 0..config.slots.max(1) {
-        let (rx, tx, blocks) = (Arc::clone(&task_rx), done_tx.clone(), Arc::clone(&blocks));
+        let (rx, tx, blocks, topics) = (Arc::clone(&task_rx), done_tx.clone(), Arc::clone(&blocks), config.topics.clone());
         threads.push(std::thread::Builder::new().name(format!("task-{i}")).spawn(move || {
             loop {
                 let task = match rx.lock() {
@@ -115,7 +123,7 @@ pub fn run(plan: &LogicalPlan, config: &LocalConfig, mut progress: impl FnMut(&J
                     },
                     Err(_) => return,
                 };
-                let outcome = execute(&task, &blocks);
+                let outcome = execute(&task, &blocks, topics.as_deref());
                 if tx.send(Done { attempt: task.attempt, outcome }).is_err() {
                     return;
                 }
