@@ -70,6 +70,7 @@ impl Harness {
                     Effect::Timer { .. } => {}
                     Effect::Fatal { reason } => panic!("fatal: {reason}"),
                     Effect::Send { .. } => panic!("a single node sends nothing to peers"),
+                    Effect::SyncFiles { .. } => panic!("syncs run in the step here (Input::Sync)"),
                 }
             }
         }
@@ -273,6 +274,81 @@ fn acks_wait_for_sync_under_every_batch_and_hw_follows_durability() {
     h.broker.step(0, Input::Sync, &mut h.out);
     assert!(matches!(&h.out[..], [Effect::Reply { id: got, .. }] if *got == id));
     assert_eq!(h.broker.high_watermark("t", 0), Some(3));
+}
+
+/// Plays an adapter that runs syncs off the machine: `SyncStart` on
+/// `SyncNeeded`, the ticket of the `SyncFiles` it gets back.
+fn start_sync(h: &mut Harness) -> u64 {
+    assert_eq!(std::mem::take(&mut h.out), vec![Effect::SyncNeeded]);
+    h.broker.step(0, Input::SyncStart, &mut h.out);
+    match &std::mem::take(&mut h.out)[..] {
+        [Effect::SyncFiles { ticket, files }] => {
+            assert!(files.iter().all(|f| f.starts_with("t-0/")), "{files:?}");
+            *ticket
+        }
+        other => panic!("expected one SyncFiles, got {other:?}"),
+    }
+}
+
+fn produce_step(h: &mut Harness, range: std::ops::Range<usize>) -> RequestId {
+    h.seq += 1;
+    let id = RequestId { conn: 1, seq: h.seq };
+    let request = Request::Produce(ProduceRequest {
+        acks: 1,
+        timeout_ms: 1000,
+        transactional_id: None,
+        topics: vec![("t".into(), vec![(0, Some(Bytes::from(batch(range, Compression::None).build())))])],
+    });
+    h.broker.step(0, Input::Request { id, request }, &mut h.out);
+    id
+}
+
+fn replied(out: &[Effect]) -> Vec<RequestId> {
+    out.iter().filter_map(|e| if let Effect::Reply { id, .. } = e { Some(*id) } else { None }).collect()
+}
+
+#[test]
+fn a_sync_run_by_the_adapter_acknowledges_what_it_covers_in_whatever_order_syncs_finish() {
+    let mut h = Harness::new(BrokerConfig::default());
+    h.create("t", 1);
+    // A sync starts; a second batch comes while it runs, and its own sync.
+    let a = produce_step(&mut h, 0..3);
+    let first = start_sync(&mut h);
+    let b = produce_step(&mut h, 3..5);
+    let second = start_sync(&mut h);
+    assert_ne!(first, second);
+    assert_eq!(h.broker.high_watermark("t", 0), Some(0));
+    // The first sync covers the first batch only.
+    h.broker.step(0, Input::Synced { ticket: first }, &mut h.out);
+    assert_eq!(replied(&std::mem::take(&mut h.out)), vec![a]);
+    assert_eq!(h.broker.high_watermark("t", 0), Some(3));
+    h.broker.step(0, Input::Synced { ticket: second }, &mut h.out);
+    assert_eq!(replied(&std::mem::take(&mut h.out)), vec![b]);
+    assert_eq!(h.broker.high_watermark("t", 0), Some(5));
+
+    // The later sync finishes first: it covers both (it synced the same
+    // file after both appends); the earlier one then changes nothing.
+    let c = produce_step(&mut h, 5..6);
+    let first = start_sync(&mut h);
+    let d = produce_step(&mut h, 6..8);
+    let second = start_sync(&mut h);
+    h.broker.step(0, Input::Synced { ticket: second }, &mut h.out);
+    assert_eq!(replied(&std::mem::take(&mut h.out)), vec![c, d]);
+    assert_eq!(h.broker.high_watermark("t", 0), Some(8));
+    h.broker.step(0, Input::Synced { ticket: first }, &mut h.out);
+    assert!(h.out.is_empty(), "{:?}", h.out);
+
+    // Nothing new to sync: no ticket. A failed sync stops the machine.
+    let _ = produce_step(&mut h, 8..9);
+    let third = start_sync(&mut h);
+    h.broker.step(0, Input::SyncStart, &mut h.out);
+    assert!(h.out.is_empty(), "{:?}", h.out);
+    h.broker.step(0, Input::SyncFailed { reason: "EIO".into() }, &mut h.out);
+    assert!(matches!(&h.out[..], [Effect::Fatal { .. }]), "{:?}", h.out);
+    h.out.clear();
+    h.broker.step(0, Input::Synced { ticket: third }, &mut h.out);
+    assert!(h.out.is_empty(), "a failed machine acknowledges nothing more");
+    assert_eq!(h.broker.high_watermark("t", 0), Some(8));
 }
 
 #[test]

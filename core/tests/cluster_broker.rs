@@ -26,6 +26,10 @@ struct Net {
     replies: BTreeMap<RequestId, Response>,
     cut: BTreeSet<(i32, i32)>,
     seq: u64,
+    /// Nodes whose syncs wait until the test releases them (a slow disk).
+    hold_syncs: BTreeSet<i32>,
+    /// Syncs started and held: (node, ticket).
+    held: Vec<(i32, u64)>,
 }
 
 fn config(id: i32, voters: &[i32]) -> BrokerConfig {
@@ -48,7 +52,16 @@ impl Net {
                 (*id, Node { broker, timers: BTreeSet::new(), up: true })
             })
             .collect();
-        let mut net = Self { nodes, now: 1_000, wire: VecDeque::new(), replies: BTreeMap::new(), cut: BTreeSet::new(), seq: 0 };
+        let mut net = Self {
+            nodes,
+            now: 1_000,
+            wire: VecDeque::new(),
+            replies: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            seq: 0,
+            hold_syncs: BTreeSet::new(),
+            held: Vec::new(),
+        };
         for id in 1..=n {
             net.step(id, Input::Tick);
         }
@@ -75,10 +88,24 @@ impl Net {
                 Effect::SyncNeeded => sync = true,
                 Effect::Fatal { reason } => panic!("node {id} failed: {reason}"),
                 Effect::Send { to, message } => self.wire.push_back((now + 1, id, to, message)),
+                // Syncs run by "the adapter", as the real one does in a
+                // cluster: finished at once, or held back.
+                Effect::SyncFiles { ticket, .. } if self.hold_syncs.contains(&id) => self.held.push((id, ticket)),
+                Effect::SyncFiles { ticket, .. } => self.step(id, Input::Synced { ticket }),
             }
         }
         if sync {
-            self.step(id, Input::Sync);
+            self.step(id, Input::SyncStart);
+        }
+    }
+
+    /// Lets `id` sync again, and finishes its held syncs.
+    fn release_syncs(&mut self, id: i32) {
+        self.hold_syncs.remove(&id);
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().partition(|(n, _)| *n == id);
+        self.held = others;
+        for (_, ticket) in mine {
+            self.step(id, Input::Synced { ticket });
         }
     }
 
@@ -175,17 +202,7 @@ impl Net {
     }
 
     fn produce(&mut self, node: i32, topic: &str, values: std::ops::Range<usize>, acks: i16) -> Option<ProducePartitionResponse> {
-        let mut b = BatchBuilder::new(Compression::None);
-        for i in values {
-            b.push(Record { offset: 0, timestamp: 1, key: None, value: Some(format!("v{i}").into_bytes()), headers: vec![] });
-        }
-        let request = Request::Produce(ProduceRequest {
-            acks,
-            timeout_ms: 5_000,
-            transactional_id: None,
-            topics: vec![(topic.into(), vec![(0, Some(b.build().into()))])],
-        });
-        match self.call(node, request, 6_000)? {
+        match self.call(node, produce_request(topic, values, acks), 6_000)? {
             Response::Produce(r) => Some(r.topics[0].1[0].clone()),
             other => panic!("unexpected {other:?}"),
         }
@@ -199,6 +216,19 @@ impl Net {
             .filter_map(|(id, n)| Some((*id, n.broker.replica_status(topic, 0)?)))
             .collect()
     }
+}
+
+fn produce_request(topic: &str, values: std::ops::Range<usize>, acks: i16) -> Request {
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in values {
+        b.push(Record { offset: 0, timestamp: 1, key: None, value: Some(format!("v{i}").into_bytes()), headers: vec![] });
+    }
+    Request::Produce(ProduceRequest {
+        acks,
+        timeout_ms: 5_000,
+        transactional_id: None,
+        topics: vec![(topic.into(), vec![(0, Some(b.build().into()))])],
+    })
 }
 
 fn settled(n: i32) -> Net {
@@ -228,6 +258,32 @@ fn acks_all_is_answered_once_every_in_sync_replica_has_the_batch() {
     let follower = (1..=3).find(|n| *n != leader).unwrap();
     let r = net.produce(follower, "t", 5..6, -1).unwrap();
     assert_eq!(r.error, ErrorCode::NotLeaderOrFollower);
+}
+
+#[test]
+fn followers_copy_a_batch_before_the_leader_syncs_it_but_acks_all_waits_for_that_sync() {
+    let mut net = settled(3);
+    net.create_topic("t", 1, 2);
+    let leader = net.leader_of("t", 0).expect("a leader");
+    net.run(500);
+    // The leader's disk is slow: its sync of the batch has not happened.
+    net.hold_syncs.insert(leader);
+    let id = net.request(leader, produce_request("t", 0..5, -1));
+    net.run(300);
+    for (n, s) in net.statuses("t") {
+        if n != leader {
+            assert_eq!(s.log_end, 5, "follower {n} copied (and synced) the batch while the leader's sync was pending");
+        }
+    }
+    let s = net.nodes[&leader].broker.replica_status("t", 0).unwrap();
+    assert_eq!(s.high_watermark, 0, "the high watermark counts the leader's own copy only once synced");
+    assert!(!net.replies.contains_key(&id), "acks=all answered before the leader synced the batch");
+    net.release_syncs(leader);
+    net.run(50);
+    let Some(Response::Produce(r)) = net.replies.remove(&id) else { panic!("acks=all not answered after the leader's sync") };
+    let r = &r.topics[0].1[0];
+    assert_eq!((r.error, r.base_offset), (ErrorCode::None, 0), "{:?}", r.error_message);
+    assert_eq!(net.nodes[&leader].broker.replica_status("t", 0).unwrap().high_watermark, 5);
 }
 
 #[test]

@@ -54,6 +54,7 @@ impl Node {
                     }
                     Effect::Fatal { reason } => panic!("fatal: {reason}"),
                     Effect::Send { .. } => panic!("a single node sends nothing to peers"),
+                    Effect::SyncFiles { .. } => panic!("syncs run in the step here (Input::Sync)"),
                 }
             }
         }

@@ -4,6 +4,15 @@
 //! file plus an fsync of its directory the first time (so a new file's name
 //! survives a crash), and `replace` writes a temporary file, syncs it,
 //! renames it over the target and syncs the directory.
+//!
+//! The page cache keeps only the tail of a file: once synced, bytes more
+//! than [`CACHE_WINDOW`] behind a file's end are dropped from it
+//! (`posix_fadvise(DONTNEED)`). New writes then reuse the memory just
+//! freed instead of taking pages the kernel has not touched for a while,
+//! which on this kind of virtual machine cost a fault in the host on first
+//! touch: writing 1 MB into fresh page cache took 3–8 ms here, into reused
+//! pages 0.2 ms. Readers of the tail (consumers that keep up, followers)
+//! still read from memory; readers further back read from the disk.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,6 +26,57 @@ struct OpenFile {
     len: u64,
     /// The directory entry is not yet known to be durable.
     new: bool,
+    /// Bytes below this were dropped from the page cache.
+    uncached_below: u64,
+}
+
+/// How much of a file's end stays in the page cache once synced.
+pub const CACHE_WINDOW: u64 = 8 << 20;
+
+/// Drops the synced bytes of `h` more than [`CACHE_WINDOW`] behind its end
+/// from the page cache (in steps of at least a MB). Advice only: a failure
+/// changes nothing but speed.
+fn drop_cached(h: &mut OpenFile) {
+    if let Some((offset, len)) = take_drop_range(h) {
+        fadvise_dontneed(&h.file, offset, len);
+    }
+}
+
+/// The range [`drop_cached`] drops, recorded as dropped; `None` below a MB.
+fn take_drop_range(h: &mut OpenFile) -> Option<(u64, u64)> {
+    const STEP: u64 = 1 << 20;
+    let keep_from = h.len.saturating_sub(CACHE_WINDOW);
+    if keep_from < h.uncached_below + STEP {
+        return None;
+    }
+    let range = (h.uncached_below, keep_from - h.uncached_below);
+    h.uncached_below = keep_from;
+    Some(range)
+}
+
+/// `fdatasync` of every file, concurrently: one thread per file beyond the
+/// first.
+fn sync_data_all(files: &[(&str, &File)]) -> StorageResult<()> {
+    let Some(((_, first), rest)) = files.split_first() else { return Ok(()) };
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|scope| {
+        let others: Vec<_> = rest.iter().map(|(_, f)| scope.spawn(move || f.sync_data())).collect();
+        let mut results = vec![first.sync_data()];
+        results.extend(others.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked")))));
+        results
+    });
+    for ((file, _), r) in files.iter().zip(results) {
+        r.map_err(|e| err(file, "fsync", e))?;
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn fadvise_dontneed(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else { return };
+    // SAFETY: posix_fadvise only reads its integer arguments; the
+    // descriptor is open for as long as `file` is borrowed.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
 }
 
 pub struct FileStorage {
@@ -66,7 +126,7 @@ impl FileStorage {
             }
             let f = OpenOptions::new().read(true).append(true).create(create).open(&path).map_err(|e| err(file, "open", e))?;
             let len = f.metadata().map_err(|e| err(file, "stat", e))?.len();
-            self.files.insert(file.to_string(), OpenFile { file: f, len, new: !existed });
+            self.files.insert(file.to_string(), OpenFile { file: f, len, new: !existed, uncached_below: 0 });
         }
         Ok(self.files.get_mut(file).expect("inserted above"))
     }
@@ -105,6 +165,7 @@ impl Storage for FileStorage {
         let path = self.path(file);
         let h = self.handle(file, false)?;
         h.file.sync_data().map_err(|e| err(file, "fsync", e))?;
+        drop_cached(h);
         if h.new {
             if let Some(parent) = path.parent() {
                 sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
@@ -114,11 +175,71 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    /// The files' data is synced concurrently, one thread per file beyond
+    /// the first: a node replicating several partitions has several dirty
+    /// files after a round, and on this kind of disk fsyncs of different
+    /// files overlap (three 1 MB fdatasyncs: 11 ms one after the other, 6 ms
+    /// together). New files' directories are synced afterwards, in order.
+    fn sync_many(&mut self, files: &[&str]) -> StorageResult<()> {
+        if files.len() <= 1 {
+            return files.iter().try_for_each(|f| self.sync(f));
+        }
+        for file in files {
+            self.handle(file, false)?;
+        }
+        let handles: Vec<(&str, &File)> = files.iter().map(|f| (*f, &self.files[*f].file)).collect();
+        sync_data_all(&handles)?;
+        for file in files {
+            let path = self.path(file);
+            let h = self.files.get_mut(*file).expect("opened above");
+            drop_cached(h);
+            if h.new {
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+                }
+                h.new = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// The job syncs duplicates of the files' descriptors (so a file removed
+    /// or cut meanwhile is no concern), concurrently as in `sync_many`, then
+    /// drops what left the page cache window. A new file's directory is
+    /// synced here and now (rare: a new segment or partition).
+    fn detach_sync(&mut self, files: &[String]) -> StorageResult<millrace_core::storage::DetachedSync> {
+        let mut jobs = Vec::with_capacity(files.len());
+        for file in files {
+            let path = self.path(file);
+            let h = self.handle(file, false)?;
+            if h.new {
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent).map_err(|e| err(file, "fsync directory", e))?;
+                }
+                h.new = false;
+            }
+            let dup = h.file.try_clone().map_err(|e| err(file, "dup", e))?;
+            let dropped = take_drop_range(h);
+            jobs.push((file.clone(), dup, dropped));
+        }
+        Ok(Box::new(move || {
+            let handles: Vec<(&str, &File)> = jobs.iter().map(|(name, f, _)| (name.as_str(), f)).collect();
+            sync_data_all(&handles)?;
+            for (_, f, dropped) in &jobs {
+                if let Some((offset, len)) = dropped {
+                    fadvise_dontneed(f, *offset, *len);
+                }
+            }
+            Ok(())
+        }))
+    }
+
     fn truncate(&mut self, file: &str, len: u64) -> StorageResult<()> {
         let h = self.handle(file, false)?;
         h.file.set_len(len).map_err(|e| err(file, "truncate", e))?;
         h.file.sync_all().map_err(|e| err(file, "fsync", e))?;
         h.len = len;
+        h.uncached_below = h.uncached_below.min(len);
         Ok(())
     }
 
@@ -210,6 +331,12 @@ mod tests {
         assert_eq!(s.append("t-0/a.log", b"hello").unwrap(), 0);
         assert_eq!(s.append("t-0/a.log", b" world").unwrap(), 5);
         s.sync("t-0/a.log").unwrap();
+        s.append("t-1/b.log", b"b").unwrap();
+        s.append("t-2/c.log", b"c").unwrap();
+        s.sync_many(&["t-0/a.log", "t-1/b.log", "t-2/c.log"]).unwrap();
+        assert!(matches!(s.sync_many(&["t-1/b.log", "missing"]), Err(StorageError::NotFound { .. })));
+        s.remove("t-1/b.log").unwrap();
+        s.remove("t-2/c.log").unwrap();
         assert_eq!(s.read("t-0/a.log", 6, 100).unwrap(), b"world");
         s.truncate("t-0/a.log", 5).unwrap();
         assert_eq!(s.len("t-0/a.log").unwrap(), 5);
@@ -230,6 +357,26 @@ mod tests {
         assert_eq!(again.read_all("t-0/a.log").unwrap().unwrap(), b"hello");
         s.remove("t-0/a.log").unwrap();
         assert_eq!(s.list("t-0/").unwrap(), Vec::<String>::new());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bytes_dropped_from_the_page_cache_read_back_the_same() {
+        let dir = std::env::temp_dir().join(format!("millrace-fs-cache-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut s = FileStorage::open(&dir).unwrap();
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..(CACHE_WINDOW >> 20) + 3 {
+            s.append("t-0/a.log", &chunk).unwrap();
+            s.sync_many(&["t-0/a.log"]).unwrap();
+        }
+        assert!(s.files["t-0/a.log"].uncached_below >= 3 << 20, "the old bytes left the page cache");
+        assert_eq!(s.read("t-0/a.log", 0, chunk.len()).unwrap(), chunk);
+        s.truncate("t-0/a.log", 1 << 20).unwrap();
+        assert_eq!(s.files["t-0/a.log"].uncached_below, 1 << 20);
+        s.append("t-0/a.log", b"more").unwrap();
+        s.sync("t-0/a.log").unwrap();
+        assert_eq!(s.read("t-0/a.log", (1 << 20) - 1, 5).unwrap(), [chunk[chunk.len() - 1], b'm', b'o', b'r', b'e']);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -354,7 +354,11 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = match std::env::var("MILLRACE_WORKERS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(0) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,

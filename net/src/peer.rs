@@ -36,9 +36,15 @@
 //!   each; the incarnation is new each time a node starts). A wrong magic, a
 //!   wrong version, or the receiver's own id closes the connection (warning).
 //! - Then frames: a u32 big-endian length, then that many bytes of
-//!   `bincode::serde::encode_to_vec(&msg, bincode::config::standard())`.
-//!   A length over [`MAX_FRAME_BYTES`], a payload that does not decode, or a
-//!   payload with bytes left over closes that connection only (warning).
+//!   `bincode::serde::encode_to_vec(&msg, bincode::config::standard())`,
+//!   then, for a message with a [`Payload`] (a replicated batch), the
+//!   payload's raw bytes: the frame's length covers both, and what follows
+//!   the encoded message is the payload. The payload goes from the sender's
+//!   memory to the socket and from the receive buffer to the message
+//!   without a copy through bincode (which cost a copy of every replicated
+//!   byte on each side). A length over [`MAX_FRAME_BYTES`], a message that
+//!   does not decode, or bytes left over that the message takes no payload
+//!   for closes that connection only (warning).
 //!
 //! # Addresses in tests
 //!
@@ -76,7 +82,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -91,8 +97,8 @@ pub type NodeId = u64;
 /// First bytes of every inter-node connection.
 pub const MAGIC: [u8; 4] = *b"MLRC";
 /// Bumped whenever the handshake or the framing changes (2: the
-/// incarnation).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// incarnation; 3: payloads after the encoded message).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Magic, version, sender's node id, sender's incarnation.
 pub const HANDSHAKE_LEN: usize = 4 + 2 + 8 + 8;
 /// Largest frame payload accepted (and sent: a bigger message is dropped).
@@ -117,6 +123,23 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH_BYTES: usize = 1 << 20;
 /// Initial capacity of a reader's receive buffer.
 const READ_BUFFER: usize = 64 * 1024;
+
+/// A message that may carry one large byte string (a replicated batch)
+/// which the transport moves without copying it: the sender takes it out
+/// before encoding the message and writes it after the encoding; the
+/// receiver hands the rest of the frame back as a slice of its buffer.
+pub trait Payload {
+    /// Takes the payload out (leaving it empty); `None` if there is none.
+    fn take_payload(&mut self) -> Option<Bytes> {
+        None
+    }
+
+    /// Puts a received payload back; `Err` if this message has no place for
+    /// one (the frame then had bytes left over: a protocol error).
+    fn put_payload(&mut self, payload: Bytes) -> Result<(), Bytes> {
+        Err(payload)
+    }
+}
 
 /// The handshake a node with id `from` sends first on a connection it opens.
 pub fn handshake(from: NodeId, incarnation: u64) -> [u8; HANDSHAKE_LEN] {
@@ -256,7 +279,7 @@ impl<M> Drop for Shared<M> {
     }
 }
 
-impl<M: Serialize + DeserializeOwned + Send + 'static> PeerTransport<M> {
+impl<M: Serialize + DeserializeOwned + Payload + Send + 'static> PeerTransport<M> {
     /// Listens on `listen` for other nodes; `peers` maps every other node id
     /// to its peer address (an entry for `me` is ignored). `incarnation`
     /// must differ on each start of the node (peers tell a restart from a
@@ -428,7 +451,7 @@ struct Acceptor<M> {
     foreign: Option<mpsc::UnboundedSender<Foreign>>,
 }
 
-async fn accept_loop<M: DeserializeOwned + Send + 'static>(me: NodeId, acceptor: Acceptor<M>, shared: Weak<Shared<M>>) {
+async fn accept_loop<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, acceptor: Acceptor<M>, shared: Weak<Shared<M>>) {
     loop {
         match acceptor.listener.accept().await {
             Ok((stream, remote)) => {
@@ -473,7 +496,7 @@ enum End {
     ReceiverGone,
 }
 
-async fn run_reader<M: DeserializeOwned + Send + 'static>(me: NodeId, mut conn: Inbound<M>, remote: SocketAddr, shared: Weak<Shared<M>>) {
+async fn run_reader<M: DeserializeOwned + Payload + Send + 'static>(me: NodeId, mut conn: Inbound<M>, remote: SocketAddr, shared: Weak<Shared<M>>) {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let foreign = conn.foreign.is_some();
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -539,12 +562,20 @@ async fn run_reader<M: DeserializeOwned + Send + 'static>(me: NodeId, mut conn: 
         if let Err(e) = fill(&mut conn.stream, &mut buf, 4 + len).await {
             break End::Broken(format!("{e} inside a {len}-byte frame"));
         }
-        let msg = match bincode::serde::decode_from_slice::<M, _>(&buf[4..4 + len], config) {
-            Ok((msg, used)) if used == len => msg,
-            Ok((_, used)) => break End::Bad(format!("{} bytes left over after the message in a {len}-byte frame", len - used)),
+        let (mut msg, used) = match bincode::serde::decode_from_slice::<M, _>(&buf[4..4 + len], config) {
+            Ok(decoded) => decoded,
             Err(e) => break End::Bad(format!("undecodable {len}-byte frame: {e}")),
         };
-        buf.advance(4 + len);
+        if used == len {
+            buf.advance(4 + len);
+        } else {
+            // The rest of the frame is the message's payload: a slice of the
+            // receive buffer, not a copy.
+            let payload = buf.split_to(4 + len).freeze().slice(4 + used..);
+            if msg.put_payload(payload).is_err() {
+                break End::Bad(format!("{} bytes left over after the message in a {len}-byte frame", len - used));
+            }
+        }
         if conn.incoming.send((from, msg)).await.is_err() {
             break End::ReceiverGone;
         }
@@ -575,18 +606,22 @@ async fn fill<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut, n: usize) ->
     Ok(())
 }
 
-/// Appends one frame for `msg` to `out`; on error `out` is unchanged.
-fn encode_frame<M: Serialize>(msg: &M, out: &mut Vec<u8>) -> Result<(), String> {
+/// Appends one frame for `msg` to `out`, except its payload, which is
+/// returned: it goes on the wire right after what `out` holds then. On
+/// error `out` is unchanged.
+fn encode_frame<M: Serialize + Payload>(mut msg: M, out: &mut Vec<u8>) -> Result<Option<Bytes>, String> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    match bincode::serde::encode_into_std_write(msg, out, bincode::config::standard()) {
-        Ok(len) if len <= MAX_FRAME_BYTES => {
-            out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-            Ok(())
+    let payload = msg.take_payload().filter(|p| !p.is_empty());
+    let extra = payload.as_ref().map_or(0, Bytes::len);
+    match bincode::serde::encode_into_std_write(&msg, out, bincode::config::standard()) {
+        Ok(len) if len + extra <= MAX_FRAME_BYTES => {
+            out[start..start + 4].copy_from_slice(&((len + extra) as u32).to_be_bytes());
+            Ok(payload)
         }
         Ok(len) => {
             out.truncate(start);
-            Err(format!("{len}-byte message exceeds the {MAX_FRAME_BYTES}-byte frame limit"))
+            Err(format!("{}-byte message exceeds the {MAX_FRAME_BYTES}-byte frame limit", len + extra))
         }
         Err(e) => {
             out.truncate(start);
@@ -633,7 +668,7 @@ async fn connect(me: NodeId, addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// The outgoing task for one peer: connects lazily, batches what is queued
 /// into one write, and backs off after failures.
 #[allow(clippy::too_many_arguments)]
-async fn run_sender<M: Serialize>(
+async fn run_sender<M: Serialize + Payload>(
     me: NodeId,
     incarnation: u64,
     to: NodeId,
@@ -651,6 +686,7 @@ async fn run_sender<M: Serialize>(
     let mut link: Option<Link> = None;
     let mut backoff = INITIAL_BACKOFF;
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER);
+    let mut payloads: Vec<(usize, Bytes)> = Vec::new();
     let mut probe = [0u8; 64];
     loop {
         let event = match link.as_mut() {
@@ -704,28 +740,45 @@ async fn run_sender<M: Serialize>(
                 }
             }
         }
-        // Everything queued, up to a bound, goes in one write.
+        // Everything queued, up to a bound, goes in one write (plus one per
+        // payload, written from where it lies: `out` up to the position
+        // recorded, then the payload).
         let mut batch = 0u64;
+        let mut payload_bytes = 0;
+        payloads.clear();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
-            match encode_frame(&msg, &mut out) {
-                Ok(()) => batch += 1,
+            match encode_frame(msg, &mut out) {
+                Ok(payload) => {
+                    batch += 1;
+                    if let Some(p) = payload {
+                        payload_bytes += p.len();
+                        payloads.push((out.len(), p));
+                    }
+                }
                 Err(problem) => {
                     dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(me, to, %problem, "dropping a message");
                 }
             }
-            if out.len() < BATCH_BYTES {
+            if out.len() + payload_bytes < BATCH_BYTES {
                 next = queue.try_recv().ok();
             }
         }
         let l = link.as_mut().expect("connected above");
         let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-            l.stream.write_all(&out).await?;
+            let mut from = 0;
+            for (at, payload) in &payloads {
+                l.stream.write_all(&out[from..*at]).await?;
+                l.stream.write_all(payload).await?;
+                from = *at;
+            }
+            l.stream.write_all(&out[from..]).await?;
             // Simulated sockets send only on flush.
             l.stream.flush().await
         })
         .await;
+        payloads.clear();
         if out.capacity() > 4 * BATCH_BYTES {
             out = Vec::with_capacity(READ_BUFFER); // a huge message passed; give its memory back
         }
@@ -755,7 +808,9 @@ mod sim_tests {
     use std::time::Duration;
 
     use madsim::runtime::Handle;
-    use super::PeerTransport;
+    use super::{Payload, PeerTransport};
+
+    impl Payload for u64 {}
 
     fn addr(last: u8) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), 7000)

@@ -25,6 +25,27 @@ enum Msg {
     Hello(String),
 }
 
+/// `Seq`'s padding travels as a payload (after the encoded message, not
+/// through bincode), so these tests cover that path too.
+impl peer::Payload for Msg {
+    fn take_payload(&mut self) -> Option<bytes::Bytes> {
+        match self {
+            Msg::Seq { pad, .. } if !pad.is_empty() => Some(std::mem::take(pad).into()),
+            _ => None,
+        }
+    }
+
+    fn put_payload(&mut self, payload: bytes::Bytes) -> Result<(), bytes::Bytes> {
+        match self {
+            Msg::Seq { pad, .. } if pad.is_empty() => {
+                *pad = payload.to_vec();
+                Ok(())
+            }
+            _ => Err(payload),
+        }
+    }
+}
+
 fn seq(n: u64) -> Msg {
     // Varied sizes, so frames split across reads in every way.
     Msg::Seq { n, pad: vec![n as u8; (n % 300) as usize] }

@@ -157,6 +157,23 @@ fn not_found(file: &str) -> StorageError {
 }
 
 impl Storage for SimDisk {
+    /// The sync happens when the job runs (the adapter may run it after a
+    /// simulated delay): until then the data is as unsynced as ever, and a
+    /// crash meanwhile treats it so. A file removed meanwhile is skipped.
+    fn detach_sync(&mut self, files: &[String]) -> StorageResult<millrace_core::storage::DetachedSync> {
+        let mut disk = self.clone();
+        let files = files.to_vec();
+        Ok(Box::new(move || {
+            for file in &files {
+                match disk.sync(file) {
+                    Err(StorageError::NotFound { .. }) => {}
+                    r => r?,
+                }
+            }
+            Ok(())
+        }))
+    }
+
     fn append(&mut self, file: &str, data: &[u8]) -> StorageResult<u64> {
         let mut s = self.state();
         if s.full && !data.is_empty() {

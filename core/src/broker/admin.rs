@@ -127,6 +127,7 @@ impl<S: Storage> Broker<S> {
     /// are answered and its committed offsets dropped.
     pub(super) fn remove_topic(&mut self, now: Millis, name: &str, out: &mut Vec<Effect>) -> Result<(), String> {
         let Some(topic) = self.topics.remove(name) else { return Ok(()) };
+        self.forget_syncs(name, None);
         // The description goes first: a crash part-way leaves orphan
         // files (reported on open), never a topic with missing data.
         let mut result = self.storage.remove(&TopicMeta::file(name)).map_err(|e| e.to_string());

@@ -394,7 +394,16 @@ pub enum Input {
     Tick,
     /// The adapter's turn to make appended data durable (answers
     /// [`Effect::SyncNeeded`]); acknowledgements waiting on it go out.
+    /// The machine syncs through its storage within the step.
     Sync,
+    /// Answers [`Effect::SyncNeeded`] like [`Input::Sync`], but the adapter
+    /// runs the sync itself, off the machine's turn: the machine says which
+    /// files ([`Effect::SyncFiles`]) and goes on taking inputs meanwhile.
+    SyncStart,
+    /// The files of [`Effect::SyncFiles`] `ticket` are durable.
+    Synced { ticket: u64 },
+    /// Syncing the files of a ticket failed: the node must stop.
+    SyncFailed { reason: String },
     /// A connection closed: forget its parked requests.
     Disconnected { conn: u64 },
     /// Cluster mode: a message from another node.
@@ -406,9 +415,15 @@ pub enum Effect {
     Reply { id: RequestId, response: Response },
     /// Feed [`Input::Tick`] at or after this time.
     Timer { at: Millis },
-    /// Feed [`Input::Sync`] once the requests already received are handled;
-    /// batching them behind one sync is the group commit.
+    /// Feed [`Input::Sync`] (or [`Input::SyncStart`]) once the requests
+    /// already received are handled; batching them behind one sync is the
+    /// group commit.
     SyncNeeded,
+    /// After [`Input::SyncStart`]: make `files` durable (every write to them
+    /// so far), then feed [`Input::Synced`] with `ticket`, or
+    /// [`Input::SyncFailed`]. Several tickets may be in flight at once, and
+    /// they may finish in any order.
+    SyncFiles { ticket: u64, files: Vec<String> },
     /// The node must stop: durable state can no longer be trusted (a failed
     /// fsync, as PostgreSQL learned, cannot simply be retried).
     Fatal { reason: String },

@@ -74,14 +74,17 @@ impl<S: Storage> Broker<S> {
         self.group_step(now, input, out);
     }
 
-    /// Everything appended for the coordinator is durable now. On a single
-    /// node that completes the writes; in a cluster they wait for the
-    /// offsets partition's high watermark (`group_writes_replicated`).
+    /// A sync finished. On a single node that completes the coordinator's
+    /// writes it made durable; in a cluster they wait for the offsets
+    /// partition's high watermark (`group_writes_replicated`).
     pub(super) fn group_writes_synced(&mut self, now: Millis, out: &mut Vec<Effect>) {
         if self.cluster.is_some() {
             return;
         }
-        for (write, _) in std::mem::take(&mut self.group_writes) {
+        let durable = self.topics.get(OFFSETS_TOPIC).and_then(|t| t.partitions.first()).map_or(i64::MAX, |p| p.durable_end);
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.group_writes).into_iter().partition(|(_, end)| *end <= durable);
+        self.group_writes = waiting;
+        for (write, _) in done {
             self.group_step(now, GroupInput::WriteDone { write, result: Ok(()) }, out);
         }
     }

@@ -83,15 +83,30 @@ pub struct OpenReport {
     pub metadata_log_cut: Option<String>,
 }
 
+/// A produce response waiting until every partition it wrote to is
+/// durable past what it wrote: (topic, partition, offset the durable end
+/// must reach).
+#[derive(Debug)]
+struct PendingAck {
+    id: RequestId,
+    response: ProduceResponse,
+    needs: Vec<(String, i32, i64)>,
+}
+
 pub struct Broker<S: Storage> {
     config: BrokerConfig,
     storage: S,
     topics: BTreeMap<String, Topic>,
     rng: Rng,
     producer_ids: ProducerIdAllocator,
-    /// Produce responses that wait for the next sync.
-    pending_acks: Vec<(RequestId, ProduceResponse)>,
+    /// Produce responses that wait for their data to be durable.
+    pending_acks: Vec<PendingAck>,
     sync_requested: bool,
+    /// Syncs the adapter runs ([`Input::SyncStart`]) and has not finished:
+    /// per ticket, the log end each partition's sync makes durable. A
+    /// partition cut or deleted meanwhile is taken out of them.
+    syncs: BTreeMap<u64, Vec<(String, i32, i64)>>,
+    next_sync: u64,
     /// Fetches waiting for data (long polling), by request.
     parked: BTreeMap<RequestId, ParkedFetch>,
     /// Next interval flush, under `FlushPolicy::IntervalMs`.
@@ -167,6 +182,8 @@ impl<S: Storage> Broker<S> {
             producer_ids,
             pending_acks: Vec::new(),
             sync_requested: false,
+            syncs: BTreeMap::new(),
+            next_sync: 0,
             parked: BTreeMap::new(),
             next_flush_at: None,
             failed: None,
@@ -251,9 +268,22 @@ impl<S: Storage> Broker<S> {
                 self.sync_requested = false;
                 self.sync_all(now, out);
             }
+            Input::SyncStart => {
+                self.sync_requested = false;
+                match self.begin_sync() {
+                    Some((ticket, files)) => out.push(Effect::SyncFiles { ticket, files }),
+                    None => self.answer_durable_acks(out),
+                }
+            }
+            Input::Synced { ticket } => {
+                if let Some(ends) = self.syncs.remove(&ticket) {
+                    self.became_durable(now, ends, out);
+                }
+            }
+            Input::SyncFailed { reason } => self.fail(format!("fsync failed: {reason}"), out),
             Input::Disconnected { conn } => {
                 self.parked.retain(|id, _| id.conn != conn);
-                self.pending_acks.retain(|(id, _)| id.conn != conn);
+                self.pending_acks.retain(|a| a.id.conn != conn);
             }
         }
         if self.failed.is_none() {
@@ -373,27 +403,68 @@ impl<S: Storage> Broker<S> {
     /// Makes every partition durable, then sends the acknowledgements that
     /// waited for it and wakes fetches that can now see more data.
     fn sync_all(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        let mut advanced = Vec::new();
+        let Some((ticket, files)) = self.begin_sync() else {
+            // Nothing new to sync (what is not durable yet is in a sync in
+            // flight): whatever is covered already goes out.
+            return self.answer_durable_acks(out);
+        };
+        // Every dirty file in one call: the storage may sync them together
+        // (a node following several partitions has several dirty files after
+        // a round of fetches, and one fsync after the other added up).
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        if let Err(e) = self.storage.sync_many(&files) {
+            let reason = format!("fsync failed: {e}");
+            self.fail(reason, out);
+            return;
+        }
+        let ends = self.syncs.remove(&ticket).unwrap_or_default();
+        self.became_durable(now, ends, out);
+    }
+
+    /// Starts a sync of everything appended and not yet covered by one:
+    /// the ticket and the files to sync. Each partition's log end is noted:
+    /// once the files are synced, everything below it is durable (a sync of
+    /// a file covers every write to it before the sync; the segments before
+    /// the active one were synced when it was rolled).
+    fn begin_sync(&mut self) -> Option<(u64, Vec<String>)> {
+        let mut files = Vec::new();
+        let mut ends = Vec::new();
         for (name, topic) in self.topics.iter_mut() {
             for (i, p) in topic.partitions.iter_mut().enumerate() {
                 if !p.log.needs_sync() {
                     continue;
                 }
-                if let Err(e) = p.log.sync(&mut self.storage) {
-                    let reason = format!("fsync of {name}-{i} failed: {e}");
-                    self.fail(reason, out);
-                    return;
-                }
+                files.extend(p.log.unsynced_files().map(str::to_string));
+                p.log.mark_synced();
                 p.unflushed_records = 0;
-                if p.durable_end != p.log.log_end_offset() {
-                    p.durable_end = p.log.log_end_offset();
-                    advanced.push((name.clone(), i as i32));
-                }
+                ends.push((name.clone(), i as i32, p.log.log_end_offset()));
             }
         }
-        for (id, response) in std::mem::take(&mut self.pending_acks) {
-            out.push(Effect::Reply { id, response: Response::Produce(response) });
+        if ends.is_empty() {
+            return None;
         }
+        let ticket = self.next_sync;
+        self.next_sync += 1;
+        self.syncs.insert(ticket, ends);
+        Some((ticket, files))
+    }
+
+    /// A sync finished: each partition is durable up to the end noted for it.
+    /// Sends the acknowledgements that waited for that and wakes what can
+    /// now see more data.
+    fn became_durable(&mut self, now: Millis, ends: Vec<(String, i32, i64)>, out: &mut Vec<Effect>) {
+        let mut advanced = Vec::new();
+        for (name, i, end) in ends {
+            let Some(p) = self.topics.get_mut(&name).and_then(|t| t.partitions.get_mut(i as usize)) else { continue };
+            // Syncs may finish in any order: one that started earlier and
+            // finishes later says nothing new.
+            let end = end.min(p.log.log_end_offset());
+            if end > p.durable_end {
+                p.durable_end = end;
+                advanced.push((name, i));
+            }
+        }
+        self.answer_durable_acks(out);
         if self.cluster.is_some() && self.config.flush.acks_wait_for_sync() {
             for (topic, partition) in &advanced {
                 let end = self.topics[topic].partitions[*partition as usize].durable_end;
@@ -403,6 +474,40 @@ impl<S: Storage> Broker<S> {
         self.group_writes_synced(now, out);
         if self.config.flush.acks_wait_for_sync() && !advanced.is_empty() {
             self.wake_parked(now, &advanced, out);
+        }
+    }
+
+    /// Holds a produce response until every partition it wrote to is
+    /// durable past what it wrote.
+    fn wait_for_sync(&mut self, id: RequestId, response: ProduceResponse) {
+        let needs = response
+            .topics
+            .iter()
+            .flat_map(|(t, parts)| parts.iter().filter(|p| p.error.is_ok()).map(move |p| (t.clone(), p.partition, p.base_offset + 1)))
+            .collect();
+        self.pending_acks.push(PendingAck { id, response, needs });
+    }
+
+    /// Answers the produce responses whose data is durable now (a partition
+    /// deleted meanwhile holds nothing to wait for).
+    fn answer_durable_acks(&mut self, out: &mut Vec<Effect>) {
+        let topics = &self.topics;
+        let durable = |t: &str, p: i32, need: i64| {
+            topics.get(t).and_then(|t| t.partitions.get(p as usize)).is_none_or(|p| p.durable_end >= need)
+        };
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending_acks).into_iter().partition(|a| a.needs.iter().all(|(t, p, need)| durable(t, *p, *need)));
+        self.pending_acks = waiting;
+        for a in done {
+            out.push(Effect::Reply { id: a.id, response: Response::Produce(a.response) });
+        }
+    }
+
+    /// A partition was cut or deleted: syncs in flight no longer say
+    /// anything about its log (the offsets they noted may be rewritten).
+    fn forget_syncs(&mut self, topic: &str, partition: Option<i32>) {
+        for ends in self.syncs.values_mut() {
+            ends.retain(|(t, p, _)| t != topic || partition.is_some_and(|q| q != *p));
         }
     }
 

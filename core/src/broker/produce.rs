@@ -1,6 +1,8 @@
 //! Produce: validate each partition's batch, deduplicate idempotent retries,
 //! append, and acknowledge once the flush policy allows.
 
+use bytes::Bytes;
+
 use super::producer_state::SequenceCheck;
 use super::{Broker, Effect, FlushPolicy, ProducePartitionResponse, ProduceRequest, ProduceResponse, RequestId, Response};
 use crate::records::{self, RecordError};
@@ -14,11 +16,13 @@ struct Appended {
     message: Option<String>,
     /// The acknowledgement must wait for a sync to be true.
     needs_sync: bool,
+    /// The batch as stored (offsets and leader epoch set), if one was.
+    stored: Option<Bytes>,
 }
 
 impl Appended {
     fn error(error: ErrorCode, message: impl Into<String>) -> Self {
-        Self { error, base_offset: -1, message: Some(message.into()), needs_sync: false }
+        Self { error, base_offset: -1, message: Some(message.into()), needs_sync: false, stored: None }
     }
 }
 
@@ -58,6 +62,8 @@ impl<S: Storage> Broker<S> {
         // Partitions this request wrote to: what the flush policy and the
         // parked fetches need to look at (never a scan of every partition).
         let mut touched: Vec<(String, i32)> = Vec::new();
+        // Batches appended, for the followers waiting on them (cluster).
+        let mut stored = Vec::new();
         let mut topics = Vec::with_capacity(req.topics.len());
         for (topic, parts) in &req.topics {
             let mut results = Vec::with_capacity(parts.len());
@@ -69,6 +75,9 @@ impl<S: Storage> Broker<S> {
                 wait_for_sync |= a.needs_sync;
                 if a.error.is_ok() {
                     touched.push((topic.clone(), *partition));
+                }
+                if let Some(batch) = a.stored {
+                    stored.push((topic.clone(), *partition, a.base_offset, batch));
                 }
                 let log_start_offset =
                     self.partition(topic, *partition).map_or(-1, |p| p.log.log_start_offset());
@@ -83,6 +92,11 @@ impl<S: Storage> Broker<S> {
             topics.push((topic.clone(), results));
         }
         let response = ProduceResponse { topics };
+        if self.cluster.is_some() {
+            for (topic, partition, base, batch) in stored {
+                self.replicate_appended(now, &topic, partition, base, &batch, out);
+            }
+        }
         self.after_append(now, &touched, out);
         if self.cluster.is_some() && req.acks == -1 {
             // The leader's own copy counts once synced (under every-batch);
@@ -90,7 +104,7 @@ impl<S: Storage> Broker<S> {
             return self.wait_for_replicas(now, id, response, req.timeout_ms, out);
         }
         if wait_for_sync && req.acks != 0 {
-            self.pending_acks.push((id, response));
+            self.wait_for_sync(id, response);
         } else {
             out.push(Effect::Reply { id, response: Response::Produce(response) });
         }
@@ -210,6 +224,7 @@ impl<S: Storage> Broker<S> {
                     base_offset,
                     message: None,
                     needs_sync: acks_wait && base_offset >= p.durable_end,
+                    stored: None,
                 };
             }
             SequenceCheck::Append => {}
@@ -222,7 +237,13 @@ impl<S: Storage> Broker<S> {
                 // The first batch of a new epoch starts it in the cache.
                 let _ = p.epochs.assign(leader_epoch, stored.base_offset);
                 p.unflushed_records += stored.record_count as u64;
-                Appended { error: ErrorCode::None, base_offset: stored.base_offset, message: None, needs_sync: acks_wait }
+                Appended {
+                    error: ErrorCode::None,
+                    base_offset: stored.base_offset,
+                    message: None,
+                    needs_sync: acks_wait,
+                    stored: Some(Bytes::from(batch)),
+                }
             }
             Err(e) => Appended::error(ErrorCode::KafkaStorageError, e.to_string()),
         }

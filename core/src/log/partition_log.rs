@@ -271,6 +271,15 @@ impl PartitionLog {
     /// Starts a new active segment at `base`, syncing the old one first so
     /// only the active segment can ever hold unsynced bytes.
     pub(super) fn roll<S: Storage + ?Sized>(&mut self, storage: &mut S, base: i64) -> Result<(), LogError> {
+        // The old active segment is synced here even if a sync the adapter
+        // runs ([`Self::unsynced_files`], already marked synced) covers it:
+        // a sync covers one file, so a later sync of the new segment must
+        // find everything before it durable already.
+        if let Some(active) = self.segments.values().next_back()
+            && !self.unsynced.contains_key(&active.base_offset)
+        {
+            storage.sync(&active.file)?;
+        }
         self.sync(storage)?;
         let seg = Segment::new(&self.dir, base);
         storage.append(&seg.file, &[])?;
@@ -282,6 +291,18 @@ impl PartitionLog {
     /// Whether any appended data is not yet durable.
     pub fn needs_sync(&self) -> bool {
         !self.unsynced.is_empty()
+    }
+
+    /// The files whose writes are not yet durable: syncing each of them
+    /// (then [`Self::mark_synced`]) is what [`Self::sync`] does. A broker
+    /// syncing many partitions at once collects them to sync them together.
+    pub fn unsynced_files(&self) -> impl Iterator<Item = &str> {
+        self.unsynced.keys().filter_map(|base| self.segments.get(base)).map(|seg| seg.file.as_str())
+    }
+
+    /// Records that every file of [`Self::unsynced_files`] was synced.
+    pub fn mark_synced(&mut self) {
+        self.unsynced.clear();
     }
 
     pub fn sync<S: Storage + ?Sized>(&mut self, storage: &mut S) -> Result<(), StorageError> {

@@ -30,6 +30,9 @@ impl StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// See [`Storage::detach_sync`].
+pub type DetachedSync = Box<dyn FnOnce() -> StorageResult<()> + Send>;
+
 pub trait Storage {
     /// Appends to the end of `file`, creating it if missing. Returns the
     /// position the data starts at. Not durable until [`Storage::sync`].
@@ -43,6 +46,29 @@ pub trait Storage {
 
     /// Makes every write to `file` (and its creation) durable.
     fn sync(&mut self, file: &str) -> StorageResult<()>;
+
+    /// [`Storage::sync`] of every file in `files`; when it returns `Ok`,
+    /// all of them are durable. On an error some may be durable and others
+    /// not (the caller treats any failed sync as fatal). This default syncs
+    /// them one after the other, in order; a file-backed storage may sync
+    /// them concurrently (on many disks, fsyncs of different files overlap).
+    fn sync_many(&mut self, files: &[&str]) -> StorageResult<()> {
+        for file in files {
+            self.sync(file)?;
+        }
+        Ok(())
+    }
+
+    /// A sync of `files` to run later, elsewhere (an adapter runs it off the
+    /// machine's turn, see `Input::SyncStart`): when the returned job
+    /// returns `Ok`, every write to those files made before it ran is
+    /// durable. A file removed meanwhile needs no sync. This default syncs
+    /// at once and returns a job with nothing left to do.
+    fn detach_sync(&mut self, files: &[String]) -> StorageResult<DetachedSync> {
+        let files: Vec<&str> = files.iter().map(String::as_str).collect();
+        self.sync_many(&files)?;
+        Ok(Box::new(|| Ok(())))
+    }
 
     /// Cuts `file` to `len` bytes, durably.
     fn truncate(&mut self, file: &str, len: u64) -> StorageResult<()>;

@@ -21,6 +21,10 @@ pub struct BatchMsg {
     pub body: Body,
 }
 
+// Shuffle blocks still go through bincode; they could travel as the
+// frame's payload as replicated batches do.
+impl crate::peer::Payload for BatchMsg {}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     /// A worker to the driver it serves: registration, heartbeats, task

@@ -4,8 +4,9 @@
 //! leader's.
 //!
 //! Under the every-batch flush policy the next fetch goes out only after
-//! the appended data is synced, so the offset it reports — which the
-//! leader's high watermark and so `acks=all` count on — is durable here.
+//! the appended data is synced (the durable end reached the log end), so
+//! the offset it reports — which the leader's high watermark and so
+//! `acks=all` count on — is durable here.
 
 use super::super::{Broker, Effect, FlushPolicy};
 use super::{FetchOutcome, PeerMessage, ReplicaFetch, ReplicaFetchReply, Role};
@@ -39,7 +40,9 @@ impl<S: Storage> Broker<S> {
                 continue;
             }
             let Some(p) = topics.get(topic).and_then(|t| t.partitions.get(*partition as usize)) else { continue };
-            if wait_for_sync && p.log.needs_sync() {
+            // Everything appended must be durable first (a sync may still
+            // be running for it).
+            if wait_for_sync && p.durable_end < p.log.log_end_offset() {
                 continue;
             }
             let seq = c.next_fetch_seq;
@@ -76,6 +79,7 @@ impl<S: Storage> Broker<S> {
                 if let Err(e) = r {
                     return self.fail(format!("{}-{}: restarting the log at {log_start}: {e}", reply.topic, reply.partition), out);
                 }
+                self.forget_syncs(&reply.topic, Some(reply.partition));
                 None
             }
             FetchOutcome::Diverging { epoch, end_offset } => {
@@ -97,24 +101,19 @@ impl<S: Storage> Broker<S> {
                     if let Err(e) = r {
                         return self.fail(format!("{}-{}: truncating to {cut}: {e}", reply.topic, reply.partition), out);
                     }
+                    self.forget_syncs(&reply.topic, Some(reply.partition));
                     None
                 }
             }
             FetchOutcome::Data { high_watermark, log_start: _, records: data } => {
                 let mut appended = 0u64;
                 let mut trouble = false;
+                // Each batch is validated (length, CRC) as it is split off: a
+                // batch damaged on the way is refetched, never stored.
                 for batch in records::split_batches(&data) {
-                    let Ok((_, bytes)) = batch else {
+                    let Ok((h, bytes)) = batch else {
                         trouble = true;
                         break;
-                    };
-                    // A batch damaged on the way is refetched, never stored.
-                    let h = match records::validate_batch(bytes) {
-                        Ok(h) => h,
-                        Err(_) => {
-                            trouble = true;
-                            break;
-                        }
                     };
                     // The leader epoch field is outside the CRC (Kafka's
                     // format: leaders stamp it after the fact), so a bit

@@ -7,6 +7,8 @@
 
 use super::super::{Broker, Effect, ProduceResponse, RequestId, Response};
 use super::{AckWait, CallPurpose, FetchOutcome, ParkedReplicaFetch, PeerMessage, ReplicaFetch, ReplicaFetchReply, Role};
+use bytes::Bytes;
+
 use crate::controller::ControllerRequest;
 use crate::replication::IsrChange;
 use crate::storage::Storage;
@@ -14,8 +16,18 @@ use crate::{ErrorCode, Millis};
 
 impl<S: Storage> Broker<S> {
     /// A follower's fetch. `may_park`: hold it until there is data (false
-    /// when a parked fetch is being answered).
-    pub(in crate::broker) fn serve_replica_fetch(&mut self, now: Millis, from: i32, f: ReplicaFetch, may_park: bool, out: &mut Vec<Effect>) {
+    /// when a parked fetch is being answered). `fresh`: a batch just
+    /// appended at the given offset, still in memory; a fetch from there
+    /// is answered with it instead of a read of the file.
+    pub(in crate::broker) fn serve_replica_fetch(
+        &mut self,
+        now: Millis,
+        from: i32,
+        f: ReplicaFetch,
+        may_park: bool,
+        fresh: Option<(i64, &Bytes)>,
+        out: &mut Vec<Effect>,
+    ) {
         let key = (f.topic.clone(), f.partition);
         let reply = |outcome| ReplicaFetchReply { seq: f.seq, topic: f.topic.clone(), partition: f.partition, leader_epoch: f.leader_epoch, outcome };
         let leading = matches!(self.cluster_mut().roles.get(&key), Some(Role::Leader(l)) if l.epoch == f.leader_epoch);
@@ -70,12 +82,16 @@ impl<S: Storage> Broker<S> {
         let hw = self.cluster_mut().leader_state(&f.topic, f.partition).map_or(0, |l| l.isr.high_watermark());
         let p = &self.topics[&f.topic].partitions[f.partition as usize];
         let log_start = p.log.log_start_offset();
-        let records = if f.fetch_offset < p.log.log_end_offset() {
+        let records = match fresh {
+            // The batch just appended starts where the follower stands and
+            // ends at the log end: exactly what a read would return.
+            Some((base, batch)) if base == f.fetch_offset && base + batch_offsets(batch) == p.log.log_end_offset() => batch.clone(),
             // A damaged read: the follower asks again, and the leader's own
             // readers see the damage.
-            p.log.read(&mut self.storage, f.fetch_offset, max).unwrap_or_default()
-        } else {
-            Vec::new()
+            _ if f.fetch_offset < p.log.log_end_offset() => {
+                p.log.read(&mut self.storage, f.fetch_offset, max).map(Bytes::from).unwrap_or_default()
+            }
+            _ => Bytes::new(),
         };
         let outcome = FetchOutcome::Data { high_watermark: hw, log_start, records };
         out.push(Effect::Send { to: from, message: PeerMessage::FetchReply(reply(outcome)) });
@@ -98,7 +114,20 @@ impl<S: Storage> Broker<S> {
     pub(in crate::broker) fn answer_parked_replica_fetches(&mut self, now: Millis, topic: &str, partition: i32, out: &mut Vec<Effect>) {
         let parked = self.cluster_mut().replica_parked.remove(&(topic.to_string(), partition)).unwrap_or_default();
         for p in parked {
-            self.serve_replica_fetch(now, p.from, p.fetch, false, out);
+            self.serve_replica_fetch(now, p.from, p.fetch, false, None, out);
+        }
+    }
+
+    /// The leader just appended `batch` at `base` (not synced yet): the
+    /// followers' held fetches get it now, from memory. The leader does not
+    /// wait for its own sync first — the high watermark does: the leader's
+    /// own log end counts only once synced ([`Self::leader_appended`]), so
+    /// `acks=all` still means on disk on every in-sync replica, while the
+    /// followers' copy and sync overlap the leader's.
+    pub(in crate::broker) fn replicate_appended(&mut self, now: Millis, topic: &str, partition: i32, base: i64, batch: &Bytes, out: &mut Vec<Effect>) {
+        let Some(parked) = self.cluster_mut().replica_parked.remove(&(topic.to_string(), partition)) else { return };
+        for p in parked {
+            self.serve_replica_fetch(now, p.from, p.fetch, false, Some((base, batch)), out);
         }
     }
 
@@ -212,6 +241,19 @@ impl<S: Storage> Broker<S> {
         c.ack_waits = still;
     }
 
+    /// Answers with `error` the `acks=1` responses still waiting for a sync
+    /// of a partition matching `which` (leadership lost: as a follower the
+    /// node may cut what they wrote before the sync finishes).
+    pub(in crate::broker) fn fail_pending_acks(&mut self, which: impl Fn(&str, i32) -> bool, error: ErrorCode, out: &mut Vec<Effect>) {
+        let (hit, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending_acks).into_iter().partition(|a| a.needs.iter().any(|(t, p, _)| which(t, *p)));
+        self.pending_acks = rest;
+        for a in hit {
+            let response = with_errors(a.response, &a.needs, |t, p| which(t, p).then_some(error));
+            out.push(Effect::Reply { id: a.id, response: Response::Produce(response) });
+        }
+    }
+
     /// Answers with `error` the waits that involve a partition matching
     /// `which` (leadership lost).
     pub(in crate::broker) fn fail_ack_waits(&mut self, which: impl Fn(&str, i32) -> bool, error: ErrorCode, out: &mut Vec<Effect>) {
@@ -244,4 +286,9 @@ fn with_errors(mut response: ProduceResponse, needs: &[(String, i32, i64)], erro
         }
     }
     response
+}
+
+/// How many offsets a whole, validated batch covers (0 if it is not one).
+fn batch_offsets(batch: &[u8]) -> i64 {
+    crate::records::BatchHeader::parse(batch).map_or(0, |h| h.last_offset() - h.base_offset + 1)
 }

@@ -175,7 +175,7 @@ impl<S: Storage> Broker<S> {
                 self.controller_step(now, ControllerInput::Request { from: reply_to(from, call), request }, out)
             }
             PeerMessage::ControllerReply { call, reply } => self.call_answered(now, call, Some(reply), out),
-            PeerMessage::Fetch(fetch) => self.serve_replica_fetch(now, from, fetch, true, out),
+            PeerMessage::Fetch(fetch) => self.serve_replica_fetch(now, from, fetch, true, None, out),
             PeerMessage::FetchReply(reply) => self.replica_fetched(now, from, reply, out),
         }
     }

@@ -143,6 +143,7 @@ impl<S: Storage> Broker<S> {
     /// This node no longer leads: whatever waited on it as leader is told so.
     fn stop_leading(&mut self, now: Millis, topic: &str, partition: i32, out: &mut Vec<Effect>) {
         self.fail_ack_waits(|t, p| t == topic && p == partition, ErrorCode::NotLeaderOrFollower, out);
+        self.fail_pending_acks(|t, p| t == topic && p == partition, ErrorCode::NotLeaderOrFollower, out);
         self.answer_parked_replica_fetches(now, topic, partition, out);
         self.wake_parked(now, &[(topic.to_string(), partition)], out);
         if is_offsets_partition(topic, partition) {
