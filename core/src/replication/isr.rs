@@ -8,7 +8,8 @@
 //!   for it. It never goes back.
 //! - A follower that has not caught up to the leader's log end for
 //!   `replica.lag.time.max.ms` leaves the ISR; one that reaches the high
-//!   watermark rejoins it. ISR changes go through the controller
+//!   watermark and the leader's log end at the start of its epoch rejoins
+//!   it. ISR changes go through the controller
 //!   (AlterPartition in Kafka), so this only proposes them.
 //! - With fewer than `min.insync.replicas` in the ISR, `acks=all` writes
 //!   are refused (NOT_ENOUGH_REPLICAS) rather than acknowledged with less
@@ -41,6 +42,15 @@ pub struct LeaderPartition {
     change_in_flight: bool,
     followers: BTreeMap<BrokerId, Follower>,
     leader_log_end: i64,
+    /// The leader's log end when it took the lead. A new leader's high
+    /// watermark can lag what its predecessor committed (it learns the
+    /// high watermark one fetch late, and a restarted node starts from
+    /// its checkpoint), so a follower that only reached the high watermark
+    /// may lack acknowledged records; everything below this offset is all
+    /// the new leader holds and may have been acknowledged (Kafka's
+    /// leader-epoch start offset rule). Chaos seed 11203: a follower
+    /// rejoined at 8 while 8..15 were acknowledged, then led alone.
+    epoch_start: i64,
     high_watermark: i64,
     min_insync: usize,
     lag_time_max_ms: i64,
@@ -79,6 +89,7 @@ impl LeaderPartition {
             change_in_flight: false,
             followers,
             leader_log_end: log_end,
+            epoch_start: log_end,
             high_watermark: high_watermark.min(log_end),
             min_insync,
             lag_time_max_ms,
@@ -112,7 +123,10 @@ impl LeaderPartition {
         if f.log_end >= self.leader_log_end {
             f.caught_up_at = now;
         }
-        let rejoin = !self.change_in_flight && !self.isr.contains(&follower) && f.log_end >= self.high_watermark;
+        let rejoin = !self.change_in_flight
+            && !self.isr.contains(&follower)
+            && f.log_end >= self.high_watermark
+            && f.log_end >= self.epoch_start;
         if rejoin {
             self.joining.insert(follower);
             self.change_in_flight = true;
@@ -231,6 +245,17 @@ mod tests {
         l.isr_changed(&[1, 2]);
         assert_eq!(l.fetched(3, 9, 1_100), None, "below the high watermark: not yet in sync");
         assert_eq!(l.fetched(3, 10, 1_200), Some(IsrChange::Expand(vec![1, 2, 3])));
+    }
+
+    #[test]
+    fn a_follower_rejoins_only_once_it_holds_what_the_leader_held_when_it_took_the_lead() {
+        // A new leader with 15 records whose high watermark (learnt one
+        // fetch late, or restored after a restart) says only 8; the other
+        // replica of its ISR is gone, a third returns with 8 records.
+        let mut l = LeaderPartition::new(2, &[1, 2, 3], &[2], 15, 8, 1, 1_000, 0);
+        assert_eq!(l.fetched(3, 8, 10), None, "8..15 may be acknowledged: 3 lacks them");
+        assert_eq!(l.fetched(3, 12, 20), None);
+        assert_eq!(l.fetched(3, 15, 30), Some(IsrChange::Expand(vec![2, 3])));
     }
 
     #[test]

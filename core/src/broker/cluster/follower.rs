@@ -96,7 +96,15 @@ impl<S: Storage> Broker<S> {
                 if cut >= leo {
                     Some(TROUBLE_BACKOFF_MS)
                 } else {
-                    let r = p.log.truncate_to(&mut self.storage, cut).map_err(|e| e.to_string());
+                    // Sync first: reopening the cut log takes its end as
+                    // durable, and what lies below the cut may still be
+                    // unsynced (appended, its sync in flight or not yet
+                    // started). Counted as durable, the next fetch would
+                    // report it and the leader would acknowledge records
+                    // a crash can tear (chaos seed 11203: acks=all records
+                    // lost).
+                    let r = p.log.sync(&mut self.storage).map_err(|e| e.to_string());
+                    let r = r.and_then(|()| p.log.truncate_to(&mut self.storage, cut).map_err(|e| e.to_string()));
                     let r = r.and_then(|()| p.rebuild(&mut self.storage).map_err(|e| e.to_string()));
                     if let Err(e) = r {
                         return self.fail(format!("{}-{}: truncating to {cut}: {e}", reply.topic, reply.partition), out);
