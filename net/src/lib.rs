@@ -13,6 +13,8 @@ pub mod buggify;
 pub mod client;
 pub mod clock;
 pub mod config;
+#[cfg(all(feature = "batch", not(madsim)))]
+pub mod connect;
 pub mod connection;
 #[cfg(not(madsim))]
 pub mod dev_cluster;
