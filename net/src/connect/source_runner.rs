@@ -254,7 +254,10 @@ impl Runner {
                     self.logs.reconnect();
                 }
                 let outcome = outcome(result);
+                tracing::debug!(connector = %name, chunk = entry.chunk, partition = entry.partition, base_sequence = entry.base_sequence, ?outcome, "chunk produced");
                 if matches!(outcome, ProduceOutcome::Duplicate | ProduceOutcome::OutOfOrderSequence) {
+                    // (A duplicate among the last five batches is answered
+                    // as written, with its first offset, as Kafka does.)
                     tracing::info!(connector = %name, chunk = entry.chunk, ?outcome, "chunk already in the topic from before the restart; not written again");
                 }
                 if let Some(d) = produce_delay() {
