@@ -64,6 +64,8 @@ enum Command {
 
 #[cfg(feature = "batch")]
 #[derive(Subcommand)]
+// Parsed once per run: the size of `Start` does not matter.
+#[allow(clippy::large_enum_variant)]
 enum ConnectCommand {
     /// Define a connector on a node and start it; the node resumes it when
     /// it restarts, until it is stopped.

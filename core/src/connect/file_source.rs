@@ -62,12 +62,9 @@ pub trait FileSystem: Send {
     fn display(&self, name: &str) -> String;
 }
 
-/// Where the next read goes (for tests and messages).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadPlan {
-    Nothing,
-    Read { file: String, offset: u64 },
-}
+/// What one read of a file gives: its records, the lines skipped, and the
+/// offset after them.
+type Cut = (Vec<SourceRecord>, Vec<Skipped>, u64);
 
 /// The file source over a [`FileSystem`].
 pub struct FileTail<F> {
@@ -115,27 +112,16 @@ impl<F: FileSystem> FileTail<F> {
         (FilePosition { files, last: from.last.clone() }, warnings)
     }
 
-    /// The file the next read starts with: the first, in name order, with
-    /// bytes beyond its offset (it may hold only an unended line yet).
-    pub fn plan(pos: &FilePosition, listing: &[FileEntry]) -> ReadPlan {
-        let mut names: Vec<&FileEntry> = listing.iter().collect();
-        names.sort_by(|a, b| a.name.cmp(&b.name));
-        names
-            .into_iter()
-            .find_map(|e| pos.files.get(&e.name).filter(|s| s.offset < e.len).map(|s| ReadPlan::Read { file: e.name.clone(), offset: s.offset }))
-            .unwrap_or(ReadPlan::Nothing)
-    }
-
     /// Cuts up to `max` records from `file` at `offset` (up to `end`, if
     /// given); `None` when it has no complete line yet.
-    fn cut(&mut self, file: &str, offset: u64, end: Option<u64>, max: usize) -> Result<Option<(Vec<SourceRecord>, Vec<Skipped>, u64)>, ConnectError> {
+    fn cut(&mut self, file: &str, offset: u64, end: Option<u64>, max: usize) -> Result<Option<Cut>, ConnectError> {
         let len = end.map_or(WINDOW, |e| (e.saturating_sub(offset) as usize).min(WINDOW));
         let bytes = self.files.read_at(file, offset, len)?;
         let cut = cut_lines(&bytes, offset, self.format, max, WINDOW - 1);
-        if let Some(at) = cut.too_long {
-            if cut.consumed == 0 {
-                return Err(ConnectError::LineTooLong { file: self.files.display(file), offset: at, limit: WINDOW - 1 });
-            }
+        if let Some(at) = cut.too_long
+            && cut.consumed == 0
+        {
+            return Err(ConnectError::LineTooLong { file: self.files.display(file), offset: at, limit: WINDOW - 1 });
         }
         if cut.consumed == 0 {
             return Ok(None);

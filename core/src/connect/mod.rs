@@ -38,7 +38,7 @@ pub use api::{ConnectError, DynSource, Sink, SinkRecord, Skipped, Source, Source
 pub use config::{ConnectorConfig, ConnectorKind, GeneratorKind, LineFormat, SinkFormat};
 pub use driver::{DriverConfig, DriverEffect, DriverInput, DriverStatus, SourceDriver, records_crc};
 pub use file_sink::{Segment, Segmenter, SegmenterConfig, parse_segment_name, segment_name};
-pub use file_source::{FileEntry, FilePosition, FileState, FileSystem, FileTail, ReadPlan, WINDOW};
+pub use file_source::{FileEntry, FilePosition, FileState, FileSystem, FileTail, WINDOW};
 pub use generator::Generator;
 pub use lines::{LineCut, cut_lines};
 pub use source_log::{ChunkEntry, OffsetRecord, SourceRecovery, recover_sink, recover_source};
