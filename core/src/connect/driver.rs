@@ -285,9 +285,9 @@ impl SourceDriver {
                     self.state = State::Producing { entry, full: true };
                 } else {
                     out.push(DriverEffect::Warn(format!(
-                        "chunk {} ({} records from {}) reads back as {count} different records: the source changed while the connector was down; \
+                        "chunk {} ({} records from {}, CRC {:08x}) reads back as {count} records with CRC {crc:08x}: the source changed while the connector was down; \
                          reading on from the chunk's start under a new producer id, so these records may reach the topic twice",
-                        entry.chunk, entry.count, entry.from
+                        entry.chunk, entry.count, entry.from, entry.crc
                     )));
                     self.allocate(entry.from, out);
                 }
@@ -365,10 +365,13 @@ impl SourceDriver {
                 now
             });
             let allowed = (rate as i128 * i128::from((now - since).max(0)) / 1000) as u64;
-            // The first read of a window may take one record at once.
+            // The first read of a window may take one record at once;
+            // after that, reads wait for a tenth of a second's worth (a
+            // chunk costs two round trips: not one per record).
             let allowed = allowed.max(1).saturating_sub(self.rate_sent);
-            if allowed == 0 {
-                let due = since + ((self.rate_sent + 1) * 1000).div_ceil(rate) as Millis;
+            let least = if self.rate_sent == 0 { 1 } else { (rate / 10).clamp(1, max as u64) };
+            if allowed < least {
+                let due = since + ((self.rate_sent + least) * 1000).div_ceil(rate) as Millis;
                 self.state = State::Waiting { until: due };
                 out.push(DriverEffect::Timer { at: due });
                 return;

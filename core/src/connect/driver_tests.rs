@@ -253,6 +253,17 @@ fn the_rate_spaces_reads_out() {
     out.clear();
     d.step(1_000, DriverInput::Tick, &mut out);
     assert_eq!(out, vec![DriverEffect::Read { at: 1_000, from: json!(1), max: 9 }]);
+    // At 1,000/s, reads take 100 records at a time, not one.
+    let mut d = SourceDriver::new(DriverConfig { rate: Some(1_000), ..config(1, 500) });
+    let mut out = vec![];
+    d.start(&mut out);
+    d.step(0, DriverInput::Recovered { last: None }, &mut out);
+    d.step(0, DriverInput::ProducerAllocated { producer_id: 1, producer_epoch: 0 }, &mut out);
+    send(&mut d, 0, 1, &mut out);
+    assert_eq!(out, vec![DriverEffect::Timer { at: 101 }]);
+    out.clear();
+    d.step(101, DriverInput::Tick, &mut out);
+    assert_eq!(out, vec![DriverEffect::Read { at: 101, from: json!(1), max: 100 }]);
 }
 
 #[test]

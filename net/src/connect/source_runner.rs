@@ -194,6 +194,7 @@ impl Runner {
                 }
                 let partition = r.route.as_ref().map(|k| partition_for_key(k, self.def.partitions.max(1) as usize));
                 self.held = r.records;
+                tracing::debug!(connector = %self.name(), count = self.held.len(), crc = records_crc(&self.held), first = ?self.held.first().map(|r| String::from_utf8_lossy(&r.value).into_owned()), "read");
                 DriverInput::ReadDone { count: self.held.len(), crc: records_crc(&self.held), to: r.to, partition }
             }
         }
