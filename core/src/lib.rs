@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod broker;
+pub mod connect;
 pub mod controller;
 pub mod error;
 pub mod group;

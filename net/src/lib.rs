@@ -14,6 +14,8 @@ pub mod client;
 pub mod cluster_watch;
 pub mod clock;
 pub mod config;
+#[cfg(all(feature = "batch", not(madsim)))]
+pub mod connect;
 pub mod connection;
 #[cfg(not(madsim))]
 pub mod dev_cluster;

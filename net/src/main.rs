@@ -55,6 +55,85 @@ enum Command {
     /// micro-batch over a topic, its results written to a topic exactly once.
     #[command(subcommand)]
     Stream(StreamCommand),
+    #[cfg(feature = "batch")]
+    /// Start, list, describe or stop connectors: a file or folder tailed
+    /// into a topic, a topic written to rolling files, generated records.
+    #[command(subcommand)]
+    Connect(ConnectCommand),
+}
+
+#[cfg(feature = "batch")]
+#[derive(Subcommand)]
+// Parsed once per run: the size of `Start` does not matter.
+#[allow(clippy::large_enum_variant)]
+enum ConnectCommand {
+    /// Define a connector on a node and start it; the node resumes it when
+    /// it restarts, until it is stopped.
+    Start {
+        /// The connector's name (letters, digits, '-', '_', '.').
+        name: String,
+        /// file-source, file-sink or generator.
+        #[arg(long = "type")]
+        kind: String,
+        /// The topic written to (a source) or read from (a sink).
+        #[arg(long)]
+        topic: String,
+        /// file-source: a file or a folder of files to tail; file-sink: the
+        /// folder to write files into (created if missing).
+        #[arg(long)]
+        path: Option<String>,
+        /// file-source: lines or json (each line validated; malformed ones
+        /// skipped and logged). file-sink: json (records as JSON objects)
+        /// or lines (values only).
+        #[arg(long)]
+        format: Option<String>,
+        /// Sources: at most this many records per second.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// generator: page-views or sequence.
+        #[arg(long = "kind", default_value = "page-views")]
+        generator: String,
+        /// generator: the seed of its records.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// generator: stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// file-sink: records per file at most.
+        #[arg(long, default_value_t = 10_000)]
+        roll_records: u64,
+        /// file-sink: bytes per file, about (the record crossing it ends it).
+        #[arg(long, default_value_t = 16 << 20)]
+        roll_bytes: u64,
+        /// file-sink: a file is written once its first record is this old
+        /// (500ms, 1s, 2m).
+        #[arg(long, default_value = "1s")]
+        roll_after: String,
+        /// file-sink: where a new sink starts reading, earliest or latest.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// The connectors of a node: type, state, records moved.
+    List {
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// One connector: state, records moved, position, skipped input, the
+    /// last warning or error.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
+    /// Stop a connector (it is not resumed again; its positions remain, so
+    /// starting it again the same way continues where it stopped).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        conn: BatchConn,
+    },
 }
 
 #[cfg(feature = "batch")]
@@ -374,6 +453,8 @@ fn run() -> anyhow::Result<()> {
             Command::Job(cmd) => job(cmd),
             #[cfg(feature = "batch")]
             Command::Stream(cmd) => stream(cmd),
+            #[cfg(feature = "batch")]
+            Command::Connect(cmd) => connect(cmd),
         }
     })
 }
@@ -636,6 +717,116 @@ fn stream(cmd: StreamCommand) -> anyhow::Result<()> {
             }
         }
         StreamCommand::Stop { name, conn } => println!("{}", client::stop(&conn.server, &name)?),
+    }
+    Ok(())
+}
+
+/// The settings of `millrace connect start`, checked here so a mistake is
+/// one clear line before anything reaches the node.
+#[cfg(feature = "batch")]
+#[allow(clippy::too_many_arguments)]
+fn connect_config(
+    kind: &str,
+    path: Option<String>,
+    format: Option<String>,
+    generator: &str,
+    seed: u64,
+    count: Option<u64>,
+    roll: (u64, u64, &str),
+    from: &str,
+) -> anyhow::Result<millrace_core::connect::ConnectorConfig> {
+    use millrace_core::connect::{ConnectorConfig, ConnectorKind, GeneratorKind, LineFormat, SinkFormat};
+    let kind = ConnectorKind::parse(kind).map_err(anyhow::Error::msg)?;
+    let need_path = |what: &str| -> anyhow::Result<String> {
+        let Some(p) = &path else { bail!("a {} needs --path ({what})", kind.name()) };
+        // The node resolves nothing against its own directory.
+        let abs = std::path::absolute(p).with_context(|| format!("bad path {p:?}"))?;
+        Ok(abs.display().to_string())
+    };
+    Ok(match kind {
+        ConnectorKind::FileSource => ConnectorConfig::FileSource {
+            path: need_path("a file or a folder of files to tail")?,
+            format: LineFormat::parse(format.as_deref().unwrap_or("lines")).map_err(anyhow::Error::msg)?,
+        },
+        ConnectorKind::FileSink => {
+            let roll_ms = millrace_net::stream::def::parse_trigger(roll.2)
+                .ok()
+                .and_then(|t| match t {
+                    millrace_core::stream::Trigger::Interval { interval_ms } if interval_ms > 0 => Some(interval_ms),
+                    _ => None,
+                })
+                .ok_or_else(|| anyhow::anyhow!("bad --roll-after {:?}: write a duration (500ms, 1s, 2m)", roll.2))?;
+            if roll.0 == 0 || roll.1 == 0 {
+                bail!("--roll-records and --roll-bytes must be at least 1");
+            }
+            ConnectorConfig::FileSink {
+                path: need_path("the folder to write files into")?,
+                format: SinkFormat::parse(format.as_deref().unwrap_or("json")).map_err(anyhow::Error::msg)?,
+                roll_records: roll.0,
+                roll_bytes: roll.1,
+                roll_ms,
+                from_earliest: millrace_net::stream::def::parse_start(from).map_err(anyhow::Error::msg)? == millrace_core::stream::StartAt::Earliest,
+            }
+        }
+        ConnectorKind::Generator => {
+            if path.is_some() || format.is_some() {
+                bail!("a generator takes no --path or --format (it makes its records: --kind, --seed, --count, --rate)");
+            }
+            ConnectorConfig::Generator { seed, kind: GeneratorKind::parse(generator).map_err(anyhow::Error::msg)?, count }
+        }
+    })
+}
+
+#[cfg(feature = "batch")]
+fn connect(cmd: ConnectCommand) -> anyhow::Result<()> {
+    use millrace_net::batch::proto::ConnectSpec;
+    use millrace_net::connect::client;
+    match cmd {
+        ConnectCommand::Start { name, kind, topic, path, format, rate, generator, seed, count, roll_records, roll_bytes, roll_after, from, conn } => {
+            let config = connect_config(&kind, path, format, &generator, seed, count, (roll_records, roll_bytes, &roll_after), &from)?;
+            if rate == Some(0) {
+                bail!("--rate must be at least 1 record per second");
+            }
+            if rate.is_some() && !config.kind().is_source() {
+                bail!("--rate is for sources");
+            }
+            println!("{}", client::start(&conn.server, ConnectSpec { name, topic, config, rate })?);
+        }
+        ConnectCommand::List { conn } => {
+            let all = client::list(&conn.server)?;
+            if all.is_empty() {
+                println!("no connectors");
+                return Ok(());
+            }
+            println!("{:<20}  {:<12}  {:<20}  {:<10}  {:>10}  {:>9}  WHAT", "NAME", "TYPE", "TOPIC", "STATE", "RECORDS", "RECORDS/S");
+            for c in &all {
+                let rate = c.records_per_sec.map_or("-".to_string(), |r| format!("{r:.1}"));
+                println!("{:<20}  {:<12}  {:<20}  {:<10}  {:>10}  {:>9}  {}", c.name, c.kind, c.topic, c.state, c.records, rate, c.summary);
+            }
+        }
+        ConnectCommand::Describe { name, conn } => {
+            let c = client::describe(&conn.server, &name)?;
+            println!("connector:    {}", c.name);
+            println!("type:         {}", c.kind);
+            println!("topic:        {}", c.topic);
+            println!("what:         {}", c.summary);
+            println!("node:         {}", c.owner);
+            println!("state:        {}", c.state);
+            if let Some(e) = &c.error {
+                println!("error:        {e}");
+            }
+            if let Some(r) = &c.retrying {
+                println!("retrying:     {r}");
+            }
+            println!("records:      {}", c.records);
+            println!("records/s:    {}", c.records_per_sec.map_or("-".to_string(), |r| format!("{r:.1}")));
+            println!("position:     {}", c.position);
+            println!("skipped:      {}", c.skipped);
+            if let Some(w) = &c.last_warning {
+                println!("last warning: {w}");
+            }
+        }
+        ConnectCommand::Stop { name, conn } => println!("{}", client::stop(&conn.server, &name)?),
     }
     Ok(())
 }

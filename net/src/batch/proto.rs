@@ -83,7 +83,7 @@ pub fn parse_job(s: &str) -> Result<JobId, String> {
 /// First bytes a command-line client sends on a node's batch port.
 pub const CLIENT_MAGIC: [u8; 4] = *b"MLRB";
 /// Bumped when requests or replies change.
-pub const CLIENT_VERSION: u16 = 2;
+pub const CLIENT_VERSION: u16 = 3;
 /// Largest client frame read (a result partition travels in one).
 pub const MAX_CLIENT_FRAME: usize = 1 << 30;
 
@@ -106,6 +106,51 @@ pub enum Request {
     /// Stop a stream query and forget its definition (its logs remain, so
     /// starting it again with the same SQL resumes it). `Done` or `Error`.
     StreamStop { name: String },
+    /// Define and start a connector on this node. `Done` or `Error`.
+    ConnectStart(ConnectSpec),
+    /// The connectors this node runs, as `Connectors`.
+    ConnectList,
+    /// One connector, as `Connectors` with one entry (or `Error`).
+    ConnectDescribe { name: String },
+    /// Stop a connector and forget its definition (its stored positions
+    /// remain, so starting it again the same way resumes it).
+    ConnectStop { name: String },
+}
+
+/// What `millrace connect start` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectSpec {
+    pub name: String,
+    /// A source's destination, a sink's origin.
+    pub topic: String,
+    pub config: millrace_core::connect::ConnectorConfig,
+    /// A source's records per second at most.
+    pub rate: Option<u64>,
+}
+
+/// One connector as `millrace connect list|describe` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorInfo {
+    pub name: String,
+    /// file-source, file-sink, generator.
+    pub kind: String,
+    pub topic: String,
+    /// Its settings in a few words.
+    pub summary: String,
+    pub owner: u32,
+    pub state: String,
+    pub error: Option<String>,
+    pub retrying: Option<String>,
+    /// A source's records delivered to the topic; a sink's records written
+    /// in this run.
+    pub records: u64,
+    /// Records moved per second since this run started.
+    pub records_per_sec: Option<f64>,
+    /// A source's position (JSON), a sink's durable offset per partition.
+    pub position: String,
+    /// Malformed input records skipped (since this run started).
+    pub skipped: u64,
+    pub last_warning: Option<String>,
 }
 
 /// What `millrace stream start` asks for.
@@ -160,6 +205,7 @@ pub enum Reply {
     Done(String),
     Error(String),
     Streams(Vec<StreamInfo>),
+    Connectors(Vec<ConnectorInfo>),
 }
 
 /// A node's answer to `Status`.

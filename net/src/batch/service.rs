@@ -72,6 +72,7 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 use super::proto::{job_name, job_node};
 use super::topics::KafkaTopics;
+use crate::connect::service::ConnectService;
 use crate::stream::service::StreamService;
 
 /// What a node's batch service needs.
@@ -93,6 +94,8 @@ pub struct BatchService {
     local_addr: SocketAddr,
     /// The node's stream queries (stopped with the service).
     streams: Option<StreamService>,
+    /// The node's connectors (stopped with the service).
+    connectors: Option<ConnectService>,
 }
 
 impl BatchService {
@@ -172,8 +175,10 @@ impl BatchService {
         };
         tracing::info!(node = setup.node, batch_listen = %local_addr, slots, peers = ?setup.peers, "batch service listening");
         let streams = setup.kafka.as_deref().map(|k| StreamService::start(setup.node, setup.peers.is_empty(), k));
-        let tasks = vec![tokio::spawn(node.run(inbox, links, commands, done)), tokio::spawn(accept_clients(foreign, commands_tx, streams.clone()))];
-        Ok(BatchService { transport, tasks, local_addr, streams })
+        let connectors = setup.kafka.as_deref().map(|k| ConnectService::start(setup.node, setup.peers.is_empty(), k));
+        let services = Services { streams: streams.clone(), connectors: connectors.clone() };
+        let tasks = vec![tokio::spawn(node.run(inbox, links, commands, done)), tokio::spawn(accept_clients(foreign, commands_tx, services))];
+        Ok(BatchService { transport, tasks, local_addr, streams, connectors })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -188,6 +193,9 @@ impl Drop for BatchService {
         }
         if let Some(s) = &self.streams {
             s.shutdown();
+        }
+        if let Some(c) = &self.connectors {
+            c.shutdown();
         }
         self.transport.shutdown();
     }
@@ -967,14 +975,21 @@ pub fn state_name(state: &JobState) -> String {
 // Client sessions
 // ---------------------------------------------------------------------------
 
-async fn accept_clients(mut foreign: mpsc::UnboundedReceiver<Foreign>, commands: mpsc::UnboundedSender<Command>, streams: Option<StreamService>) {
+/// The node's services that answer clients beside the batch driver.
+#[derive(Clone)]
+struct Services {
+    streams: Option<StreamService>,
+    connectors: Option<ConnectService>,
+}
+
+async fn accept_clients(mut foreign: mpsc::UnboundedReceiver<Foreign>, commands: mpsc::UnboundedSender<Command>, services: Services) {
     let mut next = 0u64;
     while let Some(f) = foreign.recv().await {
         next += 1;
-        let (session, commands, streams) = (next, commands.clone(), streams.clone());
+        let (session, commands, services) = (next, commands.clone(), services.clone());
         tokio::spawn(async move {
             let remote = f.remote;
-            if let Err(e) = serve_client(f, session, &commands, streams.as_ref()).await {
+            if let Err(e) = serve_client(f, session, &commands, &services).await {
                 tracing::debug!(%remote, "batch client session ended: {e:#}");
             }
             let _ = commands.send(Command::Gone { session });
@@ -1006,7 +1021,19 @@ async fn stream_request(s: &StreamService, request: Request) -> Reply {
     answer.unwrap_or_else(Reply::Error)
 }
 
-async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender<Command>, streams: Option<&StreamService>) -> anyhow::Result<()> {
+/// A `millrace connect` request, answered by the node's connect service.
+async fn connect_request(s: &ConnectService, request: Request) -> Reply {
+    let answer = match request {
+        Request::ConnectStart(spec) => s.start_connector(spec).await.map(Reply::Done),
+        Request::ConnectStop { name } => s.stop_connector(&name).await.map(Reply::Done),
+        Request::ConnectList => Ok(Reply::Connectors(s.list())),
+        Request::ConnectDescribe { name } => s.describe(&name).map(|i| Reply::Connectors(vec![i])),
+        _ => Err("not a connect request".to_string()),
+    };
+    answer.unwrap_or_else(Reply::Error)
+}
+
+async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender<Command>, services: &Services) -> anyhow::Result<()> {
     let Foreign { mut stream, remote, prefix } = f;
     let mut buf = prefix;
     let request: Request = match tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, async {
@@ -1081,9 +1108,16 @@ async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender
             stream.write_all(&encode_frame(&answer)?).await?;
         }
         Request::StreamStart(_) | Request::StreamList | Request::StreamDescribe { .. } | Request::StreamStop { .. } => {
-            let answer = match streams {
+            let answer = match &services.streams {
                 None => Reply::Error("this node runs no stream queries: it knows no Kafka listener".into()),
                 Some(s) => stream_request(s, request).await,
+            };
+            stream.write_all(&encode_frame(&answer)?).await?;
+        }
+        Request::ConnectStart(_) | Request::ConnectList | Request::ConnectDescribe { .. } | Request::ConnectStop { .. } => {
+            let answer = match &services.connectors {
+                None => Reply::Error("this node runs no connectors: it knows no Kafka listener".into()),
+                Some(c) => connect_request(c, request).await,
             };
             stream.write_all(&encode_frame(&answer)?).await?;
         }

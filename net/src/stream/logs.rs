@@ -48,6 +48,8 @@ pub struct Logs {
     bootstrap: String,
     client: Option<Client>,
     ensured: bool,
+    /// The internal topics it creates on first use.
+    topics: &'static [&'static str],
     /// Per topic: the next offset to read.
     cursors: BTreeMap<&'static str, i64>,
 }
@@ -60,7 +62,12 @@ pub(crate) async fn timed<T>(f: impl std::future::Future<Output = Result<T, Clie
 
 impl Logs {
     pub fn new(bootstrap: &str) -> Logs {
-        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, cursors: BTreeMap::new() }
+        Logs::for_topics(bootstrap, &ALL)
+    }
+
+    /// Logs in other internal topics (the connectors').
+    pub fn for_topics(bootstrap: &str, topics: &'static [&'static str]) -> Logs {
+        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, topics, cursors: BTreeMap::new() }
     }
 
     pub fn bootstrap(&self) -> &str {
@@ -97,7 +104,7 @@ impl Logs {
         if self.ensured {
             return Ok(());
         }
-        for topic in ALL {
+        for &topic in self.topics {
             let exists = self.with(async |c| c.metadata(Some(&[topic]), false).await.map(|t| t.iter().any(|t| !t.partitions.is_empty()))).await;
             let exists = match exists {
                 Ok(e) => e,

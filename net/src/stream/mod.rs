@@ -25,7 +25,7 @@ pub mod logs;
 pub mod progress;
 pub mod runner;
 pub mod service;
-mod sink;
+pub(crate) mod sink;
 
 /// Wall-clock milliseconds since the epoch: the coordinator's `now`. Times
 /// in the logs (when a batch was planned) outlive a process, so they are
