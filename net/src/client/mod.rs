@@ -258,6 +258,17 @@ impl Client {
 
     /// Each partition's leader as `host:port` (partitions without a leader
     /// are left out), from one Metadata request.
+    /// The broker ids Metadata names: in a cluster, the registered brokers
+    /// the controller has not fenced (a dead node drops out once its
+    /// session expires).
+    pub async fn live_brokers(&mut self) -> Result<Vec<i32>, ClientError> {
+        let req = MetadataRequest::default().with_topics(Some(Vec::new())).with_allow_auto_topic_creation(false);
+        let resp = self.conn.call(&req, METADATA_V).await?;
+        let mut ids: Vec<i32> = resp.brokers.iter().map(|b| b.node_id.0).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     pub async fn leaders(&mut self, topic: &str) -> Result<std::collections::BTreeMap<i32, String>, ClientError> {
         let req = MetadataRequest::default()
             .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name(topic)))]))

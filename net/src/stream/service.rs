@@ -4,6 +4,17 @@
 //! a single node: every query). Queries run in this process, each as a
 //! [`runner`](super::runner) task; their batches are computed here, not yet
 //! as jobs on the cluster's workers.
+//!
+//! In a cluster every node watches the definitions against the brokers
+//! Metadata names live: a query whose owner stayed fenced for
+//! [`TAKEOVER_AFTER_CHECKS`] checks is taken over by the live node with
+//! the smallest id (it writes the definition with itself as owner and
+//! resumes the query from its logs), and a node that finds a query it runs
+//! owned by another node stops it. Two runners at once — views of the
+//! cluster that differ for a moment, an owner cut off but not dead — cost
+//! work, not correctness: the offset log's first entry for a batch wins
+//! and the sink's sequences make a second writer's chunks duplicates
+//! (the book's "Exactly once").
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +27,12 @@ use super::logs::{Logs, STREAMS_TOPIC, read_definitions, timed};
 use super::runner::{self, RunnerHandle};
 use crate::batch::proto::{StreamInfo, StreamSpec};
 
+/// How often a cluster node checks who owns each query.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// Checks in a row that must find a query's owner fenced before another
+/// node takes the query over (the controller fences a node 1.5 s after
+/// its last heartbeat; this rides out a node that restarts at once).
+const TAKEOVER_AFTER_CHECKS: u32 = 3;
 /// How long `stop` waits for the query's task to end.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 const UNKNOWN_TOPIC: i16 = 3;
@@ -34,6 +51,7 @@ struct Inner {
     /// Starts and stops one at a time (a name is checked, then taken).
     changing: tokio::sync::Mutex<()>,
     resume: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Clone)]
@@ -52,19 +70,26 @@ impl StreamService {
             queries: Mutex::default(),
             changing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(None),
+            watch: Mutex::new(None),
         });
         let s = StreamService { inner };
         let bg = s.clone();
         let task = tokio::spawn(async move { bg.resume().await });
         *lock(&s.inner.resume) = Some(task);
+        if !single {
+            let bg = s.clone();
+            *lock(&s.inner.watch) = Some(tokio::spawn(async move { bg.watch().await }));
+        }
         s
     }
 
     /// Stops every query task of this node (the node is shutting down;
     /// their definitions stay, so they resume when it starts again).
     pub fn shutdown(&self) {
-        if let Some(t) = lock(&self.inner.resume).take() {
-            t.abort();
+        for slot in [&self.inner.resume, &self.inner.watch] {
+            if let Some(t) = lock(slot).take() {
+                t.abort();
+            }
         }
         for q in lock(&self.inner.queries).values() {
             q.runner.task.abort();
@@ -78,7 +103,7 @@ impl StreamService {
     async fn resume(&self) {
         let mut attempt = 0u32;
         let defs = loop {
-            let mut logs = Logs::new(&self.inner.kafka);
+            let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]);
             match read_definitions(&mut logs).await {
                 Ok((current, _)) => break current,
                 Err(e) => {
@@ -113,6 +138,85 @@ impl StreamService {
         }
     }
 
+    /// Cluster mode: the ownership checks, for as long as the node runs.
+    async fn watch(&self) {
+        let mut missing: BTreeMap<String, u32> = BTreeMap::new();
+        let mut failures = 0u32;
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            match self.check_owners(&mut missing).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    // A fresh cluster has no definitions topic yet: say so
+                    // only when it lasts.
+                    if failures.is_multiple_of(10) {
+                        tracing::warn!(%e, failures, "stream query ownership checks keep failing; trying again");
+                    } else {
+                        tracing::debug!(%e, "stream query ownership check failed; trying again");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One check: stop the queries another node took over, take over the
+    /// queries whose owner is gone if this node is the successor.
+    /// `missing` counts, per query, the checks in a row that found its
+    /// owner fenced.
+    async fn check_owners(&self, missing: &mut BTreeMap<String, u32>) -> Result<(), crate::client::ClientError> {
+        // The definitions only: another query log may be offline with the
+        // dead node (one not replicated yet), and must not stop the check.
+        let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]);
+        let (current, _) = read_definitions(&mut logs).await?;
+        let live = timed(logs.client().await?.live_brokers()).await?;
+        let me = self.inner.node;
+        let _guard = self.inner.changing.lock().await;
+        let defs: BTreeMap<String, QueryDef> =
+            current.iter().filter_map(|(name, bytes)| QueryDef::from_json(bytes).ok().map(|d| (name.clone(), d))).collect();
+        let running = |q: &Query| !q.runner.task.is_finished();
+        let taken: Vec<(String, u32)> = self
+            .queries()
+            .iter()
+            .filter(|(_, q)| running(q))
+            .filter_map(|(name, _)| defs.get(name).filter(|d| d.owner != me).map(|d| (name.clone(), d.owner)))
+            .collect();
+        for (name, owner) in taken {
+            tracing::warn!(query = %name, owner, "stream query taken over by another node; stopping it here");
+            if let Some(q) = self.queries().remove(&name) {
+                q.runner.stop();
+            }
+        }
+        missing.retain(|name, _| defs.contains_key(name));
+        let successor = live.first().copied();
+        for (name, def) in defs {
+            if live.contains(&(def.owner as i32)) {
+                missing.remove(&name);
+                continue;
+            }
+            let checks = missing.entry(name.clone()).or_default();
+            *checks += 1;
+            if *checks < TAKEOVER_AFTER_CHECKS || successor != Some(me as i32) || self.queries().get(&name).is_some_and(running) {
+                continue;
+            }
+            let plan = match def.plan() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(query = %name, %e, "not taking over a stream query: its SQL no longer plans");
+                    continue;
+                }
+            };
+            let gone = def.owner;
+            let def = QueryDef { owner: me, ..def };
+            logs.append(STREAMS_TOPIC, &name, Some(&def.to_json())).await?;
+            tracing::warn!(query = %name, from = gone, "taking over a stream query: its node is gone; resuming it from its logs");
+            let runner = runner::spawn(def.clone(), plan, &self.inner.kafka);
+            self.queries().insert(name.clone(), Query { def, runner });
+            missing.remove(&name);
+        }
+        Ok(())
+    }
+
     /// Defines and starts a query; the answer to print, or why not.
     pub async fn start_query(&self, spec: StreamSpec) -> Result<String, String> {
         check_name(&spec.name)?;
@@ -143,10 +247,10 @@ impl StreamService {
         }
         let input = plan.input_topic().to_string();
         let sink = plan.sink_topic().to_string();
-        if partitions(&mut logs, &input).await.map_err(unreachable)? == 0 {
+        if partitions_soon(&mut logs, &input).await.map_err(unreachable)? == 0 {
             return Err(format!("unknown topic '{input}': the query reads topic('{input}', ...), which does not exist on the cluster"));
         }
-        let sink_partitions = partitions(&mut logs, &sink).await.map_err(unreachable)?;
+        let sink_partitions = partitions_soon(&mut logs, &sink).await.map_err(unreachable)?;
         if sink_partitions == 0 {
             return Err(format!("unknown topic '{sink}': the query writes INSERT INTO {sink}, which does not exist; create it first (millrace topic create {sink})"));
         }
@@ -213,6 +317,21 @@ impl StreamService {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The topic's partition count, waiting up to two seconds for one that is
+/// not known yet: in a cluster a topic created a moment ago reaches this
+/// node's metadata shortly after the controller committed it (Kafka
+/// clients wait for it the same way). 0 when it does not exist.
+async fn partitions_soon(logs: &mut Logs, topic: &str) -> Result<u32, crate::client::ClientError> {
+    for _ in 0..20 {
+        let n = partitions(logs, topic).await?;
+        if n > 0 {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    partitions(logs, topic).await
 }
 
 /// The topic's partition count; 0 when it does not exist.
