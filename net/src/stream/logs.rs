@@ -50,6 +50,9 @@ pub struct Logs {
     ensured: bool,
     /// The internal topics it creates on first use.
     topics: &'static [&'static str],
+    /// Those of them created compacted: only the last record per key
+    /// matters, so the log stays as small as the set of keys.
+    compacted: &'static [&'static str],
     /// Per topic: the next offset to read.
     cursors: BTreeMap<&'static str, i64>,
 }
@@ -67,7 +70,14 @@ impl Logs {
 
     /// Logs in other internal topics (the connectors').
     pub fn for_topics(bootstrap: &str, topics: &'static [&'static str]) -> Logs {
-        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, topics, cursors: BTreeMap::new() }
+        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, topics, compacted: &[], cursors: BTreeMap::new() }
+    }
+
+    /// Creates `topics` (some of those it handles) with
+    /// `cleanup.policy=compact`.
+    pub fn compacting(mut self, topics: &'static [&'static str]) -> Logs {
+        self.compacted = topics;
+        self
     }
 
     pub fn bootstrap(&self) -> &str {
@@ -112,7 +122,10 @@ impl Logs {
                 Err(e) => return Err(e),
             };
             if !exists {
-                let configs = vec![("retention.ms".to_string(), "-1".to_string()), ("retention.bytes".to_string(), "-1".to_string())];
+                let mut configs = vec![("retention.ms".to_string(), "-1".to_string()), ("retention.bytes".to_string(), "-1".to_string())];
+                if self.compacted.contains(&topic) {
+                    configs.push(("cleanup.policy".to_string(), "compact".to_string()));
+                }
                 match self.with(async |c| c.create_topic_with_rf(topic, 1, -1, &configs).await).await {
                     Err(e) if e.code() != Some(TOPIC_ALREADY_EXISTS) => return Err(e),
                     _ => {}
