@@ -99,8 +99,17 @@ impl ConnectService {
     async fn resume(&self) {
         let mut attempt = 0u32;
         let defs = loop {
-            let mut l = logs(&self.inner.kafka);
+            // Reading does not create the topics: at start the other
+            // brokers may not be registered, and a topic created then
+            // would have one replica.
+            let mut l = logs(&self.inner.kafka).without_creating();
             match read_definitions(&mut l).await {
+                // Nothing defined, or a restarted cluster node whose
+                // metadata has not caught up yet: look again for a while.
+                Ok((current, _)) if current.is_empty() && attempt < crate::stream::logs::EMPTY_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 Ok((current, _)) => break current,
                 Err(e) => {
                     attempt += 1;

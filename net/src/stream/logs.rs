@@ -53,9 +53,19 @@ pub struct Logs {
     /// Those of them created compacted: only the last record per key
     /// matters, so the log stays as small as the set of keys.
     compacted: &'static [&'static str],
+    /// Whether reading creates the topics first. A node resuming its
+    /// queries at start must not: the cluster's other brokers may not be
+    /// registered yet, and a topic created then gets the replication
+    /// factor of the brokers live at that moment (one), so it would die
+    /// with its node.
+    create: bool,
     /// Per topic: the next offset to read.
     cursors: BTreeMap<&'static str, i64>,
 }
+
+/// Reads, 250 ms apart, that a node resuming at start makes while it finds
+/// no definitions (its metadata may not know the topic for a moment).
+pub(crate) const EMPTY_RETRIES: u32 = 40;
 
 pub(crate) async fn timed<T>(f: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
     tokio::time::timeout(REQUEST_TIMEOUT, f)
@@ -70,7 +80,13 @@ impl Logs {
 
     /// Logs in other internal topics (the connectors').
     pub fn for_topics(bootstrap: &str, topics: &'static [&'static str]) -> Logs {
-        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, topics, compacted: &[], cursors: BTreeMap::new() }
+        Logs { bootstrap: bootstrap.to_string(), client: None, ensured: false, topics, compacted: &[], create: true, cursors: BTreeMap::new() }
+    }
+
+    /// Reads without creating: a topic that does not exist reads as empty.
+    pub fn without_creating(mut self) -> Logs {
+        self.create = false;
+        self
     }
 
     /// Creates `topics` (some of those it handles) with
@@ -178,7 +194,17 @@ impl Logs {
     /// The records appended to `topic` since the last call (from its log
     /// start on the first), in log order.
     pub async fn read_new(&mut self, topic: &'static str) -> Result<Vec<Entry>, ClientError> {
-        self.ensure_topics().await?;
+        if self.create {
+            self.ensure_topics().await?;
+        } else {
+            let exists = self.with(async |c| c.metadata(Some(&[topic]), false).await.map(|t| t.iter().any(|t| !t.partitions.is_empty()))).await;
+            match exists {
+                Ok(true) => {}
+                Ok(false) => return Ok(Vec::new()),
+                Err(e) if e.code() == Some(UNKNOWN_TOPIC) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        }
         let start = self.with(async |c| c.list_offset(topic, 0, -2).await).await?;
         let end = self.with(async |c| c.list_offset(topic, 0, -1).await).await?;
         let mut offset = self.cursors.get(topic).copied().unwrap_or(start).max(start);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use millrace_core::stream::QueryStatus;
 
 use super::def::{QueryDef, check_name, mode_text, trigger_text};
-use super::logs::{Logs, STREAMS_TOPIC, read_definitions, timed};
+use super::logs::{EMPTY_RETRIES, Logs, STREAMS_TOPIC, read_definitions, timed};
 use super::runner::{self, RunnerHandle};
 use crate::batch::proto::{StreamInfo, StreamSpec};
 
@@ -103,8 +103,14 @@ impl StreamService {
     async fn resume(&self) {
         let mut attempt = 0u32;
         let defs = loop {
-            let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]);
+            let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]).without_creating();
             match read_definitions(&mut logs).await {
+                // Nothing defined, or a restarted cluster node whose
+                // metadata has not caught up yet: look again for a while.
+                Ok((current, _)) if current.is_empty() && attempt < EMPTY_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 Ok((current, _)) => break current,
                 Err(e) => {
                     attempt += 1;
@@ -167,7 +173,7 @@ impl StreamService {
     async fn check_owners(&self, missing: &mut BTreeMap<String, u32>) -> Result<(), crate::client::ClientError> {
         // The definitions only: another query log may be offline with the
         // dead node (one not replicated yet), and must not stop the check.
-        let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]);
+        let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]).without_creating();
         let (current, _) = read_definitions(&mut logs).await?;
         let live = timed(logs.client().await?.live_brokers()).await?;
         let me = self.inner.node;
