@@ -3,7 +3,8 @@
 //! topic to another; node 1 is SIGKILLed and stays dead while producers
 //! keep writing; node 2 (the live node with the smallest id) takes the
 //! query over once the controller has fenced node 1, resumes it from its
-//! logs, and every id ends up in the output exactly once.
+//! logs, and every id ends up in the output exactly once; node 3 lists
+//! it as running on node 2.
 
 #![cfg(not(madsim))]
 
@@ -91,6 +92,10 @@ fn a_query_is_taken_over_when_its_node_dies() {
     assert!(d.contains("node:             2"), "{d}");
     let node3 = cluster.millrace(&["stream", "describe", "copy", "--server", &cluster.batch(3)]);
     assert!(!node3.status.success(), "node 3 must not run it too: {}", String::from_utf8_lossy(&node3.stdout));
+    let err = String::from_utf8_lossy(&node3.stderr);
+    assert!(err.contains("runs on node 2"), "node 3 points to the owner: {err}");
+    let list = ok(&cluster, &["stream", "list", "--server", &cluster.batch(3)]);
+    assert!(list.lines().any(|l| l.starts_with("copy ") && l.contains("on node 2")), "{list}");
 
     wait_until("every id in the output", &cluster, Duration::from_secs(30), || ids(&cluster, &k2, "copied").len() == 600);
     std::thread::sleep(Duration::from_millis(600)); // a duplicate would show by now

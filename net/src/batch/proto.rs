@@ -167,7 +167,7 @@ pub struct StreamSpec {
 }
 
 /// One stream query as `millrace stream list|describe` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StreamInfo {
     pub name: String,
     pub sql: String,

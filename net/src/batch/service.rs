@@ -1014,8 +1014,8 @@ async fn stream_request(s: &StreamService, request: Request) -> Reply {
     let answer = match request {
         Request::StreamStart(spec) => s.start_query(spec).await.map(Reply::Done),
         Request::StreamStop { name } => s.stop_query(&name).await.map(Reply::Done),
-        Request::StreamList => Ok(Reply::Streams(s.list())),
-        Request::StreamDescribe { name } => s.describe(&name).map(|i| Reply::Streams(vec![i])),
+        Request::StreamList => Ok(Reply::Streams(s.list().await)),
+        Request::StreamDescribe { name } => s.describe(&name).await.map(|i| Reply::Streams(vec![i])),
         _ => Err("not a stream request".to_string()),
     };
     answer.unwrap_or_else(Reply::Error)

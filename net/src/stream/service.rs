@@ -312,12 +312,49 @@ impl StreamService {
         Ok(if ended { format!("stream query {name} stopped") } else { format!("stream query {name} stopped (its last batch was still running after {} s)", STOP_WAIT.as_secs()) })
     }
 
-    pub fn list(&self) -> Vec<StreamInfo> {
-        self.queries().values().map(|q| info(q, self.inner.node)).collect()
+    /// This node's queries, then (in a cluster) those defined to run on
+    /// other nodes, with the node as their state.
+    pub async fn list(&self) -> Vec<StreamInfo> {
+        let mut out: Vec<StreamInfo> = self.queries().values().map(|q| info(q, self.inner.node)).collect();
+        for (name, def) in self.elsewhere().await {
+            if !out.iter().any(|q| q.name == name) {
+                out.push(StreamInfo {
+                    name,
+                    sql: def.spec.sql.clone(),
+                    owner: def.owner,
+                    state: format!("on node {}", def.owner),
+                    trigger: trigger_text(def.spec.trigger),
+                    output_mode: mode_text(def.spec.output_mode),
+                    ..StreamInfo::default()
+                });
+            }
+        }
+        out
     }
 
-    pub fn describe(&self, name: &str) -> Result<StreamInfo, String> {
-        self.queries().get(name).map(|q| info(q, self.inner.node)).ok_or_else(|| format!("no stream query named {name} on node {}", self.inner.node))
+    pub async fn describe(&self, name: &str) -> Result<StreamInfo, String> {
+        if let Some(q) = self.queries().get(name) {
+            return Ok(info(q, self.inner.node));
+        }
+        match self.elsewhere().await.get(name) {
+            Some(def) => Err(format!("stream query {name} runs on node {}, not on node {}: ask that node (its --server address)", def.owner, self.inner.node)),
+            None => Err(format!("no stream query named {name} on node {}", self.inner.node)),
+        }
+    }
+
+    /// The queries defined to run on other nodes (none on a single node,
+    /// or when the definitions cannot be read now).
+    async fn elsewhere(&self) -> BTreeMap<String, QueryDef> {
+        if self.inner.single {
+            return BTreeMap::new();
+        }
+        let mut logs = Logs::for_topics(&self.inner.kafka, &[STREAMS_TOPIC]).without_creating();
+        let Ok((current, _)) = read_definitions(&mut logs).await else { return BTreeMap::new() };
+        current
+            .into_iter()
+            .filter_map(|(name, bytes)| QueryDef::from_json(&bytes).ok().map(|d| (name, d)))
+            .filter(|(_, d)| d.owner != self.inner.node)
+            .collect()
     }
 }
 
