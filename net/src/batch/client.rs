@@ -80,24 +80,34 @@ pub fn run_query(server: &str, sql: &str, shuffle_partitions: Option<u32>, mut o
     Ok(millrace_engine::job::decode_results(&parts)?)
 }
 
+/// One request to the node at `server` and its reply; a `Reply::Error`
+/// becomes the error (the one line the CLI prints).
+pub fn call(server: &str, request: &Request) -> anyhow::Result<Reply> {
+    let mut stream = connect(server)?;
+    write_frame(&mut stream, request).map_err(|e| lost(server, e))?;
+    match read_frame::<Reply>(&mut stream).map_err(|e| lost(server, e))? {
+        Reply::Error(e) => bail!("{e}"),
+        r => Ok(r),
+    }
+}
+
+/// The message of a `Reply::Done`.
+pub fn done(server: &str, reply: Reply) -> anyhow::Result<String> {
+    match reply {
+        Reply::Done(msg) => Ok(msg),
+        other => bail!("unexpected answer from {server}: {other:?}"),
+    }
+}
+
 /// The live workers and the jobs of the node at `server` (or one job).
 pub fn status(server: &str, job: Option<JobId>) -> anyhow::Result<Status> {
-    let mut stream = connect(server)?;
-    write_frame(&mut stream, &Request::Status { job }).map_err(|e| lost(server, e))?;
-    match read_frame::<Reply>(&mut stream).map_err(|e| lost(server, e))? {
+    match call(server, &Request::Status { job })? {
         Reply::Status(status) => Ok(status),
-        Reply::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer from {server}: {other:?}"),
     }
 }
 
 /// Cancels `job` through the node at `server`; the answer to print.
 pub fn cancel(server: &str, job: JobId) -> anyhow::Result<String> {
-    let mut stream = connect(server)?;
-    write_frame(&mut stream, &Request::Cancel { job }).map_err(|e| lost(server, e))?;
-    match read_frame::<Reply>(&mut stream).map_err(|e| lost(server, e))? {
-        Reply::Done(msg) => Ok(msg),
-        Reply::Error(e) => bail!("{e}"),
-        other => bail!("unexpected answer from {server}: {other:?}"),
-    }
+    done(server, call(server, &Request::Cancel { job })?)
 }

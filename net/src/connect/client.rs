@@ -3,24 +3,8 @@
 
 use anyhow::bail;
 
-use crate::batch::client::{connect, lost};
-use crate::batch::proto::{ConnectSpec, ConnectorInfo, Reply, Request, read_frame, write_frame};
-
-fn call(server: &str, request: &Request) -> anyhow::Result<Reply> {
-    let mut stream = connect(server)?;
-    write_frame(&mut stream, request).map_err(|e| lost(server, e))?;
-    match read_frame::<Reply>(&mut stream).map_err(|e| lost(server, e))? {
-        Reply::Error(e) => bail!("{e}"),
-        r => Ok(r),
-    }
-}
-
-fn done(server: &str, r: Reply) -> anyhow::Result<String> {
-    match r {
-        Reply::Done(msg) => Ok(msg),
-        other => bail!("unexpected answer from {server}: {other:?}"),
-    }
-}
+use crate::batch::client::{call, done};
+use crate::batch::proto::{ConnectSpec, ConnectorInfo, Reply, Request};
 
 fn connectors(server: &str, r: Reply) -> anyhow::Result<Vec<ConnectorInfo>> {
     match r {

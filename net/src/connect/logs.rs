@@ -64,20 +64,7 @@ pub async fn append_offset(logs: &mut Logs, name: &str, record: &OffsetRecord) -
 /// Every connector's current definition (stopped ones left out), and the
 /// last definition ever stored per name.
 pub async fn read_definitions(logs: &mut Logs) -> Result<(BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>), ClientError> {
-    let mut current = BTreeMap::new();
-    let mut last = BTreeMap::new();
-    for e in logs.read_new(CONNECTORS_TOPIC).await? {
-        match e.value {
-            Some(v) => {
-                last.insert(e.key.clone(), v.clone());
-                current.insert(e.key, v);
-            }
-            None => {
-                current.remove(&e.key);
-            }
-        }
-    }
-    Ok((current, last))
+    logs.read_keyed(CONNECTORS_TOPIC).await
 }
 
 #[cfg(test)]

@@ -4,25 +4,8 @@
 
 use anyhow::bail;
 
-use crate::batch::client::{connect, lost};
-use crate::batch::proto::{Reply, Request, StreamInfo, StreamSpec, read_frame, write_frame};
-
-fn call(server: &str, request: &Request) -> anyhow::Result<Reply> {
-    let mut stream = connect(server)?;
-    write_frame(&mut stream, request).map_err(|e| lost(server, e))?;
-    let reply = read_frame::<Reply>(&mut stream).map_err(|e| lost(server, e))?;
-    match reply {
-        Reply::Error(e) => bail!("{e}"),
-        r => Ok(r),
-    }
-}
-
-fn done(server: &str, r: Reply) -> anyhow::Result<String> {
-    match r {
-        Reply::Done(msg) => Ok(msg),
-        other => bail!("unexpected answer from {server}: {other:?}"),
-    }
-}
+use crate::batch::client::{call, done};
+use crate::batch::proto::{Reply, Request, StreamInfo, StreamSpec};
 
 fn streams(server: &str, r: Reply) -> anyhow::Result<Vec<StreamInfo>> {
     match r {

@@ -193,6 +193,26 @@ impl Logs {
 
     /// The records appended to `topic` since the last call (from its log
     /// start on the first), in log order.
+    /// A keyed topic read as a table from the start: per key, the current
+    /// value (tombstoned keys left out), and the last value ever stored
+    /// (tombstoned or not).
+    pub async fn read_keyed(&mut self, topic: &'static str) -> Result<(BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>), ClientError> {
+        let mut current = BTreeMap::new();
+        let mut last = BTreeMap::new();
+        for e in self.read_new(topic).await? {
+            match e.value {
+                Some(v) => {
+                    last.insert(e.key.clone(), v.clone());
+                    current.insert(e.key, v);
+                }
+                None => {
+                    current.remove(&e.key);
+                }
+            }
+        }
+        Ok((current, last))
+    }
+
     pub async fn read_new(&mut self, topic: &'static str) -> Result<Vec<Entry>, ClientError> {
         if self.create {
             self.ensure_topics().await?;
@@ -329,18 +349,5 @@ impl QueryLogs {
 /// Every query's current definition, by name (tombstoned names left out),
 /// and the last definition ever stored per name (tombstoned or not).
 pub async fn read_definitions(logs: &mut Logs) -> Result<(BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>), ClientError> {
-    let mut current = BTreeMap::new();
-    let mut last = BTreeMap::new();
-    for e in logs.read_new(STREAMS_TOPIC).await? {
-        match e.value {
-            Some(v) => {
-                last.insert(e.key.clone(), v.clone());
-                current.insert(e.key, v);
-            }
-            None => {
-                current.remove(&e.key);
-            }
-        }
-    }
-    Ok((current, last))
+    logs.read_keyed(STREAMS_TOPIC).await
 }
