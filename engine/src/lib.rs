@@ -22,6 +22,7 @@ pub mod plan;
 pub mod reference;
 pub mod shuffle;
 pub mod source;
+pub mod spill;
 pub mod sql;
 pub mod stream;
 #[cfg(feature = "testing")]

@@ -13,6 +13,7 @@ use crate::physical::{PlannerConfig, Stage, cut};
 use crate::plan::LogicalPlan;
 use crate::shuffle;
 use crate::source::TopicReader;
+use crate::spill::Spill;
 
 /// Shuffle blocks by (shuffle, map partition, reduce partition).
 #[derive(Default)]
@@ -33,6 +34,7 @@ impl MemoryShuffle {
 struct Inputs<'a> {
     shuffle: &'a MemoryShuffle,
     topics: Option<&'a dyn TopicReader>,
+    spill: Option<Spill<'a>>,
 }
 
 impl TaskInputs for Inputs<'_> {
@@ -54,6 +56,9 @@ impl TaskInputs for Inputs<'_> {
     fn topics(&self) -> Option<&dyn TopicReader> {
         self.topics
     }
+    fn spill(&self) -> Option<Spill<'_>> {
+        self.spill
+    }
 }
 
 /// Runs every stage of `plan` and returns the result batches in
@@ -67,6 +72,12 @@ pub fn run_local(
 }
 
 pub fn run_stages(stages: &[Stage], topics: Option<&dyn TopicReader>) -> Result<Vec<RecordBatch>> {
+    run_stages_spilling(stages, topics, None)
+}
+
+/// [`run_stages`] with a memory limit per task, past which wide operators
+/// spill into `spill`'s space.
+pub fn run_stages_spilling(stages: &[Stage], topics: Option<&dyn TopicReader>, spill: Option<Spill<'_>>) -> Result<Vec<RecordBatch>> {
     let mut store = MemoryShuffle::default();
     let mut result = Vec::new();
     for stage in stages {
@@ -77,6 +88,7 @@ pub fn run_stages(stages: &[Stage], topics: Option<&dyn TopicReader>) -> Result<
                 &Inputs {
                     shuffle: &store,
                     topics,
+                    spill,
                 },
             )
             .map_err(|e| match e {
