@@ -281,8 +281,12 @@ fn each_part(
                 let over = spill.is_some_and(|s| run.bytes > s.limit_bytes);
                 let batches = run.read()?;
                 if over && level + 1 < spill::MAX_LEVEL {
-                    let again = spill::buffer(batches.into_iter().map(Ok::<_, TaskError>), schema.to_arrow(), keys_of, spill, level + 1, true)?;
-                    each_part(again, schema, keys_of, spill, level + 1, f)?;
+                    match spill::buffer(batches.into_iter().map(Ok::<_, TaskError>), schema.to_arrow(), keys_of, spill, level + 1, true)? {
+                        // One key (or keys that hash alike at every
+                        // level): splitting again gains nothing.
+                        Buffered::Runs(mut one) if one.len() == 1 => f(one.remove(0).read()?)?,
+                        again => each_part(again, schema, keys_of, spill, level + 1, f)?,
+                    }
                 } else {
                     f(batches)?;
                 }
@@ -328,6 +332,8 @@ fn join_at(spec: &JoinSpec, left: Stream<'_>, right: Stream<'_>, spill: Option<S
     };
     let mut l: Vec<Option<Run>> = by_index(l);
     let mut r: Vec<Option<Run>> = by_index(r);
+    // A split into one run (one join key) would only repeat itself.
+    let split = (0..spill::FANOUT).filter(|&k| l[k].is_some() || r[k].is_some()).count() > 1;
     let mut out = Vec::new();
     for k in 0..spill::FANOUT {
         let (lr, rr) = (l[k].take(), r[k].take());
@@ -337,7 +343,7 @@ fn join_at(spec: &JoinSpec, left: Stream<'_>, right: Stream<'_>, spill: Option<S
         let bytes = lr.as_ref().map_or(0, |x| x.bytes) + rr.as_ref().map_or(0, |x| x.bytes);
         let lb = lr.map(Run::read).transpose()?.unwrap_or_default();
         let rb = rr.map(Run::read).transpose()?.unwrap_or_default();
-        if spill.is_some_and(|s| bytes > 2 * s.limit_bytes) && level + 1 < spill::MAX_LEVEL {
+        if split && spill.is_some_and(|s| bytes > 2 * s.limit_bytes) && level + 1 < spill::MAX_LEVEL {
             out.extend(join_at(spec, Box::new(lb.into_iter().map(Ok)), Box::new(rb.into_iter().map(Ok)), spill, level + 1)?);
         } else {
             out.push(hash_join(&lb, &rb, spec)?);

@@ -39,6 +39,7 @@ use millrace_core::batch::{
 use crate::error::Result;
 use crate::exec::{FetchFailed, TaskError, TaskInputs, TaskOutput, run_task};
 use crate::exec_err;
+use crate::spill::Spill;
 use crate::physical::{Stage, StageOutput, StagePlan};
 use crate::shuffle;
 use crate::source::TopicReader;
@@ -184,6 +185,7 @@ pub struct FetchFrom<'a, F> {
     task: &'a TaskDesc,
     fetch: F,
     topics: Option<&'a dyn TopicReader>,
+    spill: Option<Spill<'a>>,
 }
 
 impl<'a, F> FetchFrom<'a, F>
@@ -195,7 +197,14 @@ where
             task,
             fetch,
             topics: None,
+            spill: None,
         }
+    }
+
+    /// The task's memory limit and spill space (none: no limit).
+    pub fn with_spill(mut self, spill: Option<Spill<'a>>) -> Self {
+        self.spill = spill;
+        self
     }
 
     /// Where topic scans read from (none: a topic source fails the task).
@@ -231,6 +240,10 @@ where
 
     fn topics(&self) -> Option<&dyn TopicReader> {
         self.topics
+    }
+
+    fn spill(&self) -> Option<Spill<'_>> {
+        self.spill
     }
 }
 

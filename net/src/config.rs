@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub broker: BrokerConfig,
 }
 
+/// A task's memory limit (Spark gives a task about this much of a 1 GB
+/// executor's unified memory).
+pub const DEFAULT_TASK_MEMORY_MB: u64 = 256;
+
 /// The batch service's settings (`[batch]` in the TOML file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -58,6 +62,9 @@ pub struct BatchConfig {
     pub peers: Vec<String>,
     /// Ended jobs kept for `millrace job status`.
     pub retained_jobs: usize,
+    /// Megabytes of rows an aggregate or a join in one task may hold
+    /// before it spills them to `<data dir>/spill`; 0: never spill.
+    pub task_memory_mb: u64,
     /// For tests: every task sleeps this long before it runs (so a test
     /// can kill a node while a job is under way).
     pub task_delay_ms: u64,
@@ -73,6 +80,7 @@ impl Default for BatchConfig {
             heartbeat_ms: 1_000,
             peers: Vec::new(),
             retained_jobs: 100,
+            task_memory_mb: DEFAULT_TASK_MEMORY_MB,
             task_delay_ms: 0,
             driver: DriverConfig::default(),
         }

@@ -237,6 +237,11 @@ struct SqlArgs {
     /// Task slots (threads) of a local run [default: the number of cores].
     #[arg(long)]
     slots: Option<u32>,
+    /// Megabytes an aggregate or join of one task may hold before it spills
+    /// to the temp directory (0: never) [default: 256; a cluster's nodes use
+    /// their batch.task_memory_mb].
+    #[arg(long)]
+    task_memory_mb: Option<u64>,
     /// Reduce partitions per shuffle [default: 2 x the task slots, the
     /// cluster's with --server].
     #[arg(long)]
@@ -467,6 +472,9 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
         if args.slots.is_some() {
             bail!("--slots is for local runs; a node's task slots are its batch.slots setting (--batch-slots)");
         }
+        if args.task_memory_mb.is_some() {
+            bail!("--task-memory-mb is for local runs; a node's limit is its batch.task_memory_mb setting");
+        }
         return sql_on_cluster(&args, &server);
     }
     let mut config = local::LocalConfig::default();
@@ -476,6 +484,9 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
     }
     if let Some(p) = args.shuffle_partitions {
         config.planner.shuffle_partitions = p.max(1);
+    }
+    if let Some(m) = args.task_memory_mb {
+        config.task_memory_mb = m;
     }
     let topics = millrace_net::batch::topics::KafkaTopics::new(&args.bootstrap);
     config.topics = Some(std::sync::Arc::new(topics.clone()));
@@ -493,9 +504,16 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let mut bar = progress::StageBar::new();
-    let batches = local::run(&plan, &config, |p| bar.update(p))?;
+    let spilled = std::sync::Arc::new(local::Spilled::default());
+    let batches = local::run_counting(&plan, &config, &spilled, |p| bar.update(p))?;
     bar.finish();
-    print_result(&args, &batches, started)
+    let (bytes, runs) = (spilled.bytes.load(std::sync::atomic::Ordering::Relaxed), spilled.runs.load(std::sync::atomic::Ordering::Relaxed));
+
+    print_result(&args, &batches, started)?;
+    if bytes > 0 {
+        eprintln!("spilled {:.1} MB to disk in {runs} runs (over --task-memory-mb {})", bytes as f64 / 1e6, config.task_memory_mb);
+    }
+    Ok(())
 }
 
 #[cfg(feature = "batch")]

@@ -257,3 +257,42 @@ fn restarted_nodes_rejoin_as_drivers_and_workers() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tasks_over_their_memory_limit_spill_and_give_the_same_rows() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempdir("spill");
+    let (sales, products, _) = write_data(&dir, 200_000);
+    // A 1 MB limit per task: the join's sides and the COUNT DISTINCT's
+    // input (a few MB per task) must go to disk.
+    let cluster = Cluster::start(&dir, "[batch]\nslots = 2\ntask_memory_mb = 1\n");
+    let sql = format!(
+        "SELECT p.category, s.region, count(*) AS n, sum(s.qty) AS q, count(DISTINCT s.amount) AS amounts FROM read_csv('{sales}', 4) s JOIN read_csv('{products}') p ON s.product = p.product GROUP BY p.category, s.region ORDER BY p.category, s.region"
+    );
+    let plain = run_to_csv(&cluster, &["--local", "--task-memory-mb", "0"], &sql, &dir.join("plain.csv"));
+    assert_eq!(plain.lines().count(), 1 + 7 * 4, "{plain}");
+    let out = dir.join("spilled.csv");
+    let o = cluster.millrace(&["sql", "--local", "--task-memory-mb", "1", "--output", &out.display().to_string(), &sql]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains("MB to disk in"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), plain);
+    // On the cluster the nodes' own limit applies, and they say they spilled.
+    assert_eq!(run_to_csv(&cluster, &["--server", &cluster.batch(2), "--shuffle-partitions", "3"], &sql, &dir.join("cluster.csv")), plain);
+    let logs: String = (1..=3).map(|n| std::fs::read_to_string(dir.join(format!("cluster/node-{n}/server.log"))).unwrap_or_default()).collect();
+    assert!(logs.contains("spilled") && logs.contains("over batch.task_memory_mb = 1"), "no node logged a spill:\n{}", cluster.logs());
+    // Spill files are anonymous: nothing is left in a node's spill directory.
+    let mut used = 0;
+    for n in 1..=3 {
+        let spill = dir.join(format!("cluster/node-{n}/data/spill"));
+        if let Ok(d) = std::fs::read_dir(&spill) {
+            used += 1;
+            let left = d.count();
+            assert_eq!(left, 0, "{} holds {left} files", spill.display());
+        }
+    }
+    assert!(used > 0, "no node created its spill directory");
+    let o = cluster.millrace(&["sql", "--server", &cluster.batch(1), "--task-memory-mb", "1", &sql]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("batch.task_memory_mb"));
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,18 +19,21 @@ fn seeds_pass_and_replay_to_the_same_digest() {
 /// The faults do happen and the recovery paths run: over a few hundred
 /// seeds there are crashes, fetch failures (some across a split), injected
 /// task failures, speculative copies, kills, messages lost with broken
-/// connections.
+/// connections; and in some seeds tasks spill.
 #[test]
 fn the_faults_exercise_every_recovery_path() {
     let mut total = Stats::default();
     let mut seeds_with_fetch_failures = 0;
+    let mut seeds_spilling = 0;
     for seed in 0..300 {
         let r = run_seed(seed, false);
         assert_eq!(r.failure, None, "seed {seed}\n{}", r.scenario);
         seeds_with_fetch_failures += u64::from(r.stats.fetch_failures > 0);
+        seeds_spilling += u64::from(r.spilled_bytes > 0);
         total.add(&r.stats);
     }
-    eprintln!("{total:?}; {seeds_with_fetch_failures} seeds with fetch failures");
+    eprintln!("{total:?}; {seeds_with_fetch_failures} seeds with fetch failures; {seeds_spilling} with tasks that spilled");
+    assert!(seeds_spilling > 30, "only {seeds_spilling} seeds spilled");
     assert!(
         total.crashes > 20
             && total.fetch_failures > 20

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ use millrace_engine::physical::{PlannerConfig, StagePlan, cut};
 use millrace_engine::plan::LogicalPlan;
 use millrace_engine::shuffle;
 use millrace_engine::source::TopicReader;
+use millrace_engine::spill::Spill;
+
+use super::spill::DiskSpace;
 
 /// Shuffle blocks by (job, shuffle, map partition), one per reduce partition.
 type Blocks = Arc<Mutex<BTreeMap<(JobId, StageId, u32), Arc<Vec<Vec<u8>>>>>>;
@@ -32,12 +36,16 @@ pub struct LocalConfig {
     pub driver: DriverConfig,
     /// Where `topic('name')` scans read from (none: they fail).
     pub topics: Option<Arc<dyn TopicReader + Send + Sync>>,
+    /// Megabytes an aggregate or join of one task may hold before it
+    /// spills to `spill_dir`; 0: never spill.
+    pub task_memory_mb: u64,
+    pub spill_dir: std::path::PathBuf,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2);
-        LocalConfig { slots: cores, planner: PlannerConfig { shuffle_partitions: cores.max(2) * 2 }, driver: DriverConfig::default(), topics: None }
+        LocalConfig { slots: cores, planner: PlannerConfig { shuffle_partitions: cores.max(2) * 2 }, driver: DriverConfig::default(), topics: None, task_memory_mb: crate::config::DEFAULT_TASK_MEMORY_MB, spill_dir: std::env::temp_dir() }
     }
 }
 
@@ -50,6 +58,7 @@ struct Inputs<'a> {
     blocks: &'a Blocks,
     job: JobId,
     topics: Option<&'a (dyn TopicReader + Send + Sync)>,
+    spill: Option<Spill<'a>>,
 }
 
 impl TaskInputs for Inputs<'_> {
@@ -68,9 +77,20 @@ impl TaskInputs for Inputs<'_> {
     fn topics(&self) -> Option<&dyn TopicReader> {
         self.topics.map(|t| t as &dyn TopicReader)
     }
+
+    fn spill(&self) -> Option<Spill<'_>> {
+        self.spill
+    }
 }
 
-fn execute(task: &TaskDesc, blocks: &Blocks, topics: Option<&(dyn TopicReader + Send + Sync)>) -> TaskOutcome {
+/// What the tasks of a local run spilled, for the summary line.
+#[derive(Default)]
+pub struct Spilled {
+    pub bytes: AtomicU64,
+    pub runs: AtomicU64,
+}
+
+fn execute(task: &TaskDesc, blocks: &Blocks, topics: Option<&(dyn TopicReader + Send + Sync)>, memory: (u64, &std::path::Path), spilled: &Spilled) -> TaskOutcome {
     let plan = match StagePlan::from_bytes(&task.payload) {
         Ok(p) => p,
         Err(e) => return TaskOutcome::Failed { reason: e.to_string() },
@@ -86,7 +106,11 @@ fn execute(task: &TaskDesc, blocks: &Blocks, topics: Option<&(dyn TopicReader + 
             }
         }
     }
-    match run_task(&plan, task.partition, &Inputs { blocks, job: task.job, topics }) {
+    let space = DiskSpace::new(memory.1.to_path_buf());
+    let ran = run_task(&plan, task.partition, &Inputs { blocks, job: task.job, topics, spill: space.limit(memory.0) });
+    spilled.bytes.fetch_add(space.written(), Ordering::Relaxed);
+    spilled.runs.fetch_add(space.runs(), Ordering::Relaxed);
+    match ran {
         Ok(TaskOutput::Shuffle(parts)) => {
             if let Ok(mut store) = blocks.lock() {
                 store.insert((task.job, task.stage, task.partition), Arc::new(parts));
@@ -101,7 +125,12 @@ fn execute(task: &TaskDesc, blocks: &Blocks, topics: Option<&(dyn TopicReader + 
 
 /// Runs `plan` to completion and returns its rows in partition order.
 /// `progress` is called whenever a task starts or ends.
-pub fn run(plan: &LogicalPlan, config: &LocalConfig, mut progress: impl FnMut(&JobProgress)) -> anyhow::Result<Vec<RecordBatch>> {
+pub fn run(plan: &LogicalPlan, config: &LocalConfig, progress: impl FnMut(&JobProgress)) -> anyhow::Result<Vec<RecordBatch>> {
+    run_counting(plan, config, &Arc::default(), progress)
+}
+
+/// [`run`], adding what the tasks spilled to `spilled`.
+pub fn run_counting(plan: &LogicalPlan, config: &LocalConfig, spilled: &Arc<Spilled>, mut progress: impl FnMut(&JobProgress)) -> anyhow::Result<Vec<RecordBatch>> {
     let stages = cut(plan, config.planner)?;
     let spec = job_spec(&stages);
     let start = Instant::now();
@@ -114,6 +143,7 @@ pub fn run(plan: &LogicalPlan, config: &LocalConfig, mut progress: impl FnMut(&J
     let mut threads = Vec::new();
     for i in 0..config.slots.max(1) {
         let (rx, tx, blocks, topics) = (Arc::clone(&task_rx), done_tx.clone(), Arc::clone(&blocks), config.topics.clone());
+        let (memory, dir, spilled) = (config.task_memory_mb, config.spill_dir.clone(), Arc::clone(spilled));
         threads.push(std::thread::Builder::new().name(format!("task-{i}")).spawn(move || {
             loop {
                 let task = match rx.lock() {
@@ -123,7 +153,7 @@ pub fn run(plan: &LogicalPlan, config: &LocalConfig, mut progress: impl FnMut(&J
                     },
                     Err(_) => return,
                 };
-                let outcome = execute(&task, &blocks, topics.as_deref());
+                let outcome = execute(&task, &blocks, topics.as_deref(), (memory, &dir), &spilled);
                 if tx.send(Done { attempt: task.attempt, outcome }).is_err() {
                     return;
                 }

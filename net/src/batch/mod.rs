@@ -11,6 +11,8 @@ pub mod output;
 pub mod proto;
 #[cfg(not(madsim))]
 pub mod service;
+#[cfg(not(madsim))]
+pub mod spill;
 
 #[cfg(not(madsim))]
 pub mod topics;

@@ -71,6 +71,7 @@ const FRAME_MARGIN: usize = 64 << 10;
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 use super::proto::{job_name, job_node};
+use super::spill::DiskSpace;
 use super::topics::KafkaTopics;
 use crate::connect::service::ConnectService;
 use crate::stream::service::StreamService;
@@ -85,6 +86,8 @@ pub struct BatchSetup {
     /// This node's Kafka listener, where `topic('name')` scans read (the
     /// client routes each partition to its leader); none: topics are refused.
     pub kafka: Option<String>,
+    /// Where tasks spill (`<data dir>/spill`).
+    pub spill_dir: std::path::PathBuf,
 }
 
 /// A running batch service; dropping it stops it.
@@ -109,7 +112,7 @@ impl BatchService {
         let peers = addrs.peers.iter().map(|(id, a)| (*id as u32, *a)).collect();
         let ip = if config.listen.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { config.listen.ip() };
         let kafka = Some(SocketAddr::new(ip, listen_port).to_string());
-        match Self::start(BatchSetup { node, listen: addrs.listen, peers, config: config.batch.clone(), kafka }).await {
+        match Self::start(BatchSetup { node, listen: addrs.listen, peers, config: config.batch.clone(), kafka, spill_dir: config.data_dir.join("spill") }).await {
             Ok(s) => Ok(Some(s)),
             Err(e) if addrs.derived => {
                 tracing::warn!("batch service disabled: {e:#} (set batch_listen to choose its address)");
@@ -143,6 +146,8 @@ impl BatchService {
             transport: transport.clone(),
             task_delay: Duration::from_millis(setup.config.task_delay_ms),
             topics: setup.kafka.as_deref().map(KafkaTopics::new),
+            spill_dir: setup.spill_dir.clone(),
+            task_memory_mb: setup.config.task_memory_mb,
         });
         let (done_tx, done) = mpsc::unbounded_channel();
         let pool = start_pool(slots, &exec, done_tx)?;
@@ -220,6 +225,8 @@ struct Exec {
     task_delay: Duration,
     /// Reads `topic('name')` scans through this node's broker.
     topics: Option<KafkaTopics>,
+    spill_dir: std::path::PathBuf,
+    task_memory_mb: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -306,10 +313,20 @@ impl Exec {
         let too_large = Mutex::new(None);
         let task = &t.task;
         let fetch = |shuffle: StageId, loc: &MapLocation, reduce: u32| self.fetch(task, &t.cancel, shuffle, loc, reduce, &too_large);
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| match &self.topics {
-            Some(topics) => execute(task, &FetchFrom::new(task, fetch).with_topics(topics)),
-            None => execute(task, &FetchFrom::new(task, fetch)),
+        let space = DiskSpace::new(self.spill_dir.clone());
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let inputs = FetchFrom::new(task, fetch).with_spill(space.limit(self.task_memory_mb));
+            match &self.topics {
+                Some(topics) => execute(task, &inputs.with_topics(topics)),
+                None => execute(task, &inputs),
+            }
         }));
+        if space.written() > 0 {
+            tracing::info!(
+                "task {}.{}.{} spilled {:.1} MB in {} runs (over batch.task_memory_mb = {})",
+                task.job, task.stage, task.partition, space.written() as f64 / 1e6, space.runs(), self.task_memory_mb
+            );
+        }
         let mut executed = ran.unwrap_or_else(|panic| {
             let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
             Executed { outcome: TaskOutcome::Failed { reason: format!("the task panicked: {msg}") }, blocks: None }

@@ -34,7 +34,8 @@ use millrace_core::batch::{JobId, MapLocation, StageId, TaskDesc};
 use millrace_core::rng::Rng;
 use millrace_engine::dataset::Context;
 use millrace_engine::job::{Executed, FetchFrom, decode_results, execute, job_spec};
-use millrace_engine::local::run_local;
+use millrace_engine::local::run_stages_spilling;
+use millrace_engine::spill::{MemorySpace, Spill};
 use millrace_engine::physical::{PlannerConfig, cut};
 use millrace_engine::plan::LogicalPlan;
 use millrace_engine::reference::{Row, evaluate, same_rows};
@@ -45,12 +46,17 @@ use millrace_engine::value::batches_to_rows;
 use super::sim::{self, Fault, FaultKind, Sim, Stats};
 
 /// Runs tasks with the engine: decode the stage plan, fetch blocks
-/// through the harness, execute.
-pub struct EngineExecutor;
+/// through the harness, execute. With a memory limit, aggregates and
+/// joins past it spill (into memory: the simulator touches no disk).
+pub struct EngineExecutor {
+    pub task_memory: Option<usize>,
+    pub space: MemorySpace,
+}
 
 impl sim::Executor for EngineExecutor {
     fn execute(&mut self, task: &TaskDesc, fetch: &dyn Fn(StageId, &MapLocation, u32) -> Option<Vec<u8>>) -> Executed {
-        execute(task, &FetchFrom::new(task, fetch))
+        let spill = self.task_memory.map(|limit_bytes| Spill { limit_bytes, space: &self.space });
+        execute(task, &FetchFrom::new(task, fetch).with_spill(spill))
     }
 }
 
@@ -96,6 +102,9 @@ pub struct Scenario {
     pub workers: usize,
     pub jobs: Vec<JobPlan>,
     pub faults: Vec<Fault>,
+    /// Bytes a task's aggregate or join may hold before it spills (one seed
+    /// in three; a few kB or less, so spilling happens).
+    pub task_memory: Option<usize>,
 }
 
 const WORDS: [&str; 12] = ["the", "cat", "dog", "a", "sat", "on", "mat", "ran", "far", "and", "then", "slept"];
@@ -236,8 +245,8 @@ impl Scenario {
                     let config = PlannerConfig { shuffle_partitions: p.shuffle_partitions + (rng.next_u64() % 5) as u32 };
                     let reference = evaluate(&p.plan, None).expect("the reference evaluates a random plan");
                     let expect = if p.limit_unordered() {
-                        let local = run_local(&p.plan, config, None).expect("a random plan runs locally");
-                        Expect::CountAndLocal { count: reference.len(), local: batches_to_rows(&local) }
+                        // The local rows are computed once the memory limit is drawn.
+                        Expect::CountAndLocal { count: reference.len(), local: Vec::new() }
                     } else {
                         Expect::Rows { rows: reference, ordered: p.ordered() }
                     };
@@ -284,7 +293,19 @@ impl Scenario {
                 Fault { at, worker, kind }
             })
             .collect();
-        Scenario { seed, workers, jobs, faults }
+        // Drawn last, so the rest of a seed's scenario is as it was before.
+        let task_memory = (rng.next_u64() % 3 == 0).then(|| [0, 200, 2_000][(rng.next_u64() % 3) as usize]);
+        // Which rows an unordered LIMIT keeps depends on the order rows
+        // reach it, which spilling changes: the same engine run decides.
+        let space = MemorySpace::default();
+        let spill = task_memory.map(|limit_bytes| Spill { limit_bytes, space: &space });
+        for j in &mut jobs {
+            if let Expect::CountAndLocal { local, .. } = &mut j.expect {
+                let stages = cut(&j.plan, j.config).expect("a random plan cuts");
+                *local = batches_to_rows(&run_stages_spilling(&stages, None, spill).expect("a random plan runs locally"));
+            }
+        }
+        Scenario { seed, workers, jobs, faults, task_memory }
     }
 
     /// A readable account: workers, jobs with their stages and plans,
@@ -329,21 +350,27 @@ pub struct SeedRun {
     pub history: Vec<String>,
     pub digest: u64,
     pub stats: Stats,
+    /// Bytes the tasks wrote to runs.
+    pub spilled_bytes: u64,
 }
 
 /// Runs the scenario of `seed`; `record` keeps its history.
 pub fn run_seed(seed: u64, record: bool) -> SeedRun {
     let scenario = Scenario::new(seed);
-    let mut sim = Sim::new(seed, scenario.workers, EngineExecutor);
+    let mut sim = Sim::new(seed, scenario.workers, EngineExecutor { task_memory: scenario.task_memory, space: MemorySpace::default() });
     if record {
         sim.record();
     }
     let settings = format!(
-        "slots {:?}; speculation quantile {} multiplier {}; {}% of task runs fail (once per partition)",
+        "slots {:?}; speculation quantile {} multiplier {}; {}% of task runs fail (once per partition); {}",
         sim.slots(),
         sim.config().speculation_quantile,
         sim.config().speculation_multiplier,
-        sim.fail_pct()
+        sim.fail_pct(),
+        match scenario.task_memory {
+            Some(b) => format!("tasks spill past {b} bytes"),
+            None => "no memory limit".to_string(),
+        }
     );
     let mut failure = None;
     for j in &scenario.jobs {
@@ -370,5 +397,6 @@ pub fn run_seed(seed: u64, record: bool) -> SeedRun {
         history: sim.history().to_vec(),
         digest: sim.digest(),
         stats: sim.stats(),
+        spilled_bytes: sim.executor().space.written(),
     }
 }

@@ -290,6 +290,10 @@ impl<E: Executor> Sim<E> {
     /// first 50 ms), speculation as Spark's defaults or more eager, a
     /// random rate of injected task failures. Add jobs and faults, then
     /// [`Sim::run`].
+    pub fn executor(&self) -> &E {
+        &self.executor
+    }
+
     pub fn new(seed: u64, workers: usize, executor: E) -> Self {
         let mut rng = Rng::new(seed);
         // Speculation as configured by default, or more eager (so several
