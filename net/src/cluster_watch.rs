@@ -23,10 +23,11 @@ impl ClusterWatch {
             }
             self.controller = Some((leader, term));
         }
-        let fenced: Vec<i32> = image.brokers.iter().filter(|(_, b)| b.fenced).map(|(id, _)| *id).collect();
-        if fenced != self.fenced {
-            tracing::info!(node = me, ?fenced, "fenced brokers changed");
-            self.fenced = fenced;
+        // Compared without allocating: this runs every turn of the loop.
+        let now = image.brokers.iter().filter(|(_, b)| b.fenced).map(|(id, _)| *id);
+        if !now.clone().eq(self.fenced.iter().copied()) {
+            self.fenced = now.collect();
+            tracing::info!(node = me, fenced = ?self.fenced, "fenced brokers changed");
         }
     }
 }
