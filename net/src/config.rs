@@ -65,6 +65,9 @@ pub struct BatchConfig {
     /// Megabytes of rows an aggregate or a join in one task may hold
     /// before it spills them to `<data dir>/spill`; 0: never spill.
     pub task_memory_mb: u64,
+    /// Megabytes of map outputs (shuffle blocks) this node holds in memory;
+    /// past it a new map output is written to `<data dir>/spill` (0: all).
+    pub shuffle_memory_mb: u64,
     /// For tests: every task sleeps this long before it runs (so a test
     /// can kill a node while a job is under way).
     pub task_delay_ms: u64,
@@ -81,6 +84,7 @@ impl Default for BatchConfig {
             peers: Vec::new(),
             retained_jobs: 100,
             task_memory_mb: DEFAULT_TASK_MEMORY_MB,
+            shuffle_memory_mb: 1024,
             task_delay_ms: 0,
             driver: DriverConfig::default(),
         }

@@ -264,8 +264,9 @@ fn tasks_over_their_memory_limit_spill_and_give_the_same_rows() {
     let dir = tempdir("spill");
     let (sales, products, _) = write_data(&dir, 200_000);
     // A 1 MB limit per task: the join's sides and the COUNT DISTINCT's
-    // input (a few MB per task) must go to disk.
-    let cluster = Cluster::start(&dir, "[batch]\nslots = 2\ntask_memory_mb = 1\n");
+    // input (a few MB per task) must go to disk; and every map output is
+    // written to disk (no memory for shuffle blocks).
+    let cluster = Cluster::start(&dir, "[batch]\nslots = 2\ntask_memory_mb = 1\nshuffle_memory_mb = 0\n");
     let sql = format!(
         "SELECT p.category, s.region, count(*) AS n, sum(s.qty) AS q, count(DISTINCT s.amount) AS amounts FROM read_csv('{sales}', 4) s JOIN read_csv('{products}') p ON s.product = p.product GROUP BY p.category, s.region ORDER BY p.category, s.region"
     );
@@ -280,6 +281,7 @@ fn tasks_over_their_memory_limit_spill_and_give_the_same_rows() {
     assert_eq!(run_to_csv(&cluster, &["--server", &cluster.batch(2), "--shuffle-partitions", "3"], &sql, &dir.join("cluster.csv")), plain);
     let logs: String = (1..=3).map(|n| std::fs::read_to_string(dir.join(format!("cluster/node-{n}/server.log"))).unwrap_or_default()).collect();
     assert!(logs.contains("spilled") && logs.contains("over batch.task_memory_mb = 1"), "no node logged a spill:\n{}", cluster.logs());
+    assert!(logs.contains("written to disk (over batch.shuffle_memory_mb = 0"), "no map output went to disk:\n{}", cluster.logs());
     // Spill files are anonymous: nothing is left in a node's spill directory.
     let mut used = 0;
     for n in 1..=3 {

@@ -4,6 +4,8 @@
 //! the cluster's `millrace serve` nodes (`service`, reached with `client`).
 
 #[cfg(not(madsim))]
+pub mod blocks;
+#[cfg(not(madsim))]
 pub mod client;
 #[cfg(not(madsim))]
 pub mod local;

@@ -8,8 +8,9 @@
 //! with every live node of the cluster as a worker, itself included. Every
 //! node runs one core [`Worker`] machine per driver it serves (each node of
 //! the cluster), all sharing one pool of task threads (`batch.slots`, the
-//! number of cores by default) and one in-memory store of shuffle blocks,
-//! keyed by (job, shuffle, map partition). Job ids carry their driver's
+//! number of cores by default) and one store of shuffle blocks (in memory,
+//! on disk past `batch.shuffle_memory_mb`: `blocks.rs`), keyed by (job,
+//! shuffle, map partition). Job ids carry their driver's
 //! node id in the high 32 bits, so they are unique across drivers and a
 //! worker knows whose job a block belongs to.
 //!
@@ -71,6 +72,7 @@ const FRAME_MARGIN: usize = 64 << 10;
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 use super::proto::{job_name, job_node};
+use super::blocks::BlockStore;
 use super::spill::DiskSpace;
 use super::topics::KafkaTopics;
 use crate::connect::service::ConnectService;
@@ -140,7 +142,7 @@ impl BatchService {
         let exec = Arc::new(Exec {
             me: setup.node,
             incarnation,
-            store: Mutex::default(),
+            store: Mutex::new(BlockStore::new(setup.config.shuffle_memory_mb, setup.spill_dir.clone())),
             fetches: Mutex::default(),
             next_fetch: AtomicU64::new(1),
             transport: transport.clone(),
@@ -210,14 +212,12 @@ impl Drop for BatchService {
 // Tasks: a pool of threads, shuffle blocks in memory, fetches
 // ---------------------------------------------------------------------------
 
-type Store = BTreeMap<(JobId, StageId, u32), Arc<Vec<Vec<u8>>>>;
-
 /// What the task threads share with the service loop.
 struct Exec {
     me: u32,
     incarnation: u64,
     /// Map outputs held: one block per reduce partition.
-    store: Mutex<Store>,
+    store: Mutex<BlockStore>,
     /// Fetches waiting for a `Block`: id -> (node asked, where to answer).
     fetches: Mutex<BTreeMap<u64, (u32, std::sync::mpsc::Sender<Fetched>)>>,
     next_fetch: AtomicU64,
@@ -234,7 +234,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Exec {
-    fn store(&self) -> MutexGuard<'_, Store> {
+    fn store(&self) -> MutexGuard<'_, BlockStore> {
         lock(&self.store)
     }
 
@@ -248,7 +248,8 @@ impl Exec {
             if loc.worker_epoch != self.incarnation {
                 return None;
             }
-            return self.store().get(&(task.job, shuffle, loc.map_partition)).and_then(|b| b.get(reduce as usize).cloned());
+            let found = self.store().locate(&(task.job, shuffle, loc.map_partition), reduce);
+            return found?.read();
         }
         let peer = u64::from(loc.worker);
         if !self.transport.peers().contains_key(&peer) {
@@ -634,7 +635,8 @@ impl Node {
                 let fetched = if epoch != self.incarnation {
                     Fetched::Missing
                 } else {
-                    match self.exec.store().get(&(job, shuffle, map_partition)).and_then(|b| b.get(reduce as usize).cloned()) {
+                    let found = self.exec.store().locate(&(job, shuffle, map_partition), reduce);
+                    match found.and_then(|f| f.read()) {
                         Some(b) if b.len() > MAX_FRAME_BYTES - FRAME_MARGIN => Fetched::TooLarge(b.len() as u64),
                         Some(b) => Fetched::Block(b),
                         None => Fetched::Missing,
@@ -689,7 +691,7 @@ impl Node {
             }
         }
         self.running.retain(|(d, _), _| *d != driver);
-        self.exec.store().retain(|(job, _, _), _| job_node(*job) != driver);
+        self.exec.store().retain(|(job, _, _)| job_node(*job) != driver);
         let config = WorkerConfig { id: self.me, slots: self.slots, heartbeat_ms: self.config.heartbeat_ms.max(10) };
         self.served.insert(driver, Served { driver_incarnation, generation, machine: Worker::new(config, self.incarnation) });
         self.worker_step(driver, WorkerInput::Start);
@@ -725,7 +727,7 @@ impl Node {
                         c.store(true, Ordering::Relaxed);
                     }
                 }
-                WorkerEffect::DeleteShuffle(job) => self.exec.store().retain(|(j, _, _), _| *j != job),
+                WorkerEffect::DeleteShuffle(job) => self.exec.store().retain(|(j, _, _)| *j != job),
                 WorkerEffect::Timer { at } => {
                     self.timers.insert(at);
                 }
@@ -747,7 +749,17 @@ impl Node {
             outcome = TaskOutcome::Killed;
         }
         if let (TaskOutcome::Success { .. }, Some(blocks)) = (&outcome, blocks) {
-            self.exec.store().insert((d.job, d.stage, d.partition), Arc::new(blocks));
+            let mut store = self.exec.store();
+            let before = store.spilled_outputs;
+            if let Err(e) = store.insert((d.job, d.stage, d.partition), blocks) {
+                tracing::warn!("{e}");
+            }
+            if store.spilled_outputs > before {
+                tracing::info!(
+                    "map output {}.{}.{} written to disk (over batch.shuffle_memory_mb = {}; {:.1} MB of map outputs on disk so far)",
+                    d.job, d.stage, d.partition, self.config.shuffle_memory_mb, store.spilled_bytes as f64 / 1e6
+                );
+            }
         }
         self.local_finished(d.driver, d.attempt, outcome);
     }
