@@ -80,6 +80,7 @@ struct Slot {
 }
 
 /// Up to 8 bytes as a little-endian integer, zero-padded.
+#[inline(always)]
 fn pack(b: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     buf[..b.len()].copy_from_slice(b);
@@ -89,6 +90,7 @@ fn pack(b: &[u8]) -> u64 {
 /// A fixed (seedless) hash: deterministic across runs and machines. A
 /// folded multiply (the high and low halves of a 128-bit product xored)
 /// spreads every input bit over the bits hashbrown uses.
+#[inline(always)]
 fn hash(b: &[u8], packed: u64) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let fold = |x: u64| {
@@ -103,6 +105,7 @@ fn hash(b: &[u8], packed: u64) -> u64 {
 }
 
 impl<'a> Groups<'a> {
+    #[inline(always)]
     fn add(&mut self, piece: &'a str) {
         let b = piece.as_bytes();
         if b.is_empty() {
@@ -161,8 +164,17 @@ pub fn split_count(
             // One ASCII byte: a char pattern searches with memchr (see
             // explode.rs); the pieces are the same.
             &[b] if b.is_ascii() => {
+                // An explicit memchr loop rather than `str::split`: the
+                // latter's `next` was left out of line in some builds,
+                // which cost a fifth of the word count's CPU.
                 for line in lines.iter().flatten() {
-                    line.split(b as char).for_each(|p| groups.add(p));
+                    let mut start = 0;
+                    for i in memchr::memchr_iter(b, line.as_bytes()) {
+                        // Next to an ASCII byte: always a char boundary.
+                        groups.add(&line[start..i]);
+                        start = i + 1;
+                    }
+                    groups.add(&line[start..]);
                 }
             }
             _ => {
