@@ -73,7 +73,9 @@ pub enum Source {
         ranges: Vec<TopicRange>,
         #[serde(default)]
         format: Option<TopicFormat>,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        /// Always written (plans travel as bincode, which has no optional
+        /// fields); defaults to false in JSON written before it existed.
+        #[serde(default)]
         table: bool,
     },
 }
