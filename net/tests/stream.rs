@@ -165,6 +165,8 @@ fn produce(bootstrap: &str, topic: &str, lines: &[String]) {
 
 /// Produces `key|value` lines to `topic` as keyed records.
 fn produce_keyed(bootstrap: &str, topic: &str, lines: &[String]) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
     let mut child = Command::new(BIN)
         .args(["produce", topic, "-b", bootstrap, "--key-separator", "|"])
         .stdin(Stdio::piped())
