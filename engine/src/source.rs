@@ -62,11 +62,21 @@ pub enum Source {
     /// A topic's records between offsets, one partition per range (no
     /// ranges: no rows). With a format, the declared columns parsed from
     /// each value follow the topic's own.
+    ///
+    /// With `table`, the topic read as a table (`topic_table()`, a
+    /// compacted topic's view): one partition holding, for each key, the
+    /// latest record of all the ranges, in key order; a record with no
+    /// value (a tombstone) deletes its key, and records with no key are
+    /// not rows. See [`fold_table`].
     Topic {
         topic: String,
         ranges: Vec<TopicRange>,
         #[serde(default)]
         format: Option<TopicFormat>,
+        /// Always written (plans travel as bincode, which has no optional
+        /// fields); defaults to false in JSON written before it existed.
+        #[serde(default)]
+        table: bool,
     },
 }
 
@@ -82,8 +92,10 @@ impl fmt::Display for Source {
                 topic,
                 ranges,
                 format,
+                table,
             } => {
-                write!(f, "topic {topic} ({} partitions)", ranges.len())?;
+                let what = if *table { "table of topic" } else { "topic" };
+                write!(f, "{what} {topic} ({} partitions)", ranges.len())?;
                 match format {
                     Some(fmt) => write!(f, " as {fmt}"),
                     None => Ok(()),
@@ -143,6 +155,7 @@ impl Source {
             | Source::Parquet { partitions, .. }
             | Source::Text { partitions, .. }
             | Source::Memory { partitions, .. } => (*partitions).max(1),
+            Source::Topic { table: true, .. } => 1,
             Source::Topic { ranges, .. } => ranges.len().max(1) as u32,
         }
     }
@@ -260,6 +273,24 @@ impl Source {
                 topic,
                 ranges,
                 format,
+                table: true,
+            } => {
+                let mut parts = Vec::with_capacity(ranges.len());
+                for r in ranges {
+                    let reader = topics.ok_or_else(|| {
+                        exec_err!("no topic reader on this node for topic '{topic}'")
+                    })?;
+                    parts.push((r.partition, reader.read(topic, r.partition, r.start, r.end)?));
+                }
+                let rows = fold_table(parts);
+                let (partitions, records): (Vec<i32>, Vec<TopicRecord>) = rows.into_iter().unzip();
+                topic_batch(&records, &partitions, format.as_ref(), schema)
+            }
+            Source::Topic {
+                topic,
+                ranges,
+                format,
+                table: false,
             } => {
                 let Some(r) = ranges.get(p as usize) else {
                     // A topic scan with no ranges (a stream's empty batch).
@@ -268,7 +299,8 @@ impl Source {
                 let reader = topics
                     .ok_or_else(|| exec_err!("no topic reader on this node for topic '{topic}'"))?;
                 let records = reader.read(topic, r.partition, r.start, r.end)?;
-                topic_batch(&records, r.partition, format.as_ref(), schema)
+                let partitions = vec![r.partition; records.len()];
+                topic_batch(&records, &partitions, format.as_ref(), schema)
             }
         }
     }
@@ -359,9 +391,33 @@ fn text_batches(bytes: &[u8], path: &str) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
+/// A topic as a table: the latest record per key of `parts` (each a
+/// partition's number and its records in offset order), with the partition
+/// it came from, in key order. A record without a value deletes its key;
+/// records without a key are skipped. The partitions are folded in number
+/// order, so a key found in two partitions (a producer that did not
+/// partition by key) takes its value from the higher-numbered one whatever
+/// order `parts` comes in: the result depends only on the records.
+pub fn fold_table(mut parts: Vec<(i32, Vec<TopicRecord>)>) -> Vec<(i32, TopicRecord)> {
+    parts.sort_by_key(|(p, _)| *p);
+    let mut latest: std::collections::BTreeMap<String, (i32, TopicRecord)> =
+        std::collections::BTreeMap::new();
+    for (p, records) in parts {
+        for r in records {
+            let Some(key) = r.key.clone() else { continue };
+            if r.value.is_some() {
+                latest.insert(key, (p, r));
+            } else {
+                latest.remove(&key);
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
 fn topic_batch(
     records: &[TopicRecord],
-    partition: i32,
+    partitions: &[i32],
     format: Option<&TopicFormat>,
     schema: &Schema,
 ) -> Result<Vec<RecordBatch>> {
@@ -378,7 +434,7 @@ fn topic_batch(
                 .map(|r| r.value.as_deref())
                 .collect::<StringArray>(),
         ),
-        Arc::new(Int64Array::from(vec![partition as i64; records.len()])),
+        Arc::new(partitions.iter().map(|p| *p as i64).collect::<Int64Array>()),
         Arc::new(records.iter().map(|r| r.offset).collect::<Int64Array>()),
         Arc::new(TimestampMillisecondArray::from(
             records.iter().map(|r| r.timestamp).collect::<Vec<i64>>(),

@@ -748,11 +748,13 @@ impl Planner<'_> {
                     path,
                 }
             }
-            "topic" => {
+            "topic" | "topic_table" => {
+                let table = name.eq_ignore_ascii_case("topic_table");
+                let func = if table { "topic_table" } else { "topic" };
                 let topic = text(0, "topic name")?;
                 let resolve = self.catalog.topics.as_ref().ok_or_else(|| {
                     plan_err!(
-                        "topic('{topic}'): this context reads no topics (run against a server)"
+                        "{func}('{topic}'): this context reads no topics (run against a server)"
                     )
                 })?;
                 let format = match (positional.get(1), positional.get(2), positional.get(3)) {
@@ -762,7 +764,7 @@ impl Planner<'_> {
                     }
                     _ => {
                         return Err(plan_err!(
-                            "topic() takes a name, or a name, a value format and a schema: topic('{topic}', 'json', 'user STRING, ts TIMESTAMP')"
+                            "{func}() takes a name, or a name, a value format and a schema: {func}('{topic}', 'json', 'user STRING, ts TIMESTAMP')"
                         ));
                     }
                 };
@@ -770,11 +772,12 @@ impl Planner<'_> {
                     ranges: resolve(&topic)?,
                     topic,
                     format,
+                    table,
                 }
             }
             other => {
                 return Err(plan_err!(
-                    "unknown table function {other}() (known: read_csv, read_json, read_parquet, read_text, topic)"
+                    "unknown table function {other}() (known: read_csv, read_json, read_parquet, read_text, topic, topic_table)"
                 ));
             }
         };

@@ -676,6 +676,7 @@ fn the_dataset_api_builds_stream_plans() {
             end: 9,
         }],
         format: Some(TopicFormat::parse("json", "page STRING, ts TIMESTAMP, v BIGINT").unwrap()),
+        table: false,
     })
     .unwrap();
     let plan = scan

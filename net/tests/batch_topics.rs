@@ -3,8 +3,9 @@
 //! - `local_sql_reads_a_topic`: one `millrace serve`; records produced with
 //!   `millrace produce` in batches of every codec; `millrace sql
 //!   --bootstrap` (in-process) and `--server` (the node's batch service)
-//!   count and sum them per key and per partition; an unknown topic and an
-//!   unreachable broker are clear errors.
+//!   count and sum them per key and per partition, and `topic_table()`
+//!   reads the latest value per key; an unknown topic and an unreachable
+//!   broker are clear errors.
 //! - `cluster_sql_reads_a_topic`: the same over `millrace dev-cluster
 //!   --nodes 3`, submitted to each node in turn and run locally through one
 //!   node's Kafka port (the client routes each partition to its leader).
@@ -185,6 +186,17 @@ fn local_sql_reads_a_topic() {
     let r = rows(&dir, &local, r#"SELECT key, value, partition, "offset", timestamp FROM topic('orders') WHERE value = '42'"#, "one");
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!((r[0][0].as_str(), r[0][1].as_str()), ("k0", "42"));
+
+    // The topic as a table: one row per key, its latest value (each key
+    // in one partition, so its last produced record), locally and on the
+    // node.
+    let total = PER_CODEC * CODECS.len() as u64;
+    let latest: Vec<Vec<String>> = (0..KEYS).map(|k| vec![format!("k{k}"), ((0..total).filter(|i| i % KEYS == k).max().unwrap()).to_string()]).collect();
+    for (mode, name) in [(&local[..], "table-local"), (&remote[..], "table-server")] {
+        let mut r = rows(&dir, mode, "SELECT key, value FROM topic_table('orders') ORDER BY key", name);
+        r.sort_by_key(|row| row[0][1..].parse::<u64>().unwrap_or(0));
+        assert_eq!(r, latest, "{name}");
+    }
 
     // Errors: an unknown topic, an unreachable broker; no panics.
     for mode in [&local[..], &remote[..]] {

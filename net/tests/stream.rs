@@ -11,6 +11,10 @@
 //!   exactly once.
 //! - `once_and_available_now_end`: both triggers read what is there and
 //!   finish; available-now in capped batches.
+//! - `a_stream_table_join_sees_table_updates_in_later_batches`: views
+//!   joined with a compacted users topic (`topic_table`), stateless and
+//!   aggregated; a user's row changes between two rounds of views: the
+//!   first round's output keeps the old value, the second has the new.
 //! - `bad_input_is_one_clear_line`: unknown topic, name taken, bad SQL, an
 //!   output mode that does not fit, unknown query, bad flags: exit 1, one
 //!   line, no panic.
@@ -27,6 +31,22 @@ use common::server::*;
 
 fn tempdir(name: &str) -> PathBuf {
     common::server::tempdir("stream", name)
+}
+
+/// Produces `key|value` lines to `topic` as keyed records.
+fn produce_keyed(bootstrap: &str, topic: &str, lines: &[String]) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BIN)
+        .args(["produce", topic, "-b", bootstrap, "--key-separator", "|"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "produce: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Every record of `topic`: (key, value) in partition order.
@@ -186,6 +206,75 @@ fn once_and_available_now_end() {
     stream(&server, &["start", "one", "--sql", &stateless("once_out"), "--trigger", "once", "--from", "earliest"]);
     wait_until("the once query to finish again", Duration::from_secs(10), || field(&describe(&server, "one"), "state:") == "finished");
     assert_eq!(consume(b, "once_out").len(), 100);
+}
+
+#[test]
+fn a_stream_table_join_sees_table_updates_in_later_batches() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&tempdir("join"));
+    let b = server.bootstrap.as_str();
+    ok(&["topic", "create", "users", "-p", "2", "-c", "cleanup.policy=compact", "-b", b]);
+    ok(&["topic", "create", "views", "-p", "2", "-b", b]);
+    ok(&["topic", "create", "enriched", "-p", "1", "-b", b]);
+    ok(&["topic", "create", "by_country", "-p", "1", "-b", b]);
+    let user = |id: &str, country: &str| format!(r#"{id}|{{"country":"{country}"}}"#);
+    produce_keyed(b, "users", &[user("u0", "FR"), user("u1", "FR"), user("u2", "US")]);
+    let views = |from: u64, to: u64| (from..to).map(|i| format!(r#"{{"user":"u{}","seq":{i}}}"#, i % 4)).collect::<Vec<_>>();
+    let from = "FROM topic('views', 'json', 'user STRING, seq BIGINT') v LEFT JOIN topic_table('users', 'json', 'country STRING') u ON v.user = u.key";
+    let enrich = format!("INSERT INTO enriched SELECT v.seq, v.user, u.country {from}");
+    let count = format!("INSERT INTO by_country SELECT u.country, count(*) AS n {from} GROUP BY u.country");
+    stream(&server, &["start", "enrich", "--sql", &enrich, "--trigger", "200ms", "--from", "earliest"]);
+    stream(&server, &["start", "count", "--sql", &count, "--trigger", "200ms", "--from", "earliest", "--output-mode", "update"]);
+    // u3 is not in the table: the left join gives it no country.
+    let mut country: BTreeMap<String, String> = [("u0", "FR"), ("u1", "FR"), ("u2", "US"), ("u3", "null")].iter().map(|(u, c)| (u.to_string(), c.to_string())).collect();
+    let mut want: BTreeMap<u64, String> = BTreeMap::new();
+    for i in 0..30 {
+        want.insert(i, country[&format!("u{}", i % 4)].clone());
+    }
+    produce(b, "views", &views(0, 30));
+    let enriched = || -> BTreeMap<u64, String> {
+        let mut got = BTreeMap::new();
+        for (_, v) in consume(b, "enriched") {
+            let seq: u64 = json_field(&v, "seq").parse().unwrap();
+            assert!(got.insert(seq, json_field(&v, "country")).is_none(), "view {seq} written twice");
+        }
+        got
+    };
+    wait_until("the first round of views, joined", Duration::from_secs(15), || enriched().len() == 30);
+    assert_eq!(enriched(), want);
+    let counts = |want: &BTreeMap<u64, String>| {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for c in want.values() {
+            *counts.entry(c.clone()).or_default() += 1;
+        }
+        counts
+    };
+    let latest = || {
+        let mut got: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, v) in consume(b, "by_country") {
+            got.insert(json_field(&v, "country"), json_field(&v, "n").parse().unwrap());
+        }
+        got
+    };
+    // Both queries are done with the first round before the table changes.
+    wait_until("the first round's counts per country", Duration::from_secs(15), || latest() == counts(&want));
+    // u1 moves; u3 appears. Later batches see the new rows.
+    produce_keyed(b, "users", &[user("u1", "DE"), user("u3", "JP")]);
+    country.insert("u1".into(), "DE".into());
+    country.insert("u3".into(), "JP".into());
+    for i in 30..60 {
+        want.insert(i, country[&format!("u{}", i % 4)].clone());
+    }
+    produce(b, "views", &views(30, 60));
+    wait_until("the second round of views, joined", Duration::from_secs(15), || enriched().len() == 60);
+    assert_eq!(enriched(), want, "the first round keeps the countries of its snapshot");
+    // The aggregate over the join: the latest count per country.
+    wait_until("the counts per country", Duration::from_secs(15), || latest() == counts(&want));
+    let d = describe(&server, "enrich");
+    assert_eq!(field(&d, "state:"), "waiting", "{d}");
+    // A table topic that does not exist is refused when the query starts.
+    let e = fails(&["stream", "start", "nope", "--sql", &enrich.replace("topic_table('users'", "topic_table('nobody'"), "--server", &server.batch]);
+    assert!(e.contains("unknown topic 'nobody'") && e.contains("topic_table('nobody'"), "{e}");
 }
 
 #[test]

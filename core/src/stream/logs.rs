@@ -100,6 +100,7 @@ mod tests {
         OffsetEntry {
             batch,
             ranges: vec![SourceRange { topic: "in".into(), partition: 0, start, end }],
+            tables: Vec::new(),
             watermark: None,
             planned_at: 0,
         }

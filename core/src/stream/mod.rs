@@ -9,7 +9,9 @@
 //!
 //! 1. plan: list the input partitions' high watermarks, fix each
 //!    partition's range `[end of the previous batch, high watermark)` and
-//!    the batch's event-time watermark;
+//!    the batch's event-time watermark; for a query that joins tables
+//!    (compacted topics read as the latest record per key), fix each table
+//!    partition's snapshot `[log start, high watermark)`;
 //! 2. append that [`OffsetEntry`] to the query's offset log (the first entry
 //!    for a batch id in the log wins, so two runners of one query agree);
 //! 3. run the batch: the adapter computes its output from exactly those
@@ -69,6 +71,13 @@ pub struct OffsetEntry {
     pub batch: BatchId,
     /// Every input partition, ordered by (topic, partition).
     pub ranges: Vec<SourceRange>,
+    /// The snapshot of the tables the batch joins: every partition of each
+    /// table topic, ordered by (topic, partition), from its log start to
+    /// its high watermark when the batch was planned. A re-run reads the
+    /// same records, so it joins the same table. Empty for a query without
+    /// tables (and in entries written before tables existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<SourceRange>,
     /// Rows with an event time below this are late and dropped; windows
     /// that end at or before it are final. `None` before any event time.
     pub watermark: Option<i64>,
@@ -128,6 +137,8 @@ pub enum StreamError {
     OffsetsWentBack { topic: String, partition: i32, end: i64, high_watermark: i64 },
     #[error("input partition {topic}[{partition}] disappeared")]
     PartitionGone { topic: String, partition: i32 },
+    #[error("the table topic {topic} the query joins does not exist (it was deleted, or never created)")]
+    TableGone { topic: String },
     #[error("batch {batch} failed {attempts} times in a row; last: {reason}")]
     BatchFailed { batch: BatchId, attempts: u32, reason: String },
     #[error("the offset log answered batch {got} for batch {want}")]

@@ -106,6 +106,7 @@ mod tests {
         OffsetEntry {
             batch: 0,
             ranges: ends.iter().map(|&(partition, end)| SourceRange { topic: "in".into(), partition, start: 0, end }).collect(),
+            tables: Vec::new(),
             watermark: None,
             planned_at: 0,
         }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::logs::{contiguous, recover};
 use super::planner::{PartitionEnd, plan_ranges};
-use super::{BatchId, BatchResult, CommitEntry, OffsetEntry, StreamError, Trigger};
+use super::{BatchId, BatchResult, CommitEntry, OffsetEntry, SourceRange, StreamError, Trigger};
 use crate::Millis;
 
 /// Where a query with no offset log starts reading.
@@ -24,6 +24,10 @@ pub enum StartAt {
 pub struct QueryConfig {
     /// Input topics; every partition of each is read.
     pub inputs: Vec<String>,
+    /// Topics the query joins as tables: each batch's offset entry fixes a
+    /// snapshot of every partition of each (log start to high watermark
+    /// when planned). New records in a table alone do not start a batch.
+    pub tables: Vec<String>,
     pub trigger: Trigger,
     pub start_at: StartAt,
     /// With a watermark: batch N's is the largest event time seen before
@@ -45,6 +49,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         QueryConfig {
             inputs: Vec::new(),
+            tables: Vec::new(),
             trigger: Trigger::Interval { interval_ms: 1_000 },
             start_at: StartAt::Latest,
             watermark_delay_ms: None,
@@ -330,7 +335,9 @@ impl StreamQuery {
                     return self.stop(None, out);
                 }
                 self.phase = Phase::Listing;
-                out.push(QueryEffect::List { topics: self.config.inputs.clone() });
+                let mut topics = self.config.inputs.clone();
+                topics.extend(self.config.tables.iter().filter(|t| !self.config.inputs.contains(t)).cloned());
+                out.push(QueryEffect::List { topics });
             }
             Phase::Recovering { retry_at } if retry_at.is_some_and(|at| at <= now) => {
                 *retry_at = None;
@@ -373,6 +380,12 @@ impl StreamQuery {
     }
 
     fn plan(&mut self, now: Millis, ends: Vec<PartitionEnd>, out: &mut Vec<QueryEffect>) {
+        let (table_ends, ends): (Vec<PartitionEnd>, Vec<PartitionEnd>) =
+            ends.into_iter().partition(|l| self.config.tables.contains(&l.topic) && !self.config.inputs.contains(&l.topic));
+        let tables = match table_snapshot(&self.config.tables, table_ends) {
+            Ok(t) => t,
+            Err(e) => return self.stop(Some(e), out),
+        };
         self.last_listing = ends.clone();
         let listing = match self.config.trigger {
             Trigger::AvailableNow => {
@@ -410,6 +423,7 @@ impl StreamQuery {
         let entry = OffsetEntry {
             batch: prev.map_or(0, |p| p.batch + 1),
             ranges,
+            tables,
             watermark,
             planned_at: now,
         };
@@ -452,6 +466,19 @@ impl StreamQuery {
         out.push(QueryEffect::Stopped { error: error.clone() });
         self.phase = Phase::Stopped { error };
     }
+}
+
+/// Each table partition from its log start to its high watermark, ordered
+/// by (topic, partition); an error if a table topic has no partitions.
+fn table_snapshot(tables: &[String], mut ends: Vec<PartitionEnd>) -> Result<Vec<SourceRange>, StreamError> {
+    if let Some(t) = tables.iter().find(|t| !ends.iter().any(|l| &l.topic == *t)) {
+        return Err(StreamError::TableGone { topic: t.clone() });
+    }
+    ends.sort();
+    Ok(ends
+        .into_iter()
+        .map(|l| SourceRange { topic: l.topic, partition: l.partition, start: l.log_start, end: l.high_watermark.max(l.log_start) })
+        .collect())
 }
 
 #[cfg(test)]

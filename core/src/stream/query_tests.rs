@@ -23,6 +23,7 @@ fn logged(batch: BatchId, ranges: &[(i64, i64)], watermark: Option<i64>) -> Offs
             .enumerate()
             .map(|(p, &(start, end))| SourceRange { topic: "in".into(), partition: p as i32, start, end })
             .collect(),
+        tables: Vec::new(),
         watermark,
         planned_at: 0,
     }
@@ -214,4 +215,52 @@ fn lost_input_stops_the_query_with_its_reason() {
     let [QueryEffect::Stopped { error: Some(e) }] = &out[..] else { panic!("{out:?}") };
     assert!(e.to_string().contains("records 4..6 were deleted"), "{e}");
     assert!(matches!(q.status(), QueryStatus::Stopped { error: Some(_) }));
+}
+
+#[test]
+fn each_batch_fixes_a_snapshot_of_its_tables_and_a_re_run_reads_that_one() {
+    let mut q = StreamQuery::new(QueryConfig { tables: vec!["users".into()], start_at: StartAt::Earliest, ..config(Trigger::Interval { interval_ms: 0 }) });
+    // The listing asks for the table's partitions too.
+    let out = step(&mut q, 0, QueryInput::Recovered { offsets: vec![], commits: vec![] });
+    assert_eq!(only(out), QueryEffect::List { topics: vec!["in".into(), "users".into()] });
+    let table = |p: i32, log_start: i64, hw: i64| PartitionEnd { topic: "users".into(), partition: p, log_start, high_watermark: hw };
+    let QueryInput::Listed { mut ends } = listed(&[4]) else { panic!() };
+    ends.extend([table(1, 0, 3), table(0, 2, 7)]);
+    let effects = step(&mut q, 2, QueryInput::Listed { ends });
+    let QueryEffect::RunBatch { entry, .. } = log_and_run(&mut q, 2, effects) else { panic!() };
+    // Input ranges are only the stream's; the table is log start to high
+    // watermark, per partition in order.
+    assert_eq!(entry.ranges.iter().map(|r| (r.topic.as_str(), r.start, r.end)).collect::<Vec<_>>(), vec![("in", 0, 4)]);
+    assert_eq!(
+        entry.tables.iter().map(|r| (r.topic.as_str(), r.partition, r.start, r.end)).collect::<Vec<_>>(),
+        vec![("users", 0, 2, 7), ("users", 1, 0, 3)]
+    );
+    // The entry round-trips through the log's JSON, and an entry written
+    // before tables existed reads as one without tables.
+    let json = serde_json::to_string(&entry).unwrap();
+    assert_eq!(serde_json::from_str::<OffsetEntry>(&json).unwrap(), entry);
+    let old = serde_json::to_string(&logged(0, &[(0, 4)], None)).unwrap();
+    assert!(!old.contains("tables"), "{old}");
+    assert!(serde_json::from_str::<OffsetEntry>(&old).unwrap().tables.is_empty());
+    // Crash before the commit: the restarted query re-runs the entry as
+    // logged, whatever the table holds now.
+    let mut again = StreamQuery::new(QueryConfig { tables: vec!["users".into()], ..config(Trigger::Interval { interval_ms: 0 }) });
+    let out = step(&mut again, 9, QueryInput::Recovered { offsets: vec![entry.clone()], commits: vec![] });
+    assert_eq!(only(out), QueryEffect::RunBatch { entry: entry.clone(), state_version: None, sink_base: vec![] });
+    // Table records alone do not start a batch.
+    step(&mut q, 3, QueryInput::BatchDone { batch: 0, result: result(None, vec![]) });
+    step(&mut q, 4, QueryInput::CommitLogged { batch: 0 });
+    let QueryInput::Listed { mut ends } = listed(&[4]) else { panic!() };
+    ends.extend([table(1, 0, 9), table(0, 2, 9)]);
+    let out = step(&mut q, 5, QueryInput::Listed { ends });
+    assert!(matches!(&out[..], [QueryEffect::List { .. }] | [QueryEffect::Timer { .. }]), "{out:?}");
+    assert!(!matches!(q.status(), QueryStatus::LoggingOffsets { .. }));
+}
+
+#[test]
+fn a_missing_table_topic_stops_the_query_with_its_name() {
+    let mut q = StreamQuery::new(QueryConfig { tables: vec!["users".into()], start_at: StartAt::Earliest, ..config(Trigger::Interval { interval_ms: 0 }) });
+    step(&mut q, 0, QueryInput::Recovered { offsets: vec![], commits: vec![] });
+    let out = step(&mut q, 1, listed(&[4]));
+    assert!(matches!(&out[..], [QueryEffect::Stopped { error: Some(StreamError::TableGone { topic }) }] if topic == "users"), "{out:?}");
 }

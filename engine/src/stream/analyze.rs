@@ -1,5 +1,6 @@
 //! A stream query, analysed once when it is defined: its one input topic,
-//! the stateless part, and for an aggregation the aggregate and what is
+//! the tables it joins (compacted topics read with `topic_table()`), the
+//! stateless part, and for an aggregation the aggregate and what is
 //! computed above it. Queries a micro-batch engine cannot answer
 //! incrementally are refused here, with Spark's reasons.
 
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::options::{OutputMode, StreamOptions};
 use crate::error::Result;
 use crate::expr::{AggExpr, AggFunc, Expr};
-use crate::plan::LogicalPlan;
+use crate::plan::{JoinKind, LogicalPlan};
 use crate::plan_err;
 use crate::source::Source;
 use crate::sql::{Catalog, plan_insert};
@@ -48,6 +49,10 @@ pub(crate) struct Stateful {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamPlan {
     pub(crate) input_topic: String,
+    /// The topics read as tables (`topic_table()`), sorted, each once:
+    /// every batch joins a snapshot of each, fixed when it is planned.
+    #[serde(default)]
+    pub(crate) tables: Vec<String>,
     pub(crate) sink_topic: String,
     pub(crate) options: StreamOptions,
     /// The whole query; its topic scan has no ranges.
@@ -67,8 +72,9 @@ impl StreamPlan {
         StreamPlan::from_plan(plan, &sink, opts)
     }
 
-    /// The Dataset API path: a plan whose one scan is a `Source::Topic`
-    /// (its ranges are ignored).
+    /// The Dataset API path: a plan whose one stream scan is a
+    /// `Source::Topic`, and whose other scans are topics read as tables
+    /// (their ranges are ignored).
     pub fn from_plan(
         plan: LogicalPlan,
         sink_topic: &str,
@@ -76,7 +82,10 @@ impl StreamPlan {
     ) -> Result<StreamPlan> {
         let mut query = plan;
         let mut topics = Vec::new();
-        clear_ranges(&mut query, &mut topics);
+        let mut tables = Vec::new();
+        clear_ranges(&mut query, &mut topics, &mut tables);
+        tables.sort();
+        tables.dedup();
         // The shape first: a join's error says more than "two scans".
         let stateful = split_aggregate(&query)?;
         match &stateful {
@@ -85,6 +94,12 @@ impl StreamPlan {
         }
         let input_topic = match topics.as_slice() {
             [t] if !t.ends_with("(not a topic)") => t.clone(),
+            [] if !tables.is_empty() => {
+                return Err(plan_err!(
+                    "a stream query must read a stream: FROM topic('name', ...); topic_table('{}', ...) is a table, which a stream can only be joined with",
+                    tables[0]
+                ));
+            }
             [] | [_] => {
                 return Err(plan_err!(
                     "a stream query must read a topic: FROM topic('name', ...), not {}",
@@ -98,12 +113,18 @@ impl StreamPlan {
                 ));
             }
         };
+        if tables.contains(&input_topic) {
+            return Err(plan_err!(
+                "topic '{input_topic}' is read both as the stream and as a table: a stream-table join reads the table from another topic"
+            ));
+        }
         if sink_topic.is_empty() {
             return Err(plan_err!("a stream query needs a sink topic"));
         }
         let output = query.schema()?;
         let p = StreamPlan {
             input_topic,
+            tables,
             sink_topic: sink_topic.to_string(),
             options: opts,
             query,
@@ -169,6 +190,11 @@ impl StreamPlan {
         &self.input_topic
     }
 
+    /// The topics the query joins as tables (`topic_table()`), sorted.
+    pub fn table_topics(&self) -> &[String] {
+        &self.tables
+    }
+
     pub fn sink_topic(&self) -> &str {
         &self.sink_topic
     }
@@ -212,21 +238,40 @@ impl StreamPlan {
     }
 }
 
-/// Empties every topic scan's ranges and collects the topic names.
-fn clear_ranges(plan: &mut LogicalPlan, topics: &mut Vec<String>) {
+/// Empties every topic scan's ranges and collects the names: of the
+/// topics read as streams (and of other sources, marked "(not a topic)")
+/// in `topics`, of the topics read as tables in `tables`.
+fn clear_ranges(plan: &mut LogicalPlan, topics: &mut Vec<String>, tables: &mut Vec<String>) {
     if let LogicalPlan::Scan { source, .. } = plan {
         match source {
-            Source::Topic { topic, ranges, .. } => {
+            Source::Topic {
+                topic,
+                ranges,
+                table,
+                ..
+            } => {
                 ranges.clear();
-                topics.push(topic.clone());
+                if *table {
+                    tables.push(topic.clone());
+                } else {
+                    topics.push(topic.clone());
+                }
             }
             other => topics.push(format!("{other} (not a topic)")),
         }
         return;
     }
     for c in plan.children_mut() {
-        clear_ranges(c, topics);
+        clear_ranges(c, topics, tables);
     }
+}
+
+/// The scans under `plan`: (streams and other sources, tables), as
+/// [`clear_ranges`] names them.
+fn scans(plan: &LogicalPlan) -> (Vec<String>, Vec<String>) {
+    let (mut topics, mut tables) = (Vec::new(), Vec::new());
+    clear_ranges(&mut plan.clone(), &mut topics, &mut tables);
+    (topics, tables)
 }
 
 /// The schema of the plan's (one) scan.
@@ -287,19 +332,36 @@ fn refuse_node(plan: &LogicalPlan) -> Result<()> {
             "which rows are first is not defined on an unbounded stream",
         ),
         LogicalPlan::Distinct { .. } => refuse("DISTINCT", "write it as a GROUP BY of the columns"),
-        LogicalPlan::Join { left, right, .. } => {
-            let topics = |p: &LogicalPlan| {
-                let mut t = Vec::new();
-                clear_ranges(&mut p.clone(), &mut t);
-                t.iter().any(|n| !n.ends_with("(not a topic)"))
-            };
-            if topics(left) && topics(right) {
+        LogicalPlan::Join {
+            left, right, kind, ..
+        } => {
+            let (ls, _) = scans(left);
+            let (rs, _) = scans(right);
+            let stream = |v: &[String]| v.iter().any(|n| !n.ends_with("(not a topic)"));
+            let other = ls.iter().chain(&rs).find(|n| n.ends_with("(not a topic)"));
+            if stream(&ls) && stream(&rs) {
                 refuse(
                     "a join of two streams",
-                    "stream-stream joins need join state and are not implemented",
+                    "stream-stream joins need join state and are not implemented; to join a stream with the latest value per key of a compacted topic, read that side with topic_table('name', ...)",
+                )
+            } else if let Some(o) = other {
+                let o = o.trim_end_matches(" (not a topic)");
+                refuse(
+                    &format!("a join with {o}"),
+                    "the table a stream joins must be a compacted topic read with topic_table('name', ...): its snapshot is fixed per batch by offsets, so a re-run batch joins the same rows; a file may change between a batch and its re-run",
+                )
+            } else if stream(&rs) {
+                refuse(
+                    "a join with the stream on the right",
+                    "write the stream first: FROM topic(...) [LEFT] JOIN topic_table(...) ON ...",
+                )
+            } else if stream(&ls) && matches!(kind, JoinKind::Right | JoinKind::Full) {
+                refuse(
+                    "a RIGHT or FULL OUTER join of a stream with a table",
+                    "it would have to emit the table rows no stream row matched, and no batch knows that none ever will; use an inner or LEFT join, stream on the left",
                 )
             } else {
-                refuse("a join", "stream-static joins are not implemented yet")
+                Ok(())
             }
         }
         LogicalPlan::Union { .. } => refuse("UNION", "a stream query reads one topic"),

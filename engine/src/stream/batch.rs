@@ -7,7 +7,7 @@
 //! lineage like any other), and the state changes in exactly one place,
 //! once per batch, from a result that is the same whichever tasks ran.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -41,16 +41,33 @@ pub struct BatchOutput {
     pub input_rows: u64,
 }
 
-fn set_ranges(plan: &mut LogicalPlan, ranges: &[TopicRange]) {
+/// The snapshot of each table a batch joins: per topic read with
+/// `topic_table()`, the ranges (log start to the high watermark when the
+/// batch was planned) of each partition.
+pub type TableSnapshot = BTreeMap<String, Vec<TopicRange>>;
+
+/// Sets the stream scan's ranges to `ranges`, and each table scan's to
+/// its topic's in `tables` (none if `tables` does not name it).
+fn set_ranges(plan: &mut LogicalPlan, ranges: &[TopicRange], tables: &TableSnapshot) {
     if let LogicalPlan::Scan {
-        source: Source::Topic { ranges: r, .. },
+        source:
+            Source::Topic {
+                topic,
+                ranges: r,
+                table,
+                ..
+            },
         ..
     } = plan
     {
-        *r = ranges.to_vec();
+        *r = if *table {
+            tables.get(topic.as_str()).cloned().unwrap_or_default()
+        } else {
+            ranges.to_vec()
+        };
     }
     for c in plan.children_mut() {
-        set_ranges(c, ranges);
+        set_ranges(c, ranges, tables);
     }
 }
 
@@ -63,13 +80,26 @@ impl StreamPlan {
     /// rows aggregated (`__rows`) and, with a watermark, the group's
     /// largest event time (`__event_time`).
     pub fn batch_plan(&self, ranges: &[TopicRange], watermark: Option<i64>) -> Result<LogicalPlan> {
+        self.batch_plan_with_tables(ranges, &TableSnapshot::new(), watermark)
+    }
+
+    /// [`StreamPlan::batch_plan`] for a query that joins tables: each
+    /// table scan reads its topic's ranges in `tables` (the snapshot the
+    /// batch's offset log entry fixed) and folds them to the latest
+    /// record per key. A table `tables` does not name is empty.
+    pub fn batch_plan_with_tables(
+        &self,
+        ranges: &[TopicRange],
+        tables: &TableSnapshot,
+        watermark: Option<i64>,
+    ) -> Result<LogicalPlan> {
         let Some(s) = &self.stateful else {
             let mut q = self.query.clone();
-            set_ranges(&mut q, ranges);
+            set_ranges(&mut q, ranges, tables);
             return Ok(q);
         };
         let mut input = s.input.clone();
-        set_ranges(&mut input, ranges);
+        set_ranges(&mut input, ranges, tables);
         let mut aggs = partial_aggs(&s.aggs);
         aggs.push((count_star(), "__rows".to_string()));
         if let Some(w) = &self.options.watermark {

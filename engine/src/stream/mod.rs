@@ -24,7 +24,7 @@ mod partial;
 mod state;
 
 pub use analyze::StreamPlan;
-pub use batch::BatchOutput;
+pub use batch::{BatchOutput, TableSnapshot};
 pub use memory::MemoryTopic;
 pub use options::{OutputMode, StreamOptions, Watermark};
 pub use output::{OutputRecord, record as output_record};

@@ -420,7 +420,7 @@ fn prefer_leaders(spec: &mut JobSpec, stages: &[millrace_engine::physical::Stage
     use millrace_engine::source::Source;
     fn walk(op: &Op, topics: &KafkaTopics) -> Option<Vec<Vec<u32>>> {
         match op {
-            Op::Scan { source: Source::Topic { topic, ranges, .. }, .. } => {
+            Op::Scan { source: Source::Topic { topic, ranges, table: false, .. }, .. } => {
                 let leaders = topics.leaders(topic);
                 Some(ranges.iter().map(|r| leaders.get(&r.partition).and_then(|l| u32::try_from(*l).ok()).into_iter().collect()).collect())
             }

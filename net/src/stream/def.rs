@@ -50,6 +50,7 @@ impl QueryDef {
     pub fn config(&self, plan: &StreamPlan) -> QueryConfig {
         QueryConfig {
             inputs: vec![self.input_topic.clone()],
+            tables: plan.table_topics().to_vec(),
             trigger: self.spec.trigger,
             start_at: self.spec.start_at,
             watermark_delay_ms: plan.watermark_delay_ms(),

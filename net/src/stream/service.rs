@@ -256,6 +256,11 @@ impl StreamService {
         if partitions_soon(&mut logs, &input).await.map_err(unreachable)? == 0 {
             return Err(format!("unknown topic '{input}': the query reads topic('{input}', ...), which does not exist on the cluster"));
         }
+        for t in plan.table_topics() {
+            if partitions_soon(&mut logs, t).await.map_err(unreachable)? == 0 {
+                return Err(format!("unknown topic '{t}': the query joins topic_table('{t}', ...), which does not exist on the cluster; create it first (compacted: millrace topic create {t} -c cleanup.policy=compact)"));
+            }
+        }
         let sink_partitions = partitions_soon(&mut logs, &sink).await.map_err(unreachable)?;
         if sink_partitions == 0 {
             return Err(format!("unknown topic '{sink}': the query writes INSERT INTO {sink}, which does not exist; create it first (millrace topic create {sink})"));

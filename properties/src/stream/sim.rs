@@ -263,6 +263,7 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
     fn config(&self) -> QueryConfig {
         QueryConfig {
             inputs: vec![INPUT.into()],
+            tables: Vec::new(),
             trigger: Trigger::Interval { interval_ms: self.scenario.interval_ms },
             start_at: StartAt::Earliest,
             watermark_delay_ms: self.logic.watermark_delay_ms(),
