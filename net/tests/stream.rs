@@ -4,7 +4,8 @@
 //! - `windowed_counts_follow_the_input`: JSON click events in two rounds; a
 //!   windowed count per user in update mode, 200 ms trigger; the latest
 //!   output per group equals the counts the input implies; `list` and
-//!   `describe` show its progress.
+//!   `describe` show its progress; state versions two behind the last
+//!   commit are deleted.
 //! - `exactly_once_across_server_kills`: a stateless query copies ids
 //!   while the server is killed (SIGKILL) twice mid-stream and restarted
 //!   on the same data; producers keep writing; every id is in the output
@@ -97,7 +98,11 @@ fn windowed_counts_follow_the_input() {
     let out = stream(&server, &["start", "wc", "--sql", sql, "--trigger", "200ms", "--output-mode", "update", "--from", "earliest"]);
     assert!(out.contains("stream query wc started"), "{out}");
     wait_until("the first batch", Duration::from_secs(10), || field(&describe(&server, "wc"), "batch:").parse::<u64>().is_ok());
-    produce(b, "clicks", &clicks(90, 180));
+    // Three batches at least, so that a state version gets old enough to
+    // be deleted (checked at the end).
+    produce(b, "clicks", &clicks(90, 135));
+    wait_until("the second batch", Duration::from_secs(10), || field(&describe(&server, "wc"), "batch:").parse::<u64>().is_ok_and(|n| n >= 1));
+    produce(b, "clicks", &clicks(135, 180));
 
     // The latest value per group is the group's count in the input.
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -128,6 +133,13 @@ fn windowed_counts_follow_the_input() {
     let out = stream(&server, &["stop", "wc"]);
     assert!(out.contains("stopped"), "{out}");
     assert_eq!(field(&describe(&server, "wc"), "state:"), "stopped");
+    // Old state versions are deleted (tombstones: a key and no value);
+    // the last commit's is kept.
+    let state = ok(&["consume", "__millrace_stream_state", "--exit-at-end", "--print-key", "-b", &server.bootstrap]);
+    let dropped: Vec<u64> = state.lines().filter_map(|l| l.strip_prefix("wc/")?.strip_suffix('\t')?.parse().ok()).collect();
+    let stored: Vec<u64> = state.lines().filter_map(|l| l.strip_prefix("wc/")?.split_once('\t')).filter(|(_, v)| !v.is_empty()).filter_map(|(k, _)| k.parse().ok()).collect();
+    let last = stored.iter().max().copied().unwrap_or(0);
+    assert!(!dropped.is_empty() && dropped.iter().all(|d| d + 2 <= last), "dropped {dropped:?}, stored {stored:?}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `__millrace_stream_offsets` | query name | JSON [`OffsetEntry`] |
 //! | `__millrace_stream_commits` | query name | JSON [`CommitEntry`] |
-//! | `__millrace_stream_state` | `name/version` | the engine's `StreamState` bytes |
+//! | `__millrace_stream_state` | `name/version` | the engine's `StreamState` bytes; compacted, versions two behind the last commit tombstoned |
 //! | `__millrace_streams` | query name | JSON `QueryDef`; a tombstone when stopped |
 //!
 //! Appends use acks=all. Reads fetch the partition from its log start to
@@ -75,7 +75,12 @@ pub(crate) async fn timed<T>(f: impl std::future::Future<Output = Result<T, Clie
 
 impl Logs {
     pub fn new(bootstrap: &str) -> Logs {
-        Logs::for_topics(bootstrap, &ALL)
+        // Only the state topic: its keys name one version each, and old
+        // versions are deleted with tombstones. The other logs are read
+        // as histories (the first offset entry per batch wins; a stopped
+        // query's last definition names its producer) and must keep every
+        // record.
+        Logs::for_topics(bootstrap, &ALL).compacting(&[STATE_TOPIC])
     }
 
     /// Logs in other internal topics (the connectors').
@@ -322,6 +327,16 @@ impl QueryLogs {
 
     pub async fn log_commit(&mut self, entry: &CommitEntry) -> Result<(), ClientError> {
         self.logs.append(COMMITS_TOPIC, &self.name, Some(&encode(entry))).await
+    }
+
+    /// Deletes state version `version` (a tombstone; the cleaner removes
+    /// it). A query needs only the version its last commit names (a re-run
+    /// of the batch after it starts from that one), so once batch N is
+    /// committed, version N - 2 is never read again.
+    pub async fn drop_state(&mut self, version: BatchId) -> Result<(), ClientError> {
+        self.logs.append(STATE_TOPIC, &format!("{}/{version}", self.name), None).await?;
+        self.states.remove(&version);
+        Ok(())
     }
 
     pub async fn store_state(&mut self, version: BatchId, bytes: &[u8]) -> Result<(), ClientError> {

@@ -184,7 +184,16 @@ impl Runner {
                 }
             }
             QueryEffect::LogCommit { entry } => match self.logs.log_commit(&entry).await {
-                Ok(()) => QueryInput::CommitLogged { batch: entry.batch },
+                Ok(()) => {
+                    if self.plan.is_stateful()
+                        && let Some(old) = entry.batch.checked_sub(2)
+                        && let Err(e) = self.logs.drop_state(old).await
+                    {
+                        // Only space is lost: the next commit drops the next one.
+                        tracing::warn!(query = %self.def.spec.name, version = old, "could not delete an old state version: {e}");
+                    }
+                    QueryInput::CommitLogged { batch: entry.batch }
+                }
                 Err(e) => io("writing the commit log", e),
             },
             QueryEffect::Progress(p) => {
