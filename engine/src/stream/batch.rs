@@ -161,6 +161,22 @@ impl StreamPlan {
         self.finish_rows(state, evaluate(&plan, Some(&topic))?, watermark)
     }
 
+    /// [`StreamPlan::reference_batch`] for a query that joins tables, each
+    /// read whole (`tables`: by topic name).
+    pub fn reference_batch_with_tables(
+        &self,
+        state: &StreamState,
+        input: &[(i32, Vec<TopicRecord>)],
+        tables: &BTreeMap<String, MemoryTopic>,
+        watermark: Option<i64>,
+    ) -> Result<BatchOutput> {
+        let topic = MemoryTopic::new(input);
+        let snapshot: TableSnapshot = tables.iter().map(|(name, t)| (name.clone(), t.whole())).collect();
+        let plan = self.batch_plan_with_tables(&topic.whole(), &snapshot, watermark)?;
+        let reader = super::memory::WithTables { stream: &topic, tables };
+        self.finish_rows(state, evaluate(&plan, Some(&reader))?, watermark)
+    }
+
     fn finish_rows(
         &self,
         state: &StreamState,

@@ -43,3 +43,27 @@ impl TopicReader for MemoryTopic {
             .unwrap_or_default())
     }
 }
+
+/// A stream's records plus tables by topic name, for a query that joins
+/// `topic_table()`s: a table's name reads its own records, any other name
+/// the stream's.
+pub struct WithTables<'a> {
+    pub stream: &'a MemoryTopic,
+    pub tables: &'a BTreeMap<String, MemoryTopic>,
+}
+
+impl TopicReader for WithTables<'_> {
+    fn read(&self, topic: &str, partition: i32, start: i64, end: i64) -> Result<Vec<TopicRecord>> {
+        self.tables.get(topic).unwrap_or(self.stream).read(topic, partition, start, end)
+    }
+}
+
+impl MemoryTopic {
+    /// The ranges that read all of it (a table's snapshot).
+    pub fn whole(&self) -> Vec<crate::source::TopicRange> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, rs)| Some(crate::source::TopicRange { partition: *p, start: rs.first()?.offset, end: rs.last()?.offset + 1 }))
+            .collect()
+    }
+}

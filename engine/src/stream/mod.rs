@@ -25,7 +25,7 @@ mod state;
 
 pub use analyze::StreamPlan;
 pub use batch::{BatchOutput, TableSnapshot};
-pub use memory::MemoryTopic;
+pub use memory::{MemoryTopic, WithTables};
 pub use options::{OutputMode, StreamOptions, Watermark};
 pub use output::{OutputRecord, record as output_record};
 pub use state::StreamState;

@@ -1,7 +1,8 @@
 //! The stream chaos suite (`scripts/chaos --suite stream`): each seed runs
 //! one query through [`super::sim`]: four seeds in five one of the engine's
 //! stream plans ([`EngineLogic::pick`]: windowed counts in append and
-//! update mode, a complete-mode aggregate, a stateless filter), the fifth
+//! update mode, a complete-mode aggregate, a stateless filter, joins with
+//! a `topic_table()`), the fifth
 //! the small windowed count of [`WindowedCount`]; windows and watermark
 //! delays drawn from the seed.
 

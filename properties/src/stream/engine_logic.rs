@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use millrace_engine::local::run_local;
 use millrace_engine::physical::PlannerConfig;
 use millrace_engine::source::{TopicRange, TopicRecord};
-use millrace_engine::stream::{MemoryTopic, OutputMode, StreamOptions, StreamPlan, StreamState};
+use millrace_engine::stream::{MemoryTopic, OutputMode, StreamOptions, StreamPlan, StreamState, TableSnapshot, WithTables};
 
 use super::logic::{BatchOut, InputRecord, OutputRecord, StreamLogic};
 
@@ -21,19 +21,54 @@ pub struct EngineLogic {
     pub plan: StreamPlan,
     pub sql: String,
     pub shuffle_partitions: u32,
+    /// The `topic_table()`s the query joins, by topic name. They do not
+    /// change during a run, so every batch's snapshot is all of each.
+    pub tables: BTreeMap<String, MemoryTopic>,
+}
+
+/// The `pages` table the join queries read: a category per page key, with
+/// an update (the later record wins), a tombstone (k4 is deleted, so its
+/// events find no match) and a record without a key (skipped).
+fn pages() -> MemoryTopic {
+    let rec = |offset: i64, key: Option<&str>, value: Option<&str>| TopicRecord {
+        offset,
+        timestamp: offset,
+        key: key.map(str::to_string),
+        value: value.map(str::to_string),
+    };
+    MemoryTopic::new(&[
+        (0, vec![rec(0, Some("k0"), Some(r#"{"category":"home"}"#)), rec(1, Some("k2"), Some(r#"{"category":"shop"}"#)), rec(2, Some("k0"), Some(r#"{"category":"start"}"#))]),
+        (1, vec![rec(0, Some("k1"), Some(r#"{"category":"news"}"#)), rec(1, Some("k4"), Some(r#"{"category":"gone"}"#)), rec(2, None, Some(r#"{"category":"nokey"}"#)), rec(3, Some("k4"), None)]),
+    ])
 }
 
 impl EngineLogic {
     pub fn new(sql: &str, options: StreamOptions, shuffle_partitions: u32) -> EngineLogic {
         let plan = StreamPlan::from_sql(sql, options).unwrap_or_else(|e| panic!("the suite's query does not plan: {e}\n{sql}"));
-        EngineLogic { plan, sql: sql.to_string(), shuffle_partitions }
+        EngineLogic { plan, sql: sql.to_string(), shuffle_partitions, tables: BTreeMap::new() }
     }
 
     /// The queries the suite draws from: windowed counts (tumbling and
     /// sliding, append and update, with a watermark), a complete-mode
-    /// aggregate without one, and a stateless filter.
+    /// aggregate without one, a stateless filter, and joins with a table
+    /// (a stateless left join; a windowed count per category through an
+    /// inner join).
     pub fn pick(n: u64, delay_ms: i64) -> EngineLogic {
         let from = format!("topic('events', 'json', '{SCHEMA}')");
+        let table = "topic_table('pages', 'json', 'category STRING')";
+        if n % 6 >= 4 {
+            let (sql, options) = if n % 6 == 4 {
+                (format!("INSERT INTO out SELECT e.id, e.page, t.category FROM {from} e LEFT JOIN {table} t ON e.page = t.key"), StreamOptions::new(OutputMode::Append))
+            } else {
+                (
+                    format!("INSERT INTO out SELECT window_start, t.category, count(*) AS n, max(e.id) AS last FROM {from} e JOIN {table} t ON e.page = t.key GROUP BY window(e.ts, '1 second'), t.category"),
+                    StreamOptions::new(OutputMode::Update).with_watermark("ts", delay_ms),
+                )
+            };
+            let mut logic = EngineLogic::new(&sql, options, 1 + (n / 6 % 3) as u32);
+            logic.tables.insert("pages".to_string(), pages());
+            return logic;
+        }
         let (sql, options) = match n % 4 {
             0 => (
                 format!("INSERT INTO out SELECT window_start, window_end, page, count(*) AS n, sum(id) AS s FROM {from} GROUP BY window(ts, '1 second'), page"),
@@ -88,9 +123,11 @@ impl StreamLogic for EngineLogic {
             .map(|(p, rs)| TopicRange { partition: *p, start: rs[0].offset, end: rs[rs.len() - 1].offset + 1 })
             .collect();
         let topic = MemoryTopic::new(&parts);
-        let plan = self.plan.batch_plan(&ranges, watermark).map_err(|e| e.to_string())?;
+        let snapshot: TableSnapshot = self.tables.iter().map(|(name, t)| (name.clone(), t.whole())).collect();
+        let plan = self.plan.batch_plan_with_tables(&ranges, &snapshot, watermark).map_err(|e| e.to_string())?;
         let config = PlannerConfig { shuffle_partitions: self.shuffle_partitions };
-        let result = run_local(&plan, config, Some(&topic)).map_err(|e| e.to_string())?;
+        let reader = WithTables { stream: &topic, tables: &self.tables };
+        let result = run_local(&plan, config, Some(&reader)).map_err(|e| e.to_string())?;
         let out = self.plan.finish_batch(state, &result, watermark).map_err(|e| e.to_string())?;
         Ok(BatchOut { records: records(&out.records), state: out.state, max_event_time: out.max_event_time })
     }
@@ -98,7 +135,7 @@ impl StreamLogic for EngineLogic {
     fn reference(&self, state: &StreamState, input: &[InputRecord], watermark: Option<i64>) -> BatchOut<StreamState> {
         let out = self
             .plan
-            .reference_batch(state, &by_partition(input), watermark)
+            .reference_batch_with_tables(state, &by_partition(input), &self.tables, watermark)
             .unwrap_or_else(|e| panic!("the reference evaluator failed: {e}"));
         BatchOut { records: records(&out.records), state: out.state, max_event_time: out.max_event_time }
     }
