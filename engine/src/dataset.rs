@@ -67,6 +67,26 @@ impl Context {
             partitions: default_partitions(path)?,
         })
     }
+    /// A topic as the input of a stream query (`Dataset::stream_plan`):
+    /// its values parsed as `format` (`json` or `csv`) with `schema`
+    /// (`'user STRING, ts TIMESTAMP'`), beside the columns key, value,
+    /// partition, offset, timestamp. Each micro-batch fixes the offsets it
+    /// reads; run as a batch job it reads nothing.
+    pub fn read_topic(&self, topic: &str, format: &str, schema: &str) -> Result<Dataset> {
+        self.topic(topic, format, schema, false)
+    }
+
+    /// A topic read as a table (`topic_table()` in SQL): the latest record
+    /// per key, to join a stream with.
+    pub fn read_topic_table(&self, topic: &str, format: &str, schema: &str) -> Result<Dataset> {
+        self.topic(topic, format, schema, true)
+    }
+
+    fn topic(&self, topic: &str, format: &str, schema: &str, table: bool) -> Result<Dataset> {
+        let format = Some(crate::topic_format::TopicFormat::parse(format, schema)?);
+        self.file(Source::Topic { topic: topic.to_string(), ranges: Vec::new(), format, table })
+    }
+
     pub fn from_rows(
         &self,
         schema: Schema,
@@ -204,6 +224,13 @@ impl Dataset {
 
     pub fn alias(self, name: &str) -> Dataset {
         self.with(self.plan.clone().alias(name))
+    }
+
+    /// This dataset as a stream query writing to topic `sink`: it must
+    /// read one topic (`Context::read_topic`), plus tables; the same checks
+    /// as SQL's `INSERT INTO sink SELECT ...`.
+    pub fn stream_plan(&self, sink: &str, options: crate::stream::StreamOptions) -> Result<crate::stream::StreamPlan> {
+        crate::stream::StreamPlan::from_plan(self.plan.clone(), sink, options)
     }
 
     /// Runs the plan in this thread and returns its rows.

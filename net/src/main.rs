@@ -679,6 +679,7 @@ fn stream(cmd: StreamCommand) -> anyhow::Result<()> {
                 watermark: watermark.as_deref().map(def::parse_watermark).transpose().map_err(anyhow::Error::msg)?,
                 start_at: def::parse_start(&from).map_err(anyhow::Error::msg)?,
                 max_records_per_batch,
+                dataset: None,
             };
             println!("{}", client::start(&conn.server, spec)?);
         }

@@ -16,6 +16,9 @@
 //!   joined with a compacted users topic (`topic_table`), stateless and
 //!   aggregated; a user's row changes between two rounds of views: the
 //!   first round's output keeps the old value, the second has the new.
+//! - `a_dataset_api_query_runs_like_sql`: a count per user built with the
+//!   Rust Dataset API and started with `client::start_dataset`; a sorted
+//!   stream is refused with SQL's message.
 //! - `bad_input_is_one_clear_line`: unknown topic, name taken, bad SQL, an
 //!   output mode that does not fit, unknown query, bad flags: exit 1, one
 //!   line, no panic.
@@ -339,4 +342,47 @@ fn bad_input_is_one_clear_line() {
     drop(server);
     let e = fails(&["stream", "list", "--server", s]);
     assert!(e.contains("cannot reach the batch service"), "{e}");
+}
+
+/// A stream query built with the Rust Dataset API (`Context::read_topic`,
+/// `client::start_dataset`) runs like its SQL twin: a count per user in
+/// update mode; a plan the engine cannot run incrementally is refused with
+/// SQL's message.
+#[test]
+fn a_dataset_api_query_runs_like_sql() {
+    use millrace_core::stream::{StartAt, Trigger};
+    use millrace_engine::dataset::Context;
+    use millrace_engine::expr::{col, count_star};
+    use millrace_engine::stream::{OutputMode, StreamOptions};
+    use millrace_net::stream::client;
+
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&tempdir("dataset"));
+    let b = server.bootstrap.as_str();
+    ok(&["topic", "create", "clicks", "-p", "2", "-b", b]);
+    ok(&["topic", "create", "per_user", "-p", "1", "-b", b]);
+    produce(b, "clicks", &clicks(0, 60));
+    let ctx = Context::new();
+    let clicks_ds = ctx.read_topic("clicks", "json", "user STRING, ts TIMESTAMP").unwrap();
+    let counts = clicks_ds.clone().group_by(vec![col("user")]).agg(vec![count_star()]).unwrap();
+    let trigger = Trigger::Interval { interval_ms: 200 };
+    let out = client::start_dataset(&server.batch, "ds", &counts, "per_user", StreamOptions::new(OutputMode::Update), trigger, StartAt::Earliest).unwrap();
+    assert!(out.contains("stream query ds started"), "{out}");
+    produce(b, "clicks", &clicks(60, 90));
+    let latest = || {
+        let mut got: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, v) in consume(b, "per_user") {
+            got.insert(json_field(&v, "user"), json_field(&v, "count(*)").parse().unwrap_or(0));
+        }
+        got
+    };
+    let want: BTreeMap<String, u64> = (0..USERS).map(|u| (format!("u{u}"), 90 / USERS)).collect();
+    wait_until("the counts of all 90 clicks", Duration::from_secs(10), || latest() == want);
+    let d = describe(&server, "ds");
+    assert!(d.contains("Dataset API") && d.contains("per_user"), "{d}");
+    // A sorted stream is refused before anything is stored, as in SQL.
+    let sorted = clicks_ds.sort(vec![millrace_engine::plan::SortKey { expr: col("user"), descending: false, nulls_first: false }]).unwrap();
+    let e = client::start_dataset(&server.batch, "bad", &sorted, "per_user", StreamOptions::new(OutputMode::Append), trigger, StartAt::Earliest).unwrap_err();
+    assert!(e.to_string().contains("ORDER BY"), "{e}");
+    assert!(stream(&server, &["stop", "ds"]).contains("stopped"));
 }

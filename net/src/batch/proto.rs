@@ -164,6 +164,17 @@ pub struct StreamSpec {
     pub watermark: Option<millrace_engine::stream::Watermark>,
     pub start_at: millrace_core::stream::StartAt,
     pub max_records_per_batch: Option<u64>,
+    /// A query built with the Dataset API instead of SQL: its plan and
+    /// sink topic (`sql` then only describes it).
+    #[serde(default)]
+    pub dataset: Option<DatasetQuery>,
+}
+
+/// A stream query as a Dataset API plan (`Dataset::stream_plan`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetQuery {
+    pub plan: millrace_engine::plan::LogicalPlan,
+    pub sink: String,
 }
 
 /// One stream query as `millrace stream list|describe` shows it.

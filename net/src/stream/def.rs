@@ -43,7 +43,11 @@ impl QueryDef {
 
     /// The analysed query; an error names what the SQL gets wrong.
     pub fn plan(&self) -> Result<StreamPlan, String> {
-        StreamPlan::from_sql(&self.spec.sql, self.options()).map_err(|e| e.to_string())
+        match &self.spec.dataset {
+            Some(d) => StreamPlan::from_plan(d.plan.clone(), &d.sink, self.options()),
+            None => StreamPlan::from_sql(&self.spec.sql, self.options()),
+        }
+        .map_err(|e| e.to_string())
     }
 
     /// The coordinator's configuration for this query.
@@ -70,7 +74,7 @@ impl QueryDef {
 
     /// Whether `other` computes the same thing (so it may resume these logs).
     pub fn same_query(&self, spec: &StreamSpec) -> bool {
-        self.spec.sql.trim() == spec.sql.trim() && self.spec.output_mode == spec.output_mode && self.spec.watermark == spec.watermark
+        self.spec.sql.trim() == spec.sql.trim() && self.spec.dataset == spec.dataset && self.spec.output_mode == spec.output_mode && self.spec.watermark == spec.watermark
     }
 }
 
