@@ -19,6 +19,9 @@
 //! - `a_dataset_api_query_runs_like_sql`: a count per user built with the
 //!   Rust Dataset API and started with `client::start_dataset`; a sorted
 //!   stream is refused with SQL's message.
+//! - `a_state_larger_than_a_message_survives_a_crash`: 40,000 groups (a
+//!   state of several MB) stored in parts; after a SIGKILL the counts go
+//!   on from it.
 //! - `bad_input_is_one_clear_line`: unknown topic, name taken, bad SQL, an
 //!   output mode that does not fit, unknown query, bad flags: exit 1, one
 //!   line, no panic.
@@ -385,4 +388,41 @@ fn a_dataset_api_query_runs_like_sql() {
     let e = client::start_dataset(&server.batch, "bad", &sorted, "per_user", StreamOptions::new(OutputMode::Append), trigger, StartAt::Earliest).unwrap_err();
     assert!(e.to_string().contains("ORDER BY"), "{e}");
     assert!(stream(&server, &["stop", "ds"]).contains("stopped"));
+}
+
+/// A state larger than the broker's largest message (1 MB) is stored in
+/// parts and read back whole after a crash: 40,000 groups with long keys,
+/// the server SIGKILLed and restarted, and the counts go on from the
+/// stored state.
+#[test]
+fn a_state_larger_than_a_message_survives_a_crash() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = Server::start(&tempdir("bigstate"));
+    let b = server.bootstrap.clone();
+    ok(&["topic", "create", "ids", "-p", "1", "-b", &b]);
+    ok(&["topic", "create", "id_counts", "-p", "1", "-b", &b]);
+    let id = |i: u64| format!("an-identifier-long-enough-to-make-the-state-big-{i:08}");
+    let lines: Vec<String> = (0..40_000).map(|i| format!(r#"{{"id":"{}"}}"#, id(i))).collect();
+    produce(&b, "ids", &lines);
+    let sql = "INSERT INTO id_counts SELECT id, count(*) AS c FROM topic('ids', 'json', 'id STRING') GROUP BY id";
+    let out = stream(&server, &["start", "big", "--sql", sql, "--trigger", "200ms", "--output-mode", "update", "--from", "earliest"]);
+    assert!(out.contains("started"), "{out}");
+    wait_until("the first batch", Duration::from_secs(20), || field(&describe(&server, "big"), "batch:").parse::<u64>().is_ok());
+    let state = ok(&["consume", "__millrace_stream_state", "--exit-at-end", "--print-key", "-b", &b]);
+    assert!(state.lines().any(|l| l.starts_with("big/0/1/")), "the state was not stored in parts: {}", &state[..state.len().min(300)]);
+    server.kill();
+    server.restart();
+    produce(&b, "ids", &(0..10).map(|i| format!(r#"{{"id":"{}"}}"#, id(i))).collect::<Vec<_>>());
+    let twice = || {
+        let mut n = 0;
+        for (_, v) in consume(&b, "id_counts") {
+            if json_field(&v, "c") == "2" {
+                n += 1;
+            }
+        }
+        n
+    };
+    wait_until("ids 0-9 counted twice", Duration::from_secs(30), || twice() == 10);
+    let d = describe(&server, "big");
+    assert!(field(&d, "error:").is_empty(), "{d}");
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `__millrace_stream_offsets` | query name | JSON [`OffsetEntry`] |
 //! | `__millrace_stream_commits` | query name | JSON [`CommitEntry`] |
-//! | `__millrace_stream_state` | `name/version` | the engine's `StreamState` bytes; compacted, versions two behind the last commit tombstoned |
+//! | `__millrace_stream_state` | `name/version`, or `name/version/i/n` for part `i` of `n` of a state over 512 KB | the engine's `StreamState` bytes; compacted, versions two behind the last commit tombstoned |
 //! | `__millrace_streams` | query name | JSON `QueryDef`; a tombstone when stopped |
 //!
 //! Appends use acks=all. Reads fetch the partition from its log start to
@@ -268,6 +268,29 @@ pub struct QueryLogs {
     commits: Vec<CommitEntry>,
     /// Stored state versions of this query (the first stored wins).
     states: BTreeMap<BatchId, Vec<u8>>,
+    /// Versions stored in parts: how many, and those read so far.
+    parts: BTreeMap<BatchId, (u32, BTreeMap<u32, Vec<u8>>)>,
+}
+
+/// A state version larger than this is stored as several records (keys
+/// `name/version/i/n`), so that no record passes the broker's largest
+/// message (`message.max.bytes`, 1 MB by default).
+pub const STATE_PART_BYTES: usize = 512 << 10;
+
+/// What a state topic key of query `prefix` (`name/`) names: a whole
+/// version, or part `i` of `n` of one.
+fn state_key(key: &str, prefix: &str) -> Option<(BatchId, Option<(u32, u32)>)> {
+    let rest = key.strip_prefix(prefix)?;
+    let mut it = rest.split('/');
+    let v = it.next()?.parse().ok()?;
+    match (it.next(), it.next(), it.next()) {
+        (None, _, _) => Some((v, None)),
+        (Some(i), Some(n), None) => {
+            let (i, n) = (i.parse().ok()?, n.parse().ok()?);
+            (i < n).then_some((v, Some((i, n))))
+        }
+        _ => None,
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(topic: &str, name: &str, value: &[u8]) -> Result<T, ClientError> {
@@ -281,7 +304,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 impl QueryLogs {
     pub fn new(name: &str, bootstrap: &str) -> QueryLogs {
-        QueryLogs { name: name.to_string(), logs: Logs::new(bootstrap), offsets: Vec::new(), commits: Vec::new(), states: BTreeMap::new() }
+        QueryLogs { name: name.to_string(), logs: Logs::new(bootstrap), offsets: Vec::new(), commits: Vec::new(), states: BTreeMap::new(), parts: BTreeMap::new() }
     }
 
     async fn refresh_offsets(&mut self) -> Result<(), ClientError> {
@@ -334,13 +357,31 @@ impl QueryLogs {
     /// of the batch after it starts from that one), so once batch N is
     /// committed, version N - 2 is never read again.
     pub async fn drop_state(&mut self, version: BatchId) -> Result<(), ClientError> {
-        self.logs.append(STATE_TOPIC, &format!("{}/{version}", self.name), None).await?;
+        if let Some((n, _)) = self.parts.remove(&version) {
+            for i in 0..n {
+                self.logs.append(STATE_TOPIC, &format!("{}/{version}/{i}/{n}", self.name), None).await?;
+            }
+        } else {
+            self.logs.append(STATE_TOPIC, &format!("{}/{version}", self.name), None).await?;
+        }
         self.states.remove(&version);
         Ok(())
     }
 
+    /// Stores state version `version`: one record, or parts of
+    /// [`STATE_PART_BYTES`] (a reader takes the version only once it has
+    /// every part, so a crash between parts leaves no half state; the
+    /// batch's re-run stores the same bytes again).
     pub async fn store_state(&mut self, version: BatchId, bytes: &[u8]) -> Result<(), ClientError> {
-        self.logs.append(STATE_TOPIC, &format!("{}/{version}", self.name), Some(bytes)).await?;
+        if bytes.len() <= STATE_PART_BYTES {
+            self.logs.append(STATE_TOPIC, &format!("{}/{version}", self.name), Some(bytes)).await?;
+        } else {
+            let n = bytes.len().div_ceil(STATE_PART_BYTES) as u32;
+            for (i, part) in bytes.chunks(STATE_PART_BYTES).enumerate() {
+                self.logs.append(STATE_TOPIC, &format!("{}/{version}/{i}/{n}", self.name), Some(part)).await?;
+            }
+            self.parts.insert(version, (n, BTreeMap::new()));
+        }
         self.states.entry(version).or_insert_with(|| bytes.to_vec());
         Ok(())
     }
@@ -351,12 +392,33 @@ impl QueryLogs {
     pub async fn load_state(&mut self, version: BatchId) -> Result<Option<Vec<u8>>, ClientError> {
         let prefix = format!("{}/", self.name);
         for e in self.logs.read_new(STATE_TOPIC).await? {
-            let Some(v) = e.key.strip_prefix(&prefix).and_then(|v| v.parse::<BatchId>().ok()) else { continue };
-            if let Some(bytes) = e.value {
-                self.states.entry(v).or_insert(bytes);
+            let Some((v, part)) = state_key(&e.key, &prefix) else { continue };
+            let Some(bytes) = e.value else { continue };
+            match part {
+                None => {
+                    self.states.entry(v).or_insert(bytes);
+                }
+                Some((i, n)) => {
+                    let (count, got) = self.parts.entry(v).or_insert_with(|| (n, BTreeMap::new()));
+                    if *count != n {
+                        continue; // a different split of the same version: the first wins
+                    }
+                    got.entry(i).or_insert(bytes);
+                    if got.len() == n as usize && !self.states.contains_key(&v) {
+                        let whole: Vec<u8> = got.values().flatten().copied().collect();
+                        self.states.insert(v, whole);
+                    }
+                }
             }
         }
         self.states.retain(|v, _| *v >= version);
+        // Parts of versions already assembled are not needed in memory;
+        // their count is kept for `drop_state`.
+        for (v, (_, got)) in self.parts.iter_mut() {
+            if self.states.contains_key(v) || *v < version {
+                got.clear();
+            }
+        }
         Ok(self.states.get(&version).cloned())
     }
 }
@@ -365,4 +427,20 @@ impl QueryLogs {
 /// and the last definition ever stored per name (tombstoned or not).
 pub async fn read_definitions(logs: &mut Logs) -> Result<(BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>), ClientError> {
     logs.read_keyed(STREAMS_TOPIC).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_key;
+
+    #[test]
+    fn state_keys_name_a_version_or_a_part_of_one() {
+        assert_eq!(state_key("q/7", "q/"), Some((7, None)));
+        assert_eq!(state_key("q/7/2/5", "q/"), Some((7, Some((2, 5)))));
+        assert_eq!(state_key("q/7/5/5", "q/"), None, "part index past the count");
+        assert_eq!(state_key("qq/7", "q/"), None);
+        assert_eq!(state_key("q/x", "q/"), None);
+        assert_eq!(state_key("q/7/1", "q/"), None);
+        assert_eq!(state_key("q/7/1/2/3", "q/"), None);
+    }
 }
