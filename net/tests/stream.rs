@@ -22,6 +22,8 @@
 //! - `a_state_larger_than_a_message_survives_a_crash`: 40,000 groups (a
 //!   state of several MB) stored in parts; after a SIGKILL the counts go
 //!   on from it.
+//! - `a_query_reads_two_topics`: a count over a UNION ALL of two topics
+//!   covers both.
 //! - `bad_input_is_one_clear_line`: unknown topic, name taken, bad SQL, an
 //!   output mode that does not fit, unknown query, bad flags: exit 1, one
 //!   line, no panic.
@@ -425,4 +427,36 @@ fn a_state_larger_than_a_message_survives_a_crash() {
     wait_until("ids 0-9 counted twice", Duration::from_secs(30), || twice() == 10);
     let d = describe(&server, "big");
     assert!(field(&d, "error:").is_empty(), "{d}");
+}
+
+/// A query over two topics (UNION ALL): each batch reads both topics'
+/// new records; the counts cover both.
+#[test]
+fn a_query_reads_two_topics() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&tempdir("union"));
+    let b = server.bootstrap.as_str();
+    ok(&["topic", "create", "web", "-p", "2", "-b", b]);
+    ok(&["topic", "create", "app", "-p", "1", "-b", b]);
+    ok(&["topic", "create", "all_clicks", "-p", "1", "-b", b]);
+    produce(b, "web", &clicks(0, 30));
+    let sql = "INSERT INTO all_clicks SELECT user, count(*) AS n FROM (\
+               SELECT user FROM topic('web', 'json', 'user STRING') UNION ALL SELECT user FROM topic('app', 'json', 'user STRING')) GROUP BY user";
+    let out = stream(&server, &["start", "both", "--sql", sql, "--trigger", "200ms", "--output-mode", "update", "--from", "earliest"]);
+    assert!(out.contains("web, app") || out.contains("app, web"), "{out}");
+    produce(b, "app", &clicks(30, 60));
+    produce(b, "web", &clicks(60, 90));
+    let latest = || {
+        let mut got: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, v) in consume(b, "all_clicks") {
+            got.insert(json_field(&v, "user"), json_field(&v, "n").parse().unwrap_or(0));
+        }
+        got
+    };
+    let want: BTreeMap<String, u64> = (0..USERS).map(|u| (format!("u{u}"), 90 / USERS)).collect();
+    wait_until("the counts of both topics", Duration::from_secs(10), || latest() == want);
+    let d = describe(&server, "both");
+    assert!(d.contains("web") && d.contains("app"), "lag per topic partition: {d}");
+    let e = fails(&["stream", "start", "nope", "--server", &server.batch, "--sql", "INSERT INTO all_clicks SELECT user FROM topic('web', 'json', 'user STRING') UNION ALL SELECT user FROM topic('missing', 'json', 'user STRING')"]);
+    assert!(e.contains("unknown topic 'missing'"), "{e}");
 }

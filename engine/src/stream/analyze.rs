@@ -48,7 +48,9 @@ pub(crate) struct Stateful {
 /// An analysed stream query: serde data, so it can be stored in a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamPlan {
-    pub(crate) input_topic: String,
+    /// The topics read as streams (`topic()`), sorted, each once: one, or
+    /// several under a UNION ALL.
+    pub(crate) inputs: Vec<String>,
     /// The topics read as tables (`topic_table()`), sorted, each once:
     /// every batch joins a snapshot of each, fixed when it is planned.
     #[serde(default)]
@@ -92,30 +94,27 @@ impl StreamPlan {
             Some(s) => check_stateless(&s.input)?,
             None => check_stateless(&query)?,
         }
-        let input_topic = match topics.as_slice() {
-            [t] if !t.ends_with("(not a topic)") => t.clone(),
+        let mut inputs = topics.clone();
+        inputs.sort();
+        inputs.dedup();
+        match topics.as_slice() {
+            ts if !ts.is_empty() && ts.iter().all(|t| !t.ends_with("(not a topic)")) => {}
             [] if !tables.is_empty() => {
                 return Err(plan_err!(
                     "a stream query must read a stream: FROM topic('name', ...); topic_table('{}', ...) is a table, which a stream can only be joined with",
                     tables[0]
                 ));
             }
-            [] | [_] => {
-                return Err(plan_err!(
-                    "a stream query must read a topic: FROM topic('name', ...), not {}",
-                    topics.join(", ")
-                ));
-            }
             _ => {
                 return Err(plan_err!(
-                    "a stream query reads one topic; this one reads {}",
+                    "a stream query must read topics: FROM topic('name', ...), not {}",
                     topics.join(", ")
                 ));
             }
         };
-        if tables.contains(&input_topic) {
+        if let Some(t) = inputs.iter().find(|t| tables.contains(t)) {
             return Err(plan_err!(
-                "topic '{input_topic}' is read both as the stream and as a table: a stream-table join reads the table from another topic"
+                "topic '{t}' is read both as the stream and as a table: a stream-table join reads the table from another topic"
             ));
         }
         if sink_topic.is_empty() {
@@ -123,7 +122,7 @@ impl StreamPlan {
         }
         let output = query.schema()?;
         let p = StreamPlan {
-            input_topic,
+            inputs,
             tables,
             sink_topic: sink_topic.to_string(),
             options: opts,
@@ -186,8 +185,14 @@ impl StreamPlan {
         }
     }
 
+    /// The first (or only) input topic.
     pub fn input_topic(&self) -> &str {
-        &self.input_topic
+        &self.inputs[0]
+    }
+
+    /// Every topic the query reads as a stream, sorted.
+    pub fn input_topics(&self) -> &[String] {
+        &self.inputs
     }
 
     /// The topics the query joins as tables (`topic_table()`), sorted.
@@ -364,7 +369,11 @@ fn refuse_node(plan: &LogicalPlan) -> Result<()> {
                 Ok(())
             }
         }
-        LogicalPlan::Union { .. } => refuse("UNION", "a stream query reads one topic"),
+        // Streams of several topics, one after another in each batch.
+        LogicalPlan::Union { .. } if plan.children().iter().any(|c| reads_table(c)) => {
+            refuse("a UNION with topic_table()", "a table can only be joined with a stream")
+        }
+        LogicalPlan::Union { .. } => Ok(()),
     }
 }
 
@@ -446,4 +455,9 @@ fn split_aggregate(plan: &LogicalPlan) -> Result<Option<Stateful>> {
 fn contains_aggregate(plan: &LogicalPlan) -> bool {
     matches!(plan, LogicalPlan::Aggregate { .. })
         || plan.children().into_iter().any(contains_aggregate)
+}
+
+/// Whether `plan` scans a topic as a table.
+fn reads_table(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Scan { source: Source::Topic { table: true, .. }, .. }) || plan.children().iter().any(|c| reads_table(c))
 }

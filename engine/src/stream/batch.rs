@@ -46,9 +46,9 @@ pub struct BatchOutput {
 /// batch was planned) of each partition.
 pub type TableSnapshot = BTreeMap<String, Vec<TopicRange>>;
 
-/// Sets the stream scan's ranges to `ranges`, and each table scan's to
-/// its topic's in `tables` (none if `tables` does not name it).
-fn set_ranges(plan: &mut LogicalPlan, ranges: &[TopicRange], tables: &TableSnapshot) {
+/// Sets each stream scan's ranges to `ranges(topic)`, and each table
+/// scan's to its topic's in `tables` (none if `tables` does not name it).
+fn set_ranges(plan: &mut LogicalPlan, ranges: &dyn Fn(&str) -> Vec<TopicRange>, tables: &TableSnapshot) {
     if let LogicalPlan::Scan {
         source:
             Source::Topic {
@@ -63,7 +63,7 @@ fn set_ranges(plan: &mut LogicalPlan, ranges: &[TopicRange], tables: &TableSnaps
         *r = if *table {
             tables.get(topic.as_str()).cloned().unwrap_or_default()
         } else {
-            ranges.to_vec()
+            ranges(topic)
         };
     }
     for c in plan.children_mut() {
@@ -90,6 +90,26 @@ impl StreamPlan {
     pub fn batch_plan_with_tables(
         &self,
         ranges: &[TopicRange],
+        tables: &TableSnapshot,
+        watermark: Option<i64>,
+    ) -> Result<LogicalPlan> {
+        self.batch_plan_by_topic(&|_| ranges.to_vec(), tables, watermark)
+    }
+
+    /// The batch job of a query that reads several topics: each stream
+    /// scan reads its own topic's ranges in `inputs` (by topic name).
+    pub fn batch_plan_for(
+        &self,
+        inputs: &BTreeMap<String, Vec<TopicRange>>,
+        tables: &TableSnapshot,
+        watermark: Option<i64>,
+    ) -> Result<LogicalPlan> {
+        self.batch_plan_by_topic(&|t| inputs.get(t).cloned().unwrap_or_default(), tables, watermark)
+    }
+
+    fn batch_plan_by_topic(
+        &self,
+        ranges: &dyn Fn(&str) -> Vec<TopicRange>,
         tables: &TableSnapshot,
         watermark: Option<i64>,
     ) -> Result<LogicalPlan> {

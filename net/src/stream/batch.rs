@@ -17,12 +17,10 @@ const SHUFFLE_PARTITIONS: u32 = 2;
 /// Computes the batch `entry` from `state`. Deterministic: the same entry
 /// and state give the same records in the same order and the same state.
 pub async fn compute(plan: StreamPlan, entry: OffsetEntry, state: StreamState, bootstrap: String) -> Result<BatchOutput, String> {
-    let ranges: Vec<TopicRange> = entry
-        .ranges
-        .iter()
-        .filter(|r| r.topic == plan.input_topic())
-        .map(|r| TopicRange { partition: r.partition, start: r.start, end: r.end })
-        .collect();
+    let mut inputs: std::collections::BTreeMap<String, Vec<TopicRange>> = std::collections::BTreeMap::new();
+    for r in entry.ranges.iter().filter(|r| plan.input_topics().contains(&r.topic)) {
+        inputs.entry(r.topic.clone()).or_default().push(TopicRange { partition: r.partition, start: r.start, end: r.end });
+    }
     let mut tables = TableSnapshot::new();
     for r in &entry.tables {
         tables.entry(r.topic.clone()).or_default().push(TopicRange { partition: r.partition, start: r.start, end: r.end });
@@ -33,7 +31,7 @@ pub async fn compute(plan: StreamPlan, entry: OffsetEntry, state: StreamState, b
     }
     let job = tokio::task::spawn_blocking(move || {
         let topics = KafkaTopics::new(&bootstrap);
-        let batch = plan.batch_plan_with_tables(&ranges, &tables, entry.watermark).map_err(|e| format!("planning batch {}: {e}", entry.batch))?;
+        let batch = plan.batch_plan_for(&inputs, &tables, entry.watermark).map_err(|e| format!("planning batch {}: {e}", entry.batch))?;
         let result = millrace_engine::local::run_local(&batch, PlannerConfig { shuffle_partitions: SHUFFLE_PARTITIONS }, Some(&topics))
             .map_err(|e| format!("running batch {}: {e}", entry.batch))?;
         plan.finish_batch(&state, &result, entry.watermark).map_err(|e| format!("finishing batch {}: {e}", entry.batch))

@@ -18,6 +18,8 @@ pub struct QueryDef {
     /// under it, so the broker drops chunks written before.
     pub producer_id: i64,
     pub producer_epoch: i16,
+    /// The input topics, comma-separated (for display: the plan says
+    /// which topics the query reads).
     pub input_topic: String,
     pub sink_topic: String,
     /// The sink's partition count when the query was defined: output
@@ -53,7 +55,7 @@ impl QueryDef {
     /// The coordinator's configuration for this query.
     pub fn config(&self, plan: &StreamPlan) -> QueryConfig {
         QueryConfig {
-            inputs: vec![self.input_topic.clone()],
+            inputs: plan.input_topics().to_vec(),
             tables: plan.table_topics().to_vec(),
             trigger: self.spec.trigger,
             start_at: self.spec.start_at,

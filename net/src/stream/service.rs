@@ -251,10 +251,12 @@ impl StreamService {
             let owner = QueryDef::from_json(bytes).map(|d| d.owner.to_string()).unwrap_or_else(|_| "?".into());
             return Err(format!("a stream query named {name} already exists (owned by node {owner}); stop it first, or choose another name"));
         }
-        let input = plan.input_topic().to_string();
+        let input = plan.input_topics().join(", ");
         let sink = plan.sink_topic().to_string();
-        if partitions_soon(&mut logs, &input).await.map_err(unreachable)? == 0 {
-            return Err(format!("unknown topic '{input}': the query reads topic('{input}', ...), which does not exist on the cluster"));
+        for t in plan.input_topics() {
+            if partitions_soon(&mut logs, t).await.map_err(unreachable)? == 0 {
+                return Err(format!("unknown topic '{t}': the query reads topic('{t}', ...), which does not exist on the cluster"));
+            }
         }
         for t in plan.table_topics() {
             if partitions_soon(&mut logs, t).await.map_err(unreachable)? == 0 {
