@@ -44,18 +44,7 @@ fn tempdir(name: &str) -> PathBuf {
 
 /// Produces `key|value` lines to `topic` as keyed records.
 fn produce_keyed(bootstrap: &str, topic: &str, lines: &[String]) {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(BIN)
-        .args(["produce", topic, "-b", bootstrap, "--key-separator", "|"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "produce: {}", String::from_utf8_lossy(&o.stderr));
+    produce_with(bootstrap, topic, lines, &["--key-separator", "|"]);
 }
 
 /// Every record of `topic`: (key, value) in partition order.

@@ -139,8 +139,14 @@ impl Drop for Server {
 
 /// Produces `lines` (values, no keys) to `topic`.
 pub fn produce(bootstrap: &str, topic: &str, lines: &[String]) {
+    produce_with(bootstrap, topic, lines, &[]);
+}
+
+/// [`produce`] with more `millrace produce` flags (`--key-separator |`).
+pub fn produce_with(bootstrap: &str, topic: &str, lines: &[String], flags: &[&str]) {
     let mut child = Command::new(BIN)
         .args(["produce", topic, "-b", bootstrap])
+        .args(flags)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
