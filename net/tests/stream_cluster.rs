@@ -4,7 +4,7 @@
 //! keep writing; node 2 (the live node with the smallest id) takes the
 //! query over once the controller has fenced node 1, resumes it from its
 //! logs, and every id ends up in the output exactly once; node 3 lists
-//! it as running on node 2.
+//! it as running on node 2. Each batch is a job of the owner's driver.
 
 #![cfg(not(madsim))]
 
@@ -103,6 +103,10 @@ fn a_query_is_taken_over_when_its_node_dies() {
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "ids written more than once: {twice:?}");
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (0..600).collect::<Vec<_>>(), "ids lost");
+    // Node 2 runs the batches as jobs of its driver, on the cluster's
+    // workers: they are listed with the clients' jobs.
+    let jobs = ok(&cluster, &["job", "status", "--server", &cluster.batch(2)]);
+    assert!(jobs.lines().any(|l| l.contains("stream copy batch") && l.contains("succeeded")), "node 2 lists no batch of the query as a job:\n{jobs}");
     let log = std::fs::read_to_string(dir.join("cluster/node-2/server.log")).unwrap_or_default();
     assert!(log.contains("taking over a stream query"), "node 2's log does not show the takeover");
 }

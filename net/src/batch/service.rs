@@ -54,6 +54,7 @@ use millrace_core::batch::{
 };
 use millrace_engine::job::{Executed, FetchFrom, execute, job_spec};
 use millrace_engine::physical::{PlannerConfig, cut};
+use millrace_engine::plan::LogicalPlan;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -181,7 +182,8 @@ impl BatchService {
             strangers: BTreeSet::new(),
         };
         tracing::info!(node = setup.node, batch_listen = %local_addr, slots, peers = ?setup.peers, "batch service listening");
-        let streams = setup.kafka.as_deref().map(|k| StreamService::start(setup.node, setup.peers.is_empty(), k));
+        let jobs = Jobs { commands: commands_tx.clone() };
+        let streams = setup.kafka.as_deref().map(|k| StreamService::start(setup.node, setup.peers.is_empty(), k, jobs));
         let connectors = setup.kafka.as_deref().map(|k| ConnectService::start(setup.node, setup.peers.is_empty(), k));
         let services = Services { streams: streams.clone(), connectors: connectors.clone() };
         let tasks = vec![tokio::spawn(node.run(inbox, links, commands, done)), tokio::spawn(accept_clients(foreign, commands_tx, services))];
@@ -393,12 +395,7 @@ fn start_pool(slots: u32, exec: &Arc<Exec>, done: mpsc::UnboundedSender<Done>) -
 fn plan(sql: &str, shuffle_partitions: u32, topics: Option<&KafkaTopics>) -> Result<JobSpec, String> {
     let planned = std::panic::catch_unwind(|| {
         let plan = millrace_engine::sql::plan_sql(sql, &super::catalog(topics)).map_err(|e| e.to_string())?;
-        let stages = cut(&plan, PlannerConfig { shuffle_partitions }).map_err(|e| e.to_string())?;
-        let mut spec = job_spec(&stages);
-        if let Some(topics) = topics {
-            prefer_leaders(&mut spec, &stages, topics);
-        }
-        Ok(spec)
+        stage(&plan, shuffle_partitions, topics)
     });
     let planned = planned.unwrap_or_else(|_| Err("the planner panicked (a bug: please report the query)".into()));
     planned.map_err(|e: String| {
@@ -409,6 +406,17 @@ fn plan(sql: &str, shuffle_partitions: u32, topics: Option<&KafkaTopics>) -> Res
             e
         }
     })
+}
+
+/// Cuts a logical plan into the driver's job, topic scans preferring the
+/// nodes that lead their partitions.
+fn stage(plan: &LogicalPlan, shuffle_partitions: u32, topics: Option<&KafkaTopics>) -> Result<JobSpec, String> {
+    let stages = cut(plan, PlannerConfig { shuffle_partitions }).map_err(|e| e.to_string())?;
+    let mut spec = job_spec(&stages);
+    if let Some(topics) = topics {
+        prefer_leaders(&mut spec, &stages, topics);
+    }
+    Ok(spec)
 }
 
 /// Sends a topic scan's task for a partition to the node leading it (the
@@ -458,11 +466,15 @@ fn prefer_leaders(spec: &mut JobSpec, stages: &[millrace_engine::physical::Stage
 
 enum Command {
     Submit { session: u64, sql: String, shuffle_partitions: Option<u32>, replies: mpsc::UnboundedSender<Reply> },
+    /// A plan built in this process (a stream query's micro-batch), shown
+    /// in `millrace job status` as `label`; its session is 0.
+    SubmitPlan { label: String, plan: Box<LogicalPlan>, shuffle_partitions: Option<u32>, replies: mpsc::UnboundedSender<Reply> },
     Planned { session: u64, sql: String, shuffle_partitions: u32, replies: mpsc::UnboundedSender<Reply>, planned: Result<JobSpec, String> },
     /// A submitting client's connection ended.
     Gone { session: u64 },
     Status { job: Option<JobId>, reply: oneshot::Sender<Reply> },
-    Cancel { job: JobId, reply: oneshot::Sender<Reply> },
+    /// `note`: why, as `millrace job status` shows it.
+    Cancel { job: JobId, note: String, reply: oneshot::Sender<Reply> },
 }
 
 /// The worker machine serving one driver.
@@ -791,6 +803,7 @@ impl Node {
         meta.ended = Some(now);
         let secs = (now - meta.submitted) as f64 / 1000.0;
         match &outcome {
+            Ok(results) if meta.session == 0 => tracing::debug!(job = %job_name(job), results = results.len(), "job succeeded in {secs:.2} s"),
             Ok(results) => tracing::info!(job = %job_name(job), results = results.len(), "job succeeded in {secs:.2} s"),
             Err(reason) if reason == "cancelled" => {
                 let why = meta.note.as_deref().unwrap_or("cancelled");
@@ -821,13 +834,19 @@ impl Node {
         self.forget_old_jobs();
     }
 
-    /// Keeps the newest `retained_jobs` ended jobs.
+    /// Keeps the newest `retained_jobs` ended jobs submitted by clients
+    /// and the newest `retained_jobs` ended stream batches, counted apart
+    /// so a query's batches, one a second, do not push the clients' jobs
+    /// out of `millrace job status`.
     fn forget_old_jobs(&mut self) {
-        let ended: Vec<JobId> = self.jobs.iter().filter(|(_, m)| m.ended.is_some()).map(|(j, _)| *j).collect();
-        let excess = ended.len().saturating_sub(self.config.retained_jobs);
-        for job in ended.into_iter().take(excess) {
-            self.jobs.remove(&job);
-            self.driver.forget(job);
+        for stream in [false, true] {
+            let ended: Vec<JobId> =
+                self.jobs.iter().filter(|(_, m)| m.ended.is_some() && (m.session == 0) == stream).map(|(j, _)| *j).collect();
+            let excess = ended.len().saturating_sub(self.config.retained_jobs);
+            for job in ended.into_iter().take(excess) {
+                self.jobs.remove(&job);
+                self.driver.forget(job);
+            }
         }
     }
 
@@ -872,6 +891,16 @@ impl Node {
                     let _ = commands.send(Command::Planned { session, sql, shuffle_partitions: partitions, replies, planned });
                 });
             }
+            Command::SubmitPlan { label, plan, shuffle_partitions, replies } => {
+                let partitions = shuffle_partitions.filter(|p| *p > 0).unwrap_or_else(|| self.default_shuffle_partitions());
+                let commands = self.commands.clone();
+                let topics = self.exec.topics.clone();
+                tokio::task::spawn_blocking(move || {
+                    let planned = std::panic::catch_unwind(AssertUnwindSafe(|| stage(&plan, partitions, topics.as_ref())))
+                        .unwrap_or_else(|_| Err(format!("the planner panicked on {label} (a bug: please report the query)")));
+                    let _ = commands.send(Command::Planned { session: 0, sql: label, shuffle_partitions: partitions, replies, planned });
+                });
+            }
             Command::Planned { session, sql, shuffle_partitions, replies, planned } => {
                 if replies.is_closed() {
                     return; // the client left while the query was planned
@@ -885,7 +914,13 @@ impl Node {
                 };
                 let job = (u64::from(self.me) << 32) | self.next_job;
                 self.next_job += 1;
-                tracing::info!(job = %job_name(job), stages = spec.stages.len(), shuffle_partitions, query = %sql, "job submitted");
+                if session == 0 {
+                    // A stream query's batch: one a second or more, which
+                    // the query's own progress reports.
+                    tracing::debug!(job = %job_name(job), stages = spec.stages.len(), shuffle_partitions, query = %sql, "job submitted");
+                } else {
+                    tracing::info!(job = %job_name(job), stages = spec.stages.len(), shuffle_partitions, query = %sql, "job submitted");
+                }
                 let _ = replies.send(Reply::Accepted { job, node: self.me, shuffle_partitions });
                 let meta = JobMeta { query: sql, submitted: self.now(), ended: None, session, replies: Some(replies), last_progress: None, note: None };
                 self.jobs.insert(job, meta);
@@ -937,7 +972,7 @@ impl Node {
                 };
                 let _ = reply.send(answer);
             }
-            Command::Cancel { job, reply } => {
+            Command::Cancel { job, note, reply } => {
                 let owner = job_node(job);
                 let answer = if owner != self.me {
                     if self.nodes.contains(&owner) {
@@ -950,7 +985,7 @@ impl Node {
                     match self.driver.job_state(job) {
                         Some(JobState::Running) => {
                             if let Some(m) = self.jobs.get_mut(&job) {
-                                m.note = Some("cancelled by `millrace job cancel`".into());
+                                m.note = Some(note);
                             }
                             self.driver_step(DriverInput::CancelJob { job });
                             Reply::Done(format!("job {} cancelled", job_name(job)))
@@ -1009,6 +1044,55 @@ pub fn state_name(state: &JobState) -> String {
 struct Services {
     streams: Option<StreamService>,
     connectors: Option<ConnectService>,
+}
+
+/// Runs plans built in this process as jobs of this node's driver, on
+/// every live node of the cluster: a stream query's micro-batches.
+#[derive(Clone)]
+pub struct Jobs {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Jobs {
+    /// Runs `plan` as a job (named `label` in `millrace job status`) and
+    /// returns its result. Dropping the future before the job ends cancels
+    /// the job.
+    pub async fn run(&self, label: &str, plan: LogicalPlan, shuffle_partitions: Option<u32>) -> Result<Vec<arrow::array::RecordBatch>, String> {
+        let (tx, mut replies) = mpsc::unbounded_channel();
+        let stopped = || "the node's batch service stopped".to_string();
+        self.commands
+            .send(Command::SubmitPlan { label: label.to_string(), plan: Box::new(plan), shuffle_partitions, replies: tx })
+            .map_err(|_| stopped())?;
+        let mut guard = CancelOnDrop { commands: self.commands.clone(), job: None };
+        let mut parts = Vec::new();
+        loop {
+            match replies.recv().await.ok_or_else(stopped)? {
+                Reply::Accepted { job, .. } => guard.job = Some(job),
+                Reply::ResultPart(bytes) => parts.push(bytes),
+                Reply::Succeeded { .. } => break,
+                Reply::Failed { job: Some(job), reason } => return Err(format!("job {} failed: {reason}", job_name(job))),
+                Reply::Failed { job: None, reason } | Reply::Error(reason) => return Err(reason),
+                _ => {}
+            }
+        }
+        guard.job = None;
+        millrace_engine::job::decode_results(&parts).map_err(|e| format!("decoding the job's result: {e}"))
+    }
+}
+
+/// Cancels a job whose submitter went away (a stopped stream query).
+struct CancelOnDrop {
+    commands: mpsc::UnboundedSender<Command>,
+    job: Option<JobId>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.job {
+            let (reply, _) = oneshot::channel();
+            let _ = self.commands.send(Command::Cancel { job, note: "cancelled: its stream query stopped".into(), reply });
+        }
+    }
 }
 
 async fn accept_clients(mut foreign: mpsc::UnboundedReceiver<Foreign>, commands: mpsc::UnboundedSender<Command>, services: Services) {
@@ -1132,7 +1216,7 @@ async fn serve_client(f: Foreign, session: u64, commands: &mpsc::UnboundedSender
         }
         Request::Cancel { job } => {
             let (tx, rx) = oneshot::channel();
-            commands.send(Command::Cancel { job, reply: tx })?;
+            commands.send(Command::Cancel { job, note: "cancelled by `millrace job cancel`".into(), reply: tx })?;
             let answer = rx.await?;
             stream.write_all(&encode_frame(&answer)?).await?;
         }

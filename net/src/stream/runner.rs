@@ -6,6 +6,7 @@
 //! second-guessed here: a failure is reported back as the input it expects
 //! (`IoFailed`, `BatchFailed`) and it chooses what happens next.
 
+use crate::batch::service::Jobs;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,8 @@ struct Runner {
     plan: StreamPlan,
     query: StreamQuery,
     logs: QueryLogs,
+    /// Runs each batch as a job of this node's driver.
+    jobs: Jobs,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     wake: Arc<Notify>,
@@ -70,7 +73,7 @@ struct Runner {
 }
 
 /// Starts the query's task on the current runtime.
-pub fn spawn(def: QueryDef, plan: StreamPlan, bootstrap: &str) -> RunnerHandle {
+pub fn spawn(def: QueryDef, plan: StreamPlan, bootstrap: &str, jobs: Jobs) -> RunnerHandle {
     let shared = Arc::new(Mutex::new(Shared { status: QueryStatus::Recovering, recent: Recent::default(), retrying: None }));
     let stop = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
@@ -79,6 +82,7 @@ pub fn spawn(def: QueryDef, plan: StreamPlan, bootstrap: &str) -> RunnerHandle {
         logs: QueryLogs::new(&def.spec.name, bootstrap),
         def,
         plan,
+        jobs,
         shared: Arc::clone(&shared),
         stop: Arc::clone(&stop),
         wake: Arc::clone(&wake),
@@ -241,8 +245,7 @@ impl Runner {
             }
             _ => StreamState::default(),
         };
-        let bootstrap = self.logs.logs.bootstrap().to_string();
-        let out = super::batch::compute(self.plan.clone(), entry.clone(), state, bootstrap).await?;
+        let out = super::batch::compute(&self.jobs, &name, &self.plan, entry.clone(), state).await?;
         if self.plan.is_stateful() {
             self.logs
                 .store_state(entry.batch, &out.state.to_bytes())

@@ -16,6 +16,7 @@
 //! and the sink's sequences make a second writer's chunks duplicates
 //! (the book's "Exactly once").
 
+use crate::batch::service::Jobs;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,6 +48,8 @@ struct Inner {
     /// Every node resumes every query (no cluster peers).
     single: bool,
     kafka: String,
+    /// Runs each micro-batch as a job on the cluster's workers.
+    jobs: Jobs,
     queries: Mutex<BTreeMap<String, Query>>,
     /// Starts and stops one at a time (a name is checked, then taken).
     changing: tokio::sync::Mutex<()>,
@@ -62,11 +65,12 @@ pub struct StreamService {
 impl StreamService {
     /// Starts the service of node `node`, whose brokers are at `kafka`, and
     /// resumes its queries in the background (the broker may not serve yet).
-    pub fn start(node: u32, single: bool, kafka: &str) -> StreamService {
+    pub fn start(node: u32, single: bool, kafka: &str, jobs: Jobs) -> StreamService {
         let inner = Arc::new(Inner {
             node,
             single,
             kafka: kafka.to_string(),
+            jobs,
             queries: Mutex::default(),
             changing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(None),
@@ -136,7 +140,7 @@ impl StreamService {
             match def.plan() {
                 Ok(plan) => {
                     tracing::info!(query = %name, "resuming stream query");
-                    let runner = runner::spawn(def.clone(), plan, &self.inner.kafka);
+                    let runner = runner::spawn(def.clone(), plan, &self.inner.kafka, self.inner.jobs.clone());
                     self.queries().insert(name, Query { def, runner });
                 }
                 Err(e) => tracing::error!(query = %name, %e, "not resuming a stream query: its SQL no longer plans"),
@@ -216,7 +220,7 @@ impl StreamService {
             let def = QueryDef { owner: me, ..def };
             logs.append(STREAMS_TOPIC, &name, Some(&def.to_json())).await?;
             tracing::warn!(query = %name, from = gone, "taking over a stream query: its node is gone; resuming it from its logs");
-            let runner = runner::spawn(def.clone(), plan, &self.inner.kafka);
+            let runner = runner::spawn(def.clone(), plan, &self.inner.kafka, self.inner.jobs.clone());
             self.queries().insert(name.clone(), Query { def, runner });
             missing.remove(&name);
         }
@@ -291,7 +295,7 @@ impl StreamService {
             }
         }
         logs.append(STREAMS_TOPIC, &name, Some(&def.to_json())).await.map_err(|e| format!("storing the query's definition in {STREAMS_TOPIC}: {e}"))?;
-        let runner = runner::spawn(def.clone(), plan, &self.inner.kafka);
+        let runner = runner::spawn(def.clone(), plan, &self.inner.kafka, self.inner.jobs.clone());
         self.queries().insert(name.clone(), Query { def, runner });
         Ok(format!(
             "stream query {name} {} on node {}: {input} -> {sink}, {} mode, trigger {}",
