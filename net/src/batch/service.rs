@@ -1080,7 +1080,8 @@ impl Jobs {
     }
 }
 
-/// Cancels a job whose submitter went away (a stopped stream query).
+/// Cancels a job whose submitter went away (a stream query runner
+/// dropped mid-batch).
 struct CancelOnDrop {
     commands: mpsc::UnboundedSender<Command>,
     job: Option<JobId>,
@@ -1090,7 +1091,7 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(job) = self.job {
             let (reply, _) = oneshot::channel();
-            let _ = self.commands.send(Command::Cancel { job, note: "cancelled: its stream query stopped".into(), reply });
+            let _ = self.commands.send(Command::Cancel { job, note: "cancelled: its stream query runner went away".into(), reply });
         }
     }
 }
