@@ -67,9 +67,10 @@ pub fn fusable<'a>(
 /// The table is open addressing with linear probing, one 32-byte slot per
 /// group, and probes in rounds: the pieces of a round are found and hashed
 /// first, each one's first slot prefetched, then probed. A word count's
-/// 100,000 distinct words make a 4 MB table; with `hashbrown` half the
-/// samples sat on the first read of a slot, a cache miss each time a rare
-/// word came. Prefetched a round ahead, the misses overlap.
+/// 100,000 distinct words fill 262,144 slots (8 MB) per task; with
+/// `hashbrown` half the samples sat on the first read of a slot, a cache
+/// miss each time a rare word came. Prefetched a round ahead, the misses
+/// overlap.
 struct Groups<'a> {
     slots: Vec<Slot>,
     /// Slots in use; the table doubles past half full.
@@ -306,7 +307,8 @@ pub fn split_count(
                 // latter's `next` was left out of line in some builds,
                 // which cost a fifth of the word count's CPU.
                 // Pieces are packed straight from the array's value
-                // buffer (`pack_at` may read past a piece, not past it).
+                // buffer: `pack_at` may read past the end of a piece,
+                // never past the end of the buffer.
                 let values = lines.values().as_slice();
                 let offsets = lines.value_offsets();
                 for row in (0..lines.len()).filter(|r| lines.is_valid(*r)) {
