@@ -3,7 +3,10 @@
 //! Two runners of one query may both append an entry for the same batch
 //! (a zombie that has not noticed it was replaced, or a retry whose first
 //! append did land): the first entry for a batch id in log order wins and
-//! later ones are ignored, by every reader alike.
+//! later ones are ignored, by every reader alike. Purged logs start at any
+//! batch: the first entry in log order is the floor, and entries below it
+//! (a zombie's late append for a purged batch) are ignored too
+//! (`log_view.rs` has the argument).
 
 use std::collections::BTreeMap;
 
@@ -19,7 +22,7 @@ pub struct Recovery {
 }
 
 /// Keeps the first entry per batch id, in log order.
-fn first_wins<T, F: Fn(&T) -> BatchId>(entries: Vec<T>, id: F) -> BTreeMap<BatchId, T> {
+fn first_wins<T, F: Fn(&T) -> BatchId>(entries: impl IntoIterator<Item = T>, id: F) -> BTreeMap<BatchId, T> {
     let mut out = BTreeMap::new();
     for e in entries {
         out.entry(id(&e)).or_insert(e);
@@ -30,8 +33,9 @@ fn first_wins<T, F: Fn(&T) -> BatchId>(entries: Vec<T>, id: F) -> BTreeMap<Batch
 /// Checks the logs and says where to resume. Errors mean the logs were
 /// damaged or edited: resuming would lose or repeat input.
 pub fn recover(offsets: Vec<OffsetEntry>, commits: Vec<CommitEntry>) -> Result<Recovery, StreamError> {
-    let offsets = first_wins(offsets, |e| e.batch);
-    let commits = first_wins(commits, |e| e.batch);
+    let floor = offsets.first().map_or(0, |e| e.batch);
+    let offsets = first_wins(offsets.into_iter().filter(|e| e.batch >= floor), |e| e.batch);
+    let commits = first_wins(commits.into_iter().filter(|e| e.batch >= floor), |e| e.batch);
     // Dense batch ids (old entries may have been purged, so from any start).
     let mut prev: Option<&OffsetEntry> = None;
     for (id, entry) in &offsets {
@@ -125,6 +129,17 @@ mod tests {
     fn the_first_entry_for_a_batch_wins() {
         let r = recover(vec![entry(0, 0, 5), entry(0, 0, 7), entry(1, 5, 9)], vec![commit(0), commit(1), commit(0)]).unwrap();
         assert_eq!(r.committed.unwrap().0, entry(1, 5, 9));
+        assert_eq!(r.pending, None);
+    }
+
+    #[test]
+    fn a_purged_log_starts_at_its_first_entry_and_ignores_late_ones_below() {
+        // Batches 0..=2 purged; a zombie appended batch 1 (and committed it)
+        // after the purge.
+        let offsets = vec![entry(3, 9, 12), entry(4, 12, 15), entry(1, 5, 40)];
+        let commits = vec![commit(3), commit(1), commit(4)];
+        let r = recover(offsets, commits).unwrap();
+        assert_eq!(r.committed.unwrap().0, entry(4, 12, 15));
         assert_eq!(r.pending, None);
     }
 

@@ -28,6 +28,7 @@
 //! The book chapter "Stream queries" has the diagram and "Exactly once" the
 //! argument.
 
+mod log_view;
 mod logs;
 mod planner;
 mod query;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Millis;
 
+pub use log_view::{Appended, Batched, LogView, entry_key, is_query_key, purge_point};
 pub use logs::{Recovery, recover};
 pub use planner::{PartitionEnd, plan_ranges};
 pub use query::{BatchProgress, QueryConfig, QueryEffect, QueryInput, QueryStatus, StartAt, StreamQuery};

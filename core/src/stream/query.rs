@@ -70,6 +70,10 @@ pub enum QueryInput {
     /// The append of `LogOffsets` landed, and this is the entry for that
     /// batch the log holds first (another runner's, if it got there first).
     OffsetsLogged { winner: OffsetEntry },
+    /// The answer to `LogOffsets` when the batch is below the log's floor:
+    /// other runners committed past it and purged it. The query reads the
+    /// logs again and resumes from them.
+    Outrun { batch: BatchId, floor: BatchId },
     BatchDone { batch: BatchId, result: BatchResult },
     BatchFailed { batch: BatchId, reason: String },
     CommitLogged { batch: BatchId },
@@ -241,6 +245,14 @@ impl StreamQuery {
                     }
                 }
                 self.run_or_commit(now, winner, out);
+            }
+            QueryInput::Outrun { batch, .. } => {
+                let Phase::Logging { entry, .. } = &self.phase else { return };
+                if entry.batch != batch {
+                    return;
+                }
+                self.phase = Phase::Recovering { retry_at: None };
+                out.push(QueryEffect::ReadLogs);
             }
             QueryInput::BatchDone { batch, result } => {
                 let Phase::Running { entry, .. } = &self.phase else { return };

@@ -107,6 +107,20 @@ fn another_runner_s_entry_wins_and_a_broken_one_stops_the_query() {
 }
 
 #[test]
+fn an_outrun_runner_reads_the_logs_again_and_resumes_from_the_purged_logs() {
+    let mut q = StreamQuery::new(QueryConfig { start_at: StartAt::Earliest, ..config(Trigger::Interval { interval_ms: 0 }) });
+    step(&mut q, 0, QueryInput::Recovered { offsets: vec![], commits: vec![] });
+    let QueryEffect::LogOffsets { entry: mine } = only(step(&mut q, 0, listed(&[10]))) else { panic!() };
+    // An outrun for another batch is not this one's answer.
+    assert!(step(&mut q, 1, QueryInput::Outrun { batch: 7, floor: 9 }).is_empty());
+    assert_eq!(only(step(&mut q, 1, QueryInput::Outrun { batch: mine.batch, floor: 5 })), QueryEffect::ReadLogs);
+    // The logs now start at batch 5 (0..=4 purged by the runner that won).
+    let c = |batch| CommitEntry { batch, max_event_time: None, sink_next: vec![(0, 9)], input_rows: 1, output_records: 1, state_version: None };
+    let out = step(&mut q, 2, QueryInput::Recovered { offsets: vec![logged(5, &[(0, 20)], None), logged(6, &[(20, 25)], None)], commits: vec![c(5)] });
+    assert_eq!(only(out), QueryEffect::RunBatch { entry: logged(6, &[(20, 25)], None), state_version: None, sink_base: vec![(0, 9)] });
+}
+
+#[test]
 fn the_watermark_follows_the_largest_event_time_and_a_move_runs_a_no_data_batch() {
     let mut q = StreamQuery::new(QueryConfig {
         stateful: true,
