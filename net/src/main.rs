@@ -162,6 +162,10 @@ enum StreamCommand {
         /// At most this many input records per batch (Spark's maxOffsetsPerTrigger).
         #[arg(long)]
         max_records_per_batch: Option<u64>,
+        /// Batches the query's offset and commit logs keep behind the last
+        /// commit; older entries are purged (Spark's minBatchesToRetain).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        retain_batches: u64,
         #[command(flatten)]
         conn: BatchConn,
     },
@@ -670,7 +674,7 @@ fn stream(cmd: StreamCommand) -> anyhow::Result<()> {
     let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.1}"));
     let watermark = |w: Option<i64>| w.map_or("-".to_string(), millrace_engine::time::format_rfc3339);
     match cmd {
-        StreamCommand::Start { name, sql, trigger, output_mode, watermark, from, max_records_per_batch, conn } => {
+        StreamCommand::Start { name, sql, trigger, output_mode, watermark, from, max_records_per_batch, retain_batches, conn } => {
             let spec = StreamSpec {
                 name,
                 sql,
@@ -679,6 +683,7 @@ fn stream(cmd: StreamCommand) -> anyhow::Result<()> {
                 watermark: watermark.as_deref().map(def::parse_watermark).transpose().map_err(anyhow::Error::msg)?,
                 start_at: def::parse_start(&from).map_err(anyhow::Error::msg)?,
                 max_records_per_batch,
+                retain_batches: Some(retain_batches),
                 dataset: None,
             };
             println!("{}", client::start(&conn.server, spec)?);

@@ -150,17 +150,19 @@ fn exactly_once_across_server_kills() {
     ok(&["topic", "create", "ids", "-p", "3", "-b", &b]);
     ok(&["topic", "create", "copied", "-p", "2", "-b", &b]);
     let sql = "INSERT INTO copied SELECT id FROM topic('ids', 'json', 'id BIGINT')";
-    stream(&server, &["start", "copy", "--sql", sql, "--trigger", "100ms", "--from", "earliest", "--max-records-per-batch", "70"]);
+    // Keeping 2 batches, the logs are purged (every 10 batches) before the
+    // last kills: a restart must resume from purged logs.
+    stream(&server, &["start", "copy", "--sql", sql, "--trigger", "100ms", "--from", "earliest", "--max-records-per-batch", "70", "--retain-batches", "2"]);
     let ids = |from: u64, to: u64| (from..to).map(|i| format!(r#"{{"id":{i}}}"#)).collect::<Vec<_>>();
     let mut next = 0u64;
-    for round in 0..3 {
+    for round in 0..4 {
         // Write in a few bursts so batches are running when the kill comes.
         for _ in 0..4 {
             produce(&b, "ids", &ids(next, next + 100));
             next += 100;
             std::thread::sleep(Duration::from_millis(120));
         }
-        if round < 2 {
+        if round < 3 {
             std::thread::sleep(Duration::from_millis(150));
             server.kill();
             server.restart();
@@ -188,6 +190,15 @@ fn exactly_once_across_server_kills() {
     assert!(reruns >= 1, "no kill landed inside a batch; the test did not exercise a re-run");
     let d = describe(&server, "copy");
     assert!(!field(&d, "state:").starts_with("failed"), "{d}");
+    // Old entries of both logs were tombstoned (a key and no value), and
+    // only entries of old batches: the last committed batch is kept.
+    let last: u64 = field(&d, "batch:").parse().unwrap();
+    for topic in ["__millrace_stream_offsets", "__millrace_stream_commits"] {
+        let log = ok(&["consume", topic, "--exit-at-end", "--print-key", "-b", &b]);
+        let batch = |k: &str| k.strip_prefix("copy/")?.split('/').next()?.parse::<u64>().ok();
+        let purged: Vec<u64> = log.lines().filter_map(|l| batch(l.strip_suffix('\t')?)).collect();
+        assert!(purged.len() >= 10 && purged.iter().all(|&p| p + 2 <= last), "{topic}: tombstones for batches {purged:?}, last commit {last}");
+    }
 }
 
 #[test]

@@ -142,6 +142,15 @@ impl<T: Batched> LogView<T> {
         keys
     }
 
+    /// How many batches `purgeable(point)` would delete.
+    pub fn purgeable_batches(&self, point: BatchId) -> usize {
+        let mut batches: Vec<BatchId> =
+            self.seen.iter().filter(|s| !s.deleted && s.value.batch() < point && s.key != self.name).map(|s| s.value.batch()).collect();
+        batches.sort_unstable();
+        batches.dedup();
+        batches.len()
+    }
+
     /// Forgets entries below `floor` (deleted, or a zombie's late ones):
     /// no reader asks for them again, and memory stays bounded.
     pub fn forget_below(&mut self, floor: BatchId) {
@@ -209,6 +218,7 @@ mod tests {
         v.push("q/1/a.2", Some(entry(1, 12)));
         assert_eq!(v.appended(0), Some(Appended::Winner(entry(0, 5))));
         assert_eq!(v.purgeable(1), vec!["q/0/a.1".to_string(), "q/0/b.1".to_string()]);
+        assert_eq!((v.purgeable_batches(1), v.purgeable_batches(2)), (1, 2));
         v.push("q/0/a.1", None);
         v.push("q/0/b.1", None);
         // A zombie appends batch 0 again after the purge.

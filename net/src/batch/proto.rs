@@ -164,6 +164,10 @@ pub struct StreamSpec {
     pub watermark: Option<millrace_engine::stream::Watermark>,
     pub start_at: millrace_core::stream::StartAt,
     pub max_records_per_batch: Option<u64>,
+    /// Batches kept in the offset and commit logs behind the last commit
+    /// (`None`: `def::DEFAULT_RETAIN_BATCHES`).
+    #[serde(default)]
+    pub retain_batches: Option<u64>,
     /// A query built with the Dataset API instead of SQL: its plan and
     /// sink topic (`sql` then only describes it).
     #[serde(default)]

@@ -55,6 +55,7 @@ pub fn start_dataset(
         watermark: options.watermark,
         start_at,
         max_records_per_batch: None,
+        retain_batches: None,
         dataset: Some(crate::batch::proto::DatasetQuery { plan: ds.plan.clone(), sink: sink.to_string() }),
     };
     start(server, spec)

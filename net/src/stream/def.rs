@@ -29,6 +29,9 @@ pub struct QueryDef {
     pub created_at: i64,
 }
 
+/// Spark's default `minBatchesToRetain`.
+pub const DEFAULT_RETAIN_BATCHES: u64 = 100;
+
 /// The characters a query name may have: it is a record key and a prefix
 /// of state keys (`name/version`).
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -50,6 +53,12 @@ impl QueryDef {
             None => StreamPlan::from_sql(&self.spec.sql, self.options()),
         }
         .map_err(|e| e.to_string())
+    }
+
+    /// How many batches the offset and commit logs keep behind the last
+    /// commit (Spark's `minBatchesToRetain`).
+    pub fn retain_batches(&self) -> u64 {
+        self.spec.retain_batches.unwrap_or(DEFAULT_RETAIN_BATCHES).max(1)
     }
 
     /// The coordinator's configuration for this query.

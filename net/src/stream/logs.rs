@@ -4,22 +4,23 @@
 //!
 //! | topic | key | value |
 //! |---|---|---|
-//! | `__millrace_stream_offsets` | query name | JSON [`OffsetEntry`] |
-//! | `__millrace_stream_commits` | query name | JSON [`CommitEntry`] |
+//! | `__millrace_stream_offsets` | `name/batch/writer`, unique per append | JSON [`OffsetEntry`]; compacted, batches more than `retain_batches` behind the last commit tombstoned |
+//! | `__millrace_stream_commits` | `name/batch/writer`, unique per append | JSON [`CommitEntry`]; compacted and purged alike |
 //! | `__millrace_stream_state` | `name/version`, or `name/version/i/n` for part `i` of `n` of a state over 512 KB | the engine's `StreamState` bytes; compacted, versions two behind the last commit tombstoned |
 //! | `__millrace_streams` | query name | JSON `QueryDef`; a tombstone when stopped |
 //!
 //! Appends use acks=all. Reads fetch the partition from its log start to
 //! its high watermark, incrementally (a cursor per topic), and keep this
 //! query's entries in log order; the first entry per batch wins, as
-//! `core::stream::recover` decides, so two runners of a query agree.
+//! `core::stream::recover` decides, so two runners of a query agree. Why
+//! purging keeps that true: `core/src/stream/log_view.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use millrace_core::records::{self, BatchBuilder, Compression, Record};
-use millrace_core::stream::{BatchId, CommitEntry, OffsetEntry};
+use millrace_core::stream::{Appended, BatchId, CommitEntry, LogView, OffsetEntry, entry_key, is_query_key, purge_point};
 
 use crate::client::{Client, ClientError};
 
@@ -33,6 +34,11 @@ const FETCH_BYTES: i32 = 8 << 20;
 /// One request to the brokers may take this long before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// Compacted internal topics roll their segment hourly.
+const COMPACTED_SEGMENT_MS: i64 = 3_600_000;
+/// A purge waits until it has this many batches to tombstone, so that it
+/// costs two appends per this many batches, not per batch.
+const PURGE_EVERY: usize = 10;
 const UNKNOWN_TOPIC: i16 = 3;
 
 /// One record of an internal topic.
@@ -75,12 +81,11 @@ pub(crate) async fn timed<T>(f: impl std::future::Future<Output = Result<T, Clie
 
 impl Logs {
     pub fn new(bootstrap: &str) -> Logs {
-        // Only the state topic: its keys name one version each, and old
-        // versions are deleted with tombstones. The other logs are read
-        // as histories (the first offset entry per batch wins; a stopped
-        // query's last definition names its producer) and must keep every
-        // record.
-        Logs::for_topics(bootstrap, &ALL).compacting(&[STATE_TOPIC])
+        // Keys of the state, offset and commit logs are never reused, so
+        // compaction removes only what their tombstones delete. The
+        // definitions are read as a history (a stopped query's last
+        // definition names its producer) and must keep every record.
+        Logs::for_topics(bootstrap, &ALL).compacting(&[STATE_TOPIC, OFFSETS_TOPIC, COMMITS_TOPIC])
     }
 
     /// Logs in other internal topics (the connectors').
@@ -146,6 +151,10 @@ impl Logs {
                 let mut configs = vec![("retention.ms".to_string(), "-1".to_string()), ("retention.bytes".to_string(), "-1".to_string())];
                 if self.compacted.contains(&topic) {
                     configs.push(("cleanup.policy".to_string(), "compact".to_string()));
+                    // Only closed segments are compacted; the default
+                    // roll (7 days or 1 GB) would keep tombstoned
+                    // records for a week.
+                    configs.push(("segment.ms".to_string(), COMPACTED_SEGMENT_MS.to_string()));
                 }
                 match self.with(async |c| c.create_topic_with_rf(topic, 1, -1, &configs).await).await {
                     Err(e) if e.code() != Some(TOPIC_ALREADY_EXISTS) => return Err(e),
@@ -173,15 +182,18 @@ impl Logs {
 
     /// Appends one record with acks=all.
     pub async fn append(&mut self, topic: &'static str, key: &str, value: Option<&[u8]>) -> Result<(), ClientError> {
+        self.append_all(topic, &[(key.to_string(), value.map(<[u8]>::to_vec))]).await
+    }
+
+    /// Appends records (key, value or tombstone) in one batch, with
+    /// acks=all.
+    pub async fn append_all(&mut self, topic: &'static str, records: &[(String, Option<Vec<u8>>)]) -> Result<(), ClientError> {
         self.ensure_topics().await?;
         let mut b = BatchBuilder::new(Compression::None);
-        b.push(Record {
-            offset: 0,
-            timestamp: super::wall_ms(),
-            key: Some(key.as_bytes().to_vec()),
-            value: value.map(<[u8]>::to_vec),
-            headers: Vec::new(),
-        });
+        let now = super::wall_ms();
+        for (i, (key, value)) in records.iter().enumerate() {
+            b.push(Record { offset: i as i64, timestamp: now, key: Some(key.as_bytes().to_vec()), value: value.clone(), headers: Vec::new() });
+        }
         let bytes = Bytes::from(b.build());
         // Waiting for the partition to be created and get a leader.
         let mut attempt = 0;
@@ -264,8 +276,14 @@ impl Logs {
 pub struct QueryLogs {
     name: String,
     pub logs: Logs,
-    offsets: Vec<OffsetEntry>,
-    commits: Vec<CommitEntry>,
+    offsets: LogView<OffsetEntry>,
+    commits: LogView<CommitEntry>,
+    /// Names this runner in the keys of its appends (`node.start_ms`).
+    writer: String,
+    /// Appends made so far; with `writer`, makes every key unique.
+    appends: u64,
+    /// Batches kept in the offset and commit logs behind the last commit.
+    retain: u64,
     /// Stored state versions of this query (the first stored wins).
     states: BTreeMap<BatchId, Vec<u8>>,
     /// Versions stored in parts: how many, and those read so far.
@@ -303,16 +321,27 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl QueryLogs {
-    pub fn new(name: &str, bootstrap: &str) -> QueryLogs {
-        QueryLogs { name: name.to_string(), logs: Logs::new(bootstrap), offsets: Vec::new(), commits: Vec::new(), states: BTreeMap::new(), parts: BTreeMap::new() }
+    /// `writer` names this runner (unique in the cluster, no '/'); `retain`
+    /// is how many batches the offset and commit logs keep.
+    pub fn new(name: &str, bootstrap: &str, writer: &str, retain: u64) -> QueryLogs {
+        QueryLogs {
+            name: name.to_string(),
+            logs: Logs::new(bootstrap),
+            offsets: LogView::new(name),
+            commits: LogView::new(name),
+            writer: writer.to_string(),
+            appends: 0,
+            retain,
+            states: BTreeMap::new(),
+            parts: BTreeMap::new(),
+        }
     }
 
     async fn refresh_offsets(&mut self) -> Result<(), ClientError> {
         for e in self.logs.read_new(OFFSETS_TOPIC).await? {
-            if e.key == self.name
-                && let Some(v) = &e.value
-            {
-                self.offsets.push(decode(OFFSETS_TOPIC, &self.name, v)?);
+            if is_query_key(&e.key, &self.name) {
+                let entry = e.value.as_deref().map(|v| decode(OFFSETS_TOPIC, &self.name, v)).transpose()?;
+                self.offsets.push(&e.key, entry);
             }
         }
         Ok(())
@@ -320,36 +349,76 @@ impl QueryLogs {
 
     async fn refresh_commits(&mut self) -> Result<(), ClientError> {
         for e in self.logs.read_new(COMMITS_TOPIC).await? {
-            if e.key == self.name
-                && let Some(v) = &e.value
-            {
-                self.commits.push(decode(COMMITS_TOPIC, &self.name, v)?);
+            if is_query_key(&e.key, &self.name) {
+                let entry = e.value.as_deref().map(|v| decode(COMMITS_TOPIC, &self.name, v)).transpose()?;
+                self.commits.push(&e.key, entry);
             }
         }
         Ok(())
     }
 
-    /// Both logs from their start (for `QueryInput::Recovered`).
+    /// A key no other append uses.
+    fn next_key(&mut self, batch: BatchId) -> String {
+        self.appends += 1;
+        entry_key(&self.name, batch, &format!("{}.{}", self.writer, self.appends))
+    }
+
+    /// Both logs, the entries not purged, in log order (for
+    /// `QueryInput::Recovered`).
     pub async fn read(&mut self) -> Result<(Vec<OffsetEntry>, Vec<CommitEntry>), ClientError> {
         self.refresh_offsets().await?;
         self.refresh_commits().await?;
-        Ok((self.offsets.clone(), self.commits.clone()))
+        Ok((self.offsets.live(), self.commits.live()))
     }
 
     /// Appends `entry`, reads the log back and answers the first entry for
-    /// its batch (another runner's, if that one got there first).
-    pub async fn log_offsets(&mut self, entry: &OffsetEntry) -> Result<OffsetEntry, ClientError> {
-        self.logs.append(OFFSETS_TOPIC, &self.name, Some(&encode(entry))).await?;
+    /// its batch (another runner's, if that one got there first), or that
+    /// the batch was purged by runners that went on.
+    pub async fn log_offsets(&mut self, entry: &OffsetEntry) -> Result<Appended, ClientError> {
+        let key = self.next_key(entry.batch);
+        self.logs.append(OFFSETS_TOPIC, &key, Some(&encode(entry))).await?;
         self.refresh_offsets().await?;
         self.offsets
-            .iter()
-            .find(|e| e.batch == entry.batch)
-            .cloned()
+            .appended(entry.batch)
             .ok_or_else(|| ClientError::Protocol(format!("batch {} appended to {OFFSETS_TOPIC} but not read back", entry.batch)))
     }
 
     pub async fn log_commit(&mut self, entry: &CommitEntry) -> Result<(), ClientError> {
-        self.logs.append(COMMITS_TOPIC, &self.name, Some(&encode(entry))).await
+        let key = self.next_key(entry.batch);
+        self.logs.append(COMMITS_TOPIC, &key, Some(&encode(entry))).await
+    }
+
+    /// After batch `committed` is committed: tombstones the entries of
+    /// batches more than `retain` behind it, commits first, once there are
+    /// at least [`PURGE_EVERY`] batches to purge. Answers how many entries
+    /// it tombstoned.
+    pub async fn purge(&mut self, committed: BatchId) -> Result<usize, ClientError> {
+        let point = purge_point(committed, self.retain);
+        self.refresh_offsets().await?;
+        self.refresh_commits().await?;
+        if self.offsets.purgeable_batches(point) < PURGE_EVERY {
+            return Ok(0);
+        }
+        let tombstones = |keys: Vec<String>| keys.into_iter().map(|k| (k, None)).collect::<Vec<_>>();
+        let commits = tombstones(self.commits.purgeable(point));
+        let offsets = tombstones(self.offsets.purgeable(point));
+        let n = commits.len() + offsets.len();
+        if !commits.is_empty() {
+            self.logs.append_all(COMMITS_TOPIC, &commits).await?;
+        }
+        self.logs.append_all(OFFSETS_TOPIC, &offsets).await?;
+        self.refresh_offsets().await?;
+        self.refresh_commits().await?;
+        if let Some(floor) = self.offsets.floor() {
+            self.offsets.forget_below(floor);
+            self.commits.forget_below(floor);
+        }
+        Ok(n)
+    }
+
+    /// Entries of both logs held in memory (bounded by purging).
+    pub fn entries_held(&self) -> usize {
+        self.offsets.len() + self.commits.len()
     }
 
     /// Deletes state version `version` (a tombstone; the cleaner removes

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use millrace_core::stream::{BatchId, BatchResult, OffsetEntry, PartitionEnd, QueryEffect, QueryInput, QueryStatus, StreamQuery};
+use millrace_core::stream::{Appended, BatchId, BatchResult, OffsetEntry, PartitionEnd, QueryEffect, QueryInput, QueryStatus, StreamQuery};
 use millrace_engine::stream::{StreamPlan, StreamState};
 use tokio::sync::Notify;
 
@@ -79,7 +79,9 @@ pub fn spawn(def: QueryDef, plan: StreamPlan, bootstrap: &str, jobs: Jobs) -> Ru
     let wake = Arc::new(Notify::new());
     let runner = Runner {
         query: StreamQuery::new(def.config(&plan)),
-        logs: QueryLogs::new(&def.spec.name, bootstrap),
+        // The writer's name makes the keys of this runner's log appends
+        // differ from any other runner's, on this node or another.
+        logs: QueryLogs::new(&def.spec.name, bootstrap, &format!("{}.{}", def.owner, wall_ms()), def.retain_batches()),
         def,
         plan,
         jobs,
@@ -170,7 +172,11 @@ impl Runner {
             QueryEffect::LogOffsets { entry } => {
                 self.fresh = false;
                 match self.logs.log_offsets(&entry).await {
-                    Ok(winner) => QueryInput::OffsetsLogged { winner },
+                    Ok(Appended::Winner(winner)) => QueryInput::OffsetsLogged { winner },
+                    Ok(Appended::Outrun { floor }) => {
+                        tracing::warn!(query = %self.def.spec.name, batch = entry.batch, floor, "another runner of this query went on and purged this batch: reading the logs again");
+                        QueryInput::Outrun { batch: entry.batch, floor }
+                    }
                     Err(e) => io("writing the offset log", e),
                 }
             }
@@ -195,6 +201,12 @@ impl Runner {
                     {
                         // Only space is lost: the next commit drops the next one.
                         tracing::warn!(query = %self.def.spec.name, version = old, "could not delete an old state version: {e}");
+                    }
+                    match self.logs.purge(entry.batch).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(query = %self.def.spec.name, entries = n, held = self.logs.entries_held(), "purged old offset and commit entries"),
+                        // Only space is lost: a later commit purges them.
+                        Err(e) => tracing::warn!(query = %self.def.spec.name, "could not purge old offset and commit entries: {e}"),
                     }
                     QueryInput::CommitLogged { batch: entry.batch }
                 }
