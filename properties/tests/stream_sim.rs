@@ -12,12 +12,16 @@ fn every_seed_writes_exactly_once() {
     let logic = WindowedCount { window_ms: 1_000, delay_ms: 1_500 };
     let mut failures = Vec::new();
     let mut totals = (0, 0, 0, 0);
+    let mut logs = (0, 0, 0);
     for seed in 0..SEEDS {
         let run = run_seed(seed, &logic, false);
         totals.0 += run.stats.crashes + run.stats.zombies;
         totals.1 += run.stats.skipped_chunks;
         totals.2 += run.stats.batches;
         totals.3 += run.stats.output_records;
+        logs.0 += run.stats.purged;
+        logs.1 += run.stats.compacted;
+        logs.2 += run.stats.outruns;
         if let Some(f) = run.failure {
             failures.push(format!("seed {seed}: {f}\n{}", run.scenario.describe()));
         }
@@ -25,6 +29,10 @@ fn every_seed_writes_exactly_once() {
     assert!(failures.is_empty(), "{} of {SEEDS} seeds failed; first:\n{}", failures.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n"));
     // The faults must have bitten: re-runs whose duplicate chunks the sink dropped.
     assert!(totals.0 > SEEDS / 2 && totals.1 > 0 && totals.2 > SEEDS * 10 && totals.3 > SEEDS * 10, "{totals:?}");
+    // And the logs were purged and compacted under the runners, and
+    // zombies met batches purged under them.
+    assert!(logs.0 > SEEDS * 10 && logs.1 > SEEDS * 10 && logs.2 > 0, "purged, compacted, outrun: {logs:?}");
+    eprintln!("purged, compacted, outrun: {logs:?}");
 }
 
 #[test]

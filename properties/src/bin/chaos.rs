@@ -234,8 +234,9 @@ mod runner {
             let r = stream::chaos::run_seed(seed, record);
             let s = &r.stats;
             let plan = format!(
-                "{}  query: {}\n  ran: {} batches, {} crashes, {} zombies, {} batch failures, {} ambiguous appends, {} duplicate chunks dropped, {} records in, {} out\n",
-                r.scenario.describe(), r.query, s.batches, s.crashes, s.zombies, s.batch_failures, s.ambiguous_appends, s.skipped_chunks, s.input_records, s.output_records
+                "{}  query: {}\n  ran: {} batches, {} crashes, {} zombies, {} batch failures, {} ambiguous appends, {} duplicate chunks dropped, {} records in, {} out\n  logs: {} entries purged, {} records compacted away, {} appends outrun\n",
+                r.scenario.describe(), r.query, s.batches, s.crashes, s.zombies, s.batch_failures, s.ambiguous_appends, s.skipped_chunks, s.input_records, s.output_records,
+                s.purged, s.compacted, s.outruns
             );
             InProcess { failure: r.failure, digest: r.digest, simulated_ms: r.simulated_ms as u64, plan, history: r.history }
         })

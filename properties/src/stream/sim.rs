@@ -10,10 +10,15 @@
 //! resumes where it was; the brokers go down (listings and appends fail,
 //! some appends land although the answer says they failed, produce
 //! requests time out after being stored); batches fail (a lost worker).
-//! Producers keep writing, some records late.
+//! Producers keep writing, some records late. Runners purge the offset and
+//! commit logs (keeping the seed's few batches, sometimes stopping between
+//! the two logs), and the cleaner compacts them at random times, so
+//! zombies meet purged logs and are outrun.
 //!
 //! Checked at the end ([`Sim::check`]):
-//! - the logs recover, and the committed batches read every partition from
+//! - the logs recover from what is left after purging and compaction, the
+//!   winner of every batch they still hold is the first entry ever
+//!   appended for it, and the committed batches read every partition from
 //!   offset 0 to its end with no gap and no overlap (liveness: within
 //!   [`LIVENESS_MS`] of the last fault and the last write, all input is in
 //!   a committed batch);
@@ -32,8 +37,8 @@ use std::fmt::Write as _;
 use millrace_core::Millis;
 use millrace_core::rng::Rng;
 use millrace_core::stream::{
-    BatchId, BatchResult, OffsetEntry, ProduceOutcome, QueryConfig, QueryEffect, QueryInput, SinkEffect, SinkInput, SinkWriter, StartAt,
-    StreamQuery, Trigger, plan_chunks, recover,
+    Appended, BatchId, BatchResult, CommitEntry, LogView, OffsetEntry, ProduceOutcome, QueryConfig, QueryEffect, QueryInput, SinkEffect, SinkInput,
+    SinkWriter, StartAt, StreamQuery, Trigger, entry_key, plan_chunks, purge_point, recover,
 };
 
 use super::logic::{InputRecord, OutputRecord, StreamLogic};
@@ -43,6 +48,12 @@ use super::world::{INPUT, World};
 /// within this.
 pub const LIVENESS_MS: Millis = 30_000;
 const CHUNK_RECORDS: usize = 3;
+/// The query's name, in its log keys.
+const QUERY: &str = "q";
+/// The cleaner keeps a tombstone this long (Kafka's `delete.retention.ms`,
+/// a day in the adapter): longer than any stall, as the adapter's day is
+/// longer than the seconds a node's ownership check lets a zombie live.
+const TOMBSTONE_RETENTION_MS: Millis = 10_000;
 const MAX_EVENTS: usize = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +89,10 @@ pub struct Scenario {
     /// Producers write until then.
     pub produce_until: Millis,
     pub faults: Vec<Fault>,
+    /// Batches the logs keep behind the last commit.
+    pub retain: u64,
+    /// A purge waits for this many batches to delete.
+    pub purge_every: usize,
 }
 
 impl Scenario {
@@ -101,18 +116,22 @@ impl Scenario {
             };
             faults.push(fault);
         }
-        Scenario { seed, partitions, out_partitions, interval_ms, max_records_per_batch, produce_until, faults }
+        let retain = 1 + pick(4);
+        let purge_every = 1 + pick(3) as usize;
+        Scenario { seed, partitions, out_partitions, interval_ms, max_records_per_batch, produce_until, faults, retain, purge_every }
     }
 
     pub fn describe(&self) -> String {
         let mut s = format!(
-            "  seed {}: {} input partitions, {} output partitions, trigger every {} ms, {} per batch, writes until {} ms\n",
+            "  seed {}: {} input partitions, {} output partitions, trigger every {} ms, {} per batch, writes until {} ms, logs keep {} batches (purged {} at a time)\n",
             self.seed,
             self.partitions,
             self.out_partitions,
             self.interval_ms,
             self.max_records_per_batch.map_or("no limit".to_string(), |n| format!("at most {n} records")),
-            self.produce_until
+            self.produce_until,
+            self.retain,
+            self.purge_every
         );
         for f in &self.faults {
             let _ = writeln!(s, "    {f:?}");
@@ -134,6 +153,11 @@ pub struct Stats {
     pub batch_failures: u64,
     pub ambiguous_appends: u64,
     pub skipped_chunks: u64,
+    /// Log entries tombstoned by purges, and records the cleaner removed.
+    pub purged: u64,
+    pub compacted: u64,
+    /// Appends that found their batch purged by runners that went on.
+    pub outruns: u64,
     pub input_records: u64,
     pub output_records: u64,
 }
@@ -173,6 +197,7 @@ enum Event {
     SinkTick { runner: usize, incarnation: u64, batch: BatchId },
     Fault(Fault),
     Restart { runner: usize },
+    Compact,
 }
 
 struct ActiveBatch {
@@ -189,6 +214,24 @@ struct Runner {
     paused_until: Millis,
     query: StreamQuery,
     active: Option<ActiveBatch>,
+    /// What this incarnation has read of the logs (lost in a crash).
+    logs: RunnerLogs,
+}
+
+/// A runner's views of the two logs, read incrementally as the adapter's
+/// `QueryLogs` reads them.
+struct RunnerLogs {
+    offsets: LogView<OffsetEntry>,
+    commits: LogView<CommitEntry>,
+    /// The next offset to read, per log.
+    cursors: (u64, u64),
+    appends: u64,
+}
+
+impl RunnerLogs {
+    fn new() -> RunnerLogs {
+        RunnerLogs { offsets: LogView::new(QUERY), commits: LogView::new(QUERY), cursors: (0, 0), appends: 0 }
+    }
 }
 
 pub struct Sim<'a, L: StreamLogic> {
@@ -250,6 +293,7 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
             scenario,
         };
         sim.at(0, Event::Produce);
+        sim.at(100, Event::Compact);
         for f in sim.scenario.faults.clone() {
             let at = match &f {
                 Fault::Crash { at, .. } | Fault::Zombie { at, .. } | Fault::BrokersDown { at, .. } | Fault::BatchFailures { at, .. } => *at,
@@ -298,7 +342,14 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
 
     fn start_runner(&mut self) {
         let id = self.runners.len();
-        self.runners.push(Runner { incarnation: 0, alive: true, paused_until: 0, query: StreamQuery::new(self.config()), active: None });
+        self.runners.push(Runner {
+            incarnation: 0,
+            alive: true,
+            paused_until: 0,
+            query: StreamQuery::new(self.config()),
+            active: None,
+            logs: RunnerLogs::new(),
+        });
         self.note(format!("runner {id} starts"));
         let mut out = Vec::new();
         self.runners[id].query.start(&mut out);
@@ -315,13 +366,74 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
         self.now < self.brokers_down_until
     }
 
+    /// Runner `r` reads both logs from where it stopped.
+    fn refresh(&mut self, r: usize) {
+        let logs = &mut self.runners[r].logs;
+        logs.cursors.0 = self.world.offset_log.read_into(&mut logs.offsets, logs.cursors.0);
+        logs.cursors.1 = self.world.commit_log.read_into(&mut logs.commits, logs.cursors.1);
+    }
+
+    /// A key no other append uses: runner, incarnation, append.
+    fn next_key(&mut self, r: usize, batch: BatchId) -> String {
+        let runner = &mut self.runners[r];
+        runner.logs.appends += 1;
+        entry_key(QUERY, batch, &format!("{r}.{}.{}", runner.incarnation, runner.logs.appends))
+    }
+
+    /// After runner `r` committed `committed`: the adapter's purge
+    /// (`QueryLogs::purge`), sometimes cut short between the two logs.
+    fn purge(&mut self, r: usize, committed: BatchId) {
+        self.refresh(r);
+        let point = purge_point(committed, self.scenario.retain);
+        if self.runners[r].logs.offsets.purgeable_batches(point) < self.scenario.purge_every {
+            return;
+        }
+        let commits = self.runners[r].logs.commits.purgeable(point);
+        let offsets = self.runners[r].logs.offsets.purgeable(point);
+        let cut = self.chance(5);
+        self.note(format!("runner {r} purges below batch {point}{}", if cut { ", commits only" } else { "" }));
+        self.stats.purged += commits.len() as u64;
+        for k in commits {
+            self.world.commit_log.append(k, None, self.now);
+        }
+        if cut {
+            return;
+        }
+        self.stats.purged += offsets.len() as u64;
+        for k in offsets {
+            self.world.offset_log.append(k, None, self.now);
+        }
+        self.refresh(r);
+        let logs = &mut self.runners[r].logs;
+        if let Some(floor) = logs.offsets.floor() {
+            logs.offsets.forget_below(floor);
+            logs.commits.forget_below(floor);
+        }
+    }
+
+    /// The cleaner: each log compacted up to a point short of its end.
+    fn compact(&mut self) {
+        let (o, c) = (self.world.offset_log.end(), self.world.commit_log.end());
+        let (ot, ct) = (self.rng.next_u64() % 8, self.rng.next_u64() % 8);
+        let removed = self.world.offset_log.compact(o.saturating_sub(ot), self.now, TOMBSTONE_RETENTION_MS)
+            + self.world.commit_log.compact(c.saturating_sub(ct), self.now, TOMBSTONE_RETENTION_MS);
+        if removed > 0 {
+            self.stats.compacted += removed as u64;
+            self.note(format!("cleaner removes {removed} records"));
+        }
+        let next = self.now + 100 + (self.rng.next_u64() % 1_000) as Millis;
+        self.at(next, Event::Compact);
+    }
+
     fn query_effects(&mut self, r: usize, effects: Vec<QueryEffect>) {
         for e in effects {
             let lat = self.latency();
             match e {
                 QueryEffect::ReadLogs => {
                     let wait = (self.brokers_down_until - self.now).max(0);
-                    let input = QueryInput::Recovered { offsets: self.world.offset_log.clone(), commits: self.world.commit_log.clone() };
+                    self.refresh(r);
+                    let logs = &self.runners[r].logs;
+                    let input = QueryInput::Recovered { offsets: logs.offsets.live(), commits: logs.commits.live() };
                     self.deliver(r, wait + lat, Msg::Query(input));
                 }
                 QueryEffect::List { .. } => {
@@ -334,29 +446,44 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
                 }
                 QueryEffect::LogOffsets { entry } => {
                     self.note(format!("runner {r} logs batch {} {:?} watermark {:?}", entry.batch, ranges(&entry), entry.watermark));
+                    let (batch, key) = (entry.batch, self.next_key(r, entry.batch));
                     let input = if self.brokers_down() {
                         if self.chance(3) {
                             self.stats.ambiguous_appends += 1;
-                            self.world.log_offsets(entry);
+                            self.world.offset_log.append(key, Some(entry), self.now);
                         }
                         QueryInput::IoFailed { reason: "brokers down".into() }
                     } else {
-                        QueryInput::OffsetsLogged { winner: self.world.log_offsets(entry) }
+                        self.world.offset_log.append(key, Some(entry), self.now);
+                        self.refresh(r);
+                        match self.runners[r].logs.offsets.appended(batch) {
+                            Some(Appended::Winner(winner)) => QueryInput::OffsetsLogged { winner },
+                            Some(Appended::Outrun { floor }) => {
+                                self.stats.outruns += 1;
+                                self.note(format!("runner {r} is outrun: batch {batch} is below the floor {floor}"));
+                                QueryInput::Outrun { batch, floor }
+                            }
+                            None => {
+                                self.violations.push(format!("runner {r} appended batch {batch} and did not read it back"));
+                                QueryInput::IoFailed { reason: "append not read back".into() }
+                            }
+                        }
                     };
                     self.deliver(r, lat, Msg::Query(input));
                 }
                 QueryEffect::RunBatch { entry, state_version, sink_base } => self.run_batch(r, entry, state_version, sink_base),
                 QueryEffect::LogCommit { entry } => {
                     self.note(format!("runner {r} commits batch {}", entry.batch));
-                    let batch = entry.batch;
+                    let (batch, key) = (entry.batch, self.next_key(r, entry.batch));
                     let input = if self.brokers_down() {
                         if self.chance(3) {
                             self.stats.ambiguous_appends += 1;
-                            self.world.commit_log.push(entry);
+                            self.world.commit_log.append(key, Some(entry), self.now);
                         }
                         QueryInput::IoFailed { reason: "brokers down".into() }
                     } else {
-                        self.world.commit_log.push(entry);
+                        self.world.commit_log.append(key, Some(entry), self.now);
+                        self.purge(r, batch);
                         QueryInput::CommitLogged { batch }
                     };
                     self.deliver(r, lat, Msg::Query(input));
@@ -534,6 +661,7 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
         runner.alive = true;
         runner.paused_until = 0;
         runner.query = StreamQuery::new(config);
+        runner.logs = RunnerLogs::new();
         let incarnation = runner.incarnation;
         self.note(format!("runner {r} restarts (incarnation {incarnation})"));
         let mut out = Vec::new();
@@ -541,9 +669,14 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
         self.query_effects(r, out);
     }
 
+    /// The logs as a reader starting now recovers them.
+    fn recover_now(&self) -> Result<millrace_core::stream::Recovery, millrace_core::stream::StreamError> {
+        recover(self.world.offset_log.view(QUERY).live(), self.world.commit_log.view(QUERY).live())
+    }
+
     /// Whether every partition's input is in a committed batch.
     fn caught_up(&self) -> bool {
-        let Ok(rec) = recover(self.world.offset_log.clone(), self.world.commit_log.clone()) else { return false };
+        let Ok(rec) = self.recover_now() else { return false };
         let Some((entry, _)) = rec.committed else { return false };
         rec.pending.is_none()
             && self.world.input.iter().enumerate().all(|(p, recs)| entry.ranges.iter().any(|r| r.partition == p as i32 && r.end == recs.len() as i64))
@@ -566,6 +699,7 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
                 Event::Produce => self.produce(),
                 Event::Fault(f) => self.fault(f),
                 Event::Restart { runner } => self.restart(runner),
+                Event::Compact => self.compact(),
                 Event::Deliver { runner, incarnation, msg } => {
                     let rn = &self.runners[runner];
                     if !rn.alive || rn.incarnation != incarnation {
@@ -635,7 +769,7 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
         if let Some(v) = self.violations.first() {
             return Some(format!("[safety] {v}"));
         }
-        let rec = match recover(self.world.offset_log.clone(), self.world.commit_log.clone()) {
+        let rec = match self.recover_now() {
             Ok(r) => r,
             Err(e) => return Some(format!("[safety] the logs do not recover: {e}")),
         };
@@ -649,14 +783,26 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
             ));
         }
         let (last, _) = rec.committed.expect("caught up");
-        // The winning entries, in batch order.
+        // The winning entries, in batch order: the first ever appended.
         let mut entries: BTreeMap<BatchId, OffsetEntry> = BTreeMap::new();
-        for e in &self.world.offset_log {
+        for e in &self.world.offset_log.appended {
             entries.entry(e.batch).or_insert_with(|| e.clone());
         }
         let mut commits = BTreeMap::new();
-        for c in &self.world.commit_log {
+        for c in &self.world.commit_log.appended {
             commits.entry(c.batch).or_insert_with(|| c.clone());
+        }
+        // What is left of the logs names the same winners.
+        let left = self.world.offset_log.view(QUERY).live();
+        let floor = left.first().map_or(0, |e| e.batch);
+        let mut seen = std::collections::BTreeSet::new();
+        for e in left.iter().filter(|e| e.batch >= floor) {
+            if seen.insert(e.batch) && entries.get(&e.batch) != Some(e) {
+                return Some(format!("[safety] after purging, batch {}'s first entry is {:?}, not the first appended {:?}", e.batch, ranges(e), entries.get(&e.batch).map(ranges)));
+            }
+        }
+        if last.batch != entries.keys().next_back().copied().unwrap_or(0) && rec.pending.is_none() {
+            return Some(format!("[safety] the logs recover batch {} as the last, but batch {} was logged", last.batch, entries.keys().next_back().copied().unwrap_or(0)));
         }
         let mut state = L::State::default();
         let mut expected: Vec<Vec<OutputRecord>> = vec![Vec::new(); self.scenario.out_partitions];
