@@ -798,7 +798,7 @@ impl<'a, L: StreamLogic> Sim<'a, L> {
         let mut seen = std::collections::BTreeSet::new();
         for e in left.iter().filter(|e| e.batch >= floor) {
             if seen.insert(e.batch) && entries.get(&e.batch) != Some(e) {
-                return Some(format!("[safety] after purging, batch {}'s first entry is {:?}, not the first appended {:?}", e.batch, ranges(e), entries.get(&e.batch).map(ranges)));
+                return Some(format!("[safety] after purging, batch {}'s first entry is {e:?}, not the first appended {:?}", e.batch, entries.get(&e.batch)));
             }
         }
         if last.batch != entries.keys().next_back().copied().unwrap_or(0) && rec.pending.is_none() {
