@@ -244,3 +244,17 @@ fn errors_name_the_problem() {
     assert!(err(&format!("SELECT lower(qty) FROM read_csv('{p}')")).contains("lower() argument 1"));
     assert!(err("DELETE FROM t").contains("only SELECT"));
 }
+
+/// sqlparser is built unoptimised (its frames are larger then): a deeply
+/// nested query must still be an error that says so, not a stack overflow,
+/// on a thread with a small stack like a server's.
+#[test]
+fn deeply_nested_sql_is_an_error_not_a_crash() {
+    let deep = format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000));
+    let e = std::thread::Builder::new().stack_size(2 << 20).spawn(move || err(&deep)).unwrap().join().unwrap();
+    assert!(e.to_lowercase().contains("recursion"), "{e}");
+    // Just inside the parser's limit still plans.
+    let ok = format!("SELECT {}qty{} AS x FROM read_csv('{}')", "(".repeat(40), ")".repeat(40), sales());
+    let ctx = Context::new();
+    std::thread::Builder::new().stack_size(2 << 20).spawn(move || ctx.sql(&ok).map(|_| ()).map_err(|e| e.to_string())).unwrap().join().unwrap().unwrap();
+}
